@@ -1,0 +1,196 @@
+"""The `mailprobe` command: a thin face over the probe and the engine.
+
+Each command parses its options, reads the settings (a bad setting stops it
+with the variable's name), calls one async function and prints. No protocol or
+storage logic lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from enum import IntEnum
+from typing import Annotated, Any
+
+import typer
+
+from mailprobe.address import InvalidAddress, parse_address
+from mailprobe.classify import REASONS
+from mailprobe.config import ConfigError, Settings, get_settings
+from mailprobe.smtp import aprobe_rcpt, make_tls_context
+
+app = typer.Typer(
+    help="Tell whether an email address exists by asking its mail server (never sends mail).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+class Exit(IntEnum):
+    """Exit status of `mailprobe probe`, by the seed's category."""
+
+    ACCEPT = 0
+    HARD_FAIL = 1
+    USAGE = 2  # bad input or configuration: nothing was sent
+    TEMP_FAIL = 3
+    UNKNOWN = 4  # no usable reply: timeout, connection failure
+
+
+EXIT_BY_CATEGORY = {
+    "accept": Exit.ACCEPT,
+    "hard_fail": Exit.HARD_FAIL,
+    "temp_fail": Exit.TEMP_FAIL,
+    "unknown": Exit.UNKNOWN,
+}
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        typer.echo(f"mailprobe: configuration error: {exc}", err=True)
+        raise typer.Exit(Exit.USAGE) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"mailprobe: {message}", err=True)
+    return typer.Exit(Exit.USAGE)
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The seed's human-readable block, plus the reason line."""
+    lines = [
+        f"Target : {result['email']}",
+        f"MX     : {result['mx_host']}",
+        f"HELO   : {result['helo_domain']}",
+        f"Result : {result['category']} (code={result['code']}, error={result['error']})",
+        f"Reason : {result['reason']} (stage={result['stage']}, "
+        f"enhanced={result['enhanced_status']}, tls={'yes' if result['tls'] else 'no'})",
+        f"Message: {result['message']}",
+        f"Elapsed: {result['elapsed_ms']} ms",
+    ]
+    return "\n".join(lines)
+
+
+@app.command(
+    epilog=(
+        "Exit status: 0 accept (2xx to RCPT TO), 1 hard_fail (5xx), 3 temp_fail (4xx), "
+        "4 unknown (no usable reply: timeout, connection failure), "
+        "2 bad input or configuration (nothing was sent)."
+    )
+)
+def probe(
+    email: Annotated[str, typer.Option("--email", "-e", help="Address to check.")],
+    mx_host: Annotated[
+        str | None, typer.Option("--mx-host", help="Probe this MX (skips MX resolution).")
+    ] = None,
+    force_resolve: Annotated[
+        bool, typer.Option("--force-resolve", help="Re-resolve the MX, ignoring the cache.")
+    ] = False,
+    port: Annotated[
+        int | None, typer.Option("--port", help="SMTP port (default SMTP_PORT, 25).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result dict as JSON.")] = False,
+    transcript: Annotated[
+        bool, typer.Option("--transcript", "-v", help="Also print the SMTP conversation.")
+    ] = False,
+) -> None:
+    """Probe one address: EHLO, STARTTLS when offered, MAIL FROM, RCPT TO (never DATA)."""
+    settings = _settings()
+    try:
+        address = parse_address(email)
+    except InvalidAddress as exc:
+        raise _fail(f"bad address: {exc}") from None
+    if mx_host is None:
+        mx_host = _resolve_mx(address.ascii_domain, force_resolve)
+    result = asyncio.run(probe_with_settings(address.normalized, mx_host, settings, port=port))
+    if result["error_kind"] == "bad_input":
+        raise _fail(str(result["error"]))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        typer.echo(format_result(result))
+        if transcript:
+            typer.echo("\n".join(["", "Transcript:", *result["transcript"]]))
+    raise typer.Exit(EXIT_BY_CATEGORY[result["category"]])
+
+
+async def probe_with_settings(
+    email: str,
+    mx_host: str,
+    settings: Settings,
+    *,
+    port: int | None = None,
+    behavior_hint: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One probe with identity, timeouts and TLS policy taken from the settings."""
+    return await aprobe_rcpt(
+        email,
+        mx_host,
+        helo_domain=settings.smtp_helo_domain,
+        mail_from=settings.smtp_mail_from,
+        connect_timeout=settings.smtp_connect_timeout,
+        command_timeout=settings.smtp_command_timeout,
+        behavior_hint=behavior_hint,
+        port=port or settings.smtp_port,
+        deadline=settings.smtp_probe_deadline,
+        source_address=settings.smtp_source_address,
+        starttls=settings.smtp_starttls,
+        tls_context=make_tls_context(settings.smtp_tls_verify, settings.smtp_tls_cafile),
+    )
+
+
+def _resolve_mx(domain: str, force: bool) -> str:
+    raise _fail(f"no --mx-host given for {domain}: MX resolution is not built yet; pass --mx-host")
+
+
+@app.command()
+def reasons(
+    markdown: Annotated[bool, typer.Option("--markdown", help="As a Markdown table.")] = False,
+) -> None:
+    """List every reason a probe can report, what it says about the address, and sisimai's name."""
+    if markdown:
+        typer.echo("| reason | says about the address | nearest sisimai reason | meaning |")
+        typer.echo("|---|---|---|---|")
+    for reason, info in REASONS.items():
+        if markdown:
+            typer.echo(f"| `{reason}` | {info.signal} | {info.sisimai} | {info.meaning} |")
+        else:
+            typer.echo(f"{reason:22} {info.signal:15} {info.sisimai:14} {info.meaning}")
+
+
+@app.command()
+def config() -> None:
+    """Show the effective settings (from the environment and defaults), or what is wrong."""
+    for name, value in sorted(_settings().as_env().items()):
+        typer.echo(f"{name}={value}")
+
+
+@app.command()
+def demo() -> None:
+    """Probe a few addresses against a simulated mail server on loopback (no internet)."""
+    from mailprobe.demo import run_demo
+
+    raise typer.Exit(asyncio.run(run_demo(_settings())))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for the console script and scripts/*.py; returns the exit status."""
+    try:
+        status = app(args=argv, prog_name="mailprobe", standalone_mode=False)
+        return int(status) if isinstance(status, int) else 0
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except SystemExit as exc:  # click's own usage errors
+        return int(exc.code or 0)
+    except Exception as exc:  # click.UsageError and friends carry their own message
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+            return int(getattr(exc, "exit_code", Exit.USAGE))
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""A simulated mail world on loopback: SMTP servers (and later DNS) for tests and demos."""

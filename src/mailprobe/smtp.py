@@ -1,0 +1,524 @@
+"""One SMTP conversation with one MX: EHLO, STARTTLS, MAIL FROM, RCPT TO. Never DATA.
+
+`SMTPSession` is the protocol for one connection and can carry several RCPTs
+(the engine reuses it for bulk work). `aprobe_rcpt` is the seed's single probe
+built on it, and `probe_rcpt` is its thin synchronous face.
+
+aiosmtplib does the wire work (reply parsing, multi-line replies, TLS
+upgrade). MAIL and RCPT are sent through `execute_command` with the address
+bytes we build ourselves, because aiosmtplib's `quote_address` re-parses the
+address with `email.utils` and could rewrite it; every byte we send has passed
+`mailprobe.address` and a last CR/LF check in `_command`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import aiosmtplib
+
+from mailprobe.address import EmailAddress, InvalidAddress, check_hostname, parse_address
+from mailprobe.behavior import record_mx_probe
+from mailprobe.classify import (
+    Reason,
+    category_for_code,
+    classify_error,
+    classify_reply,
+    parse_enhanced,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_MESSAGE_CHARS = 1000
+# QUIT and RSET are courtesy: never let them hold a finished probe for long.
+COURTESY_TIMEOUT = 5.0
+
+
+class ErrorKind(StrEnum):
+    """Why a probe ended without a reply to read."""
+
+    TIMEOUT = "timeout"
+    CONNECTION_FAILED = "connection_failed"
+    DISCONNECTED = "disconnected"
+    TLS_FAILED = "tls_failed"
+    BAD_INPUT = "bad_input"
+    PROTOCOL = "protocol"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    stage: str
+    code: int
+    message: str
+
+    @property
+    def enhanced(self) -> str | None:
+        return parse_enhanced(self.message)[0]
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 400
+
+
+class SessionError(Exception):
+    """The conversation ended without a reply: timeout, dropped connection, TLS failure."""
+
+    def __init__(self, kind: ErrorKind, stage: str, detail: str) -> None:
+        super().__init__(f"{kind.value} at {stage}: {detail}")
+        self.kind = kind
+        self.stage = stage
+
+
+class StageRefused(Exception):
+    """A stage before RCPT got a 4xx/5xx reply: that reply is the probe's result."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(f"{reply.stage} refused: {reply.code} {reply.message}")
+        self.reply = reply
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float
+    command: float
+
+
+def effective_timeouts(
+    connect_timeout: float, command_timeout: float, hint: Mapping[str, Any] | None
+) -> Timeouts:
+    """The seed's rule for adapting time budgets to what we know of an MX.
+
+    * hint["connect_timeout"] / hint["command_timeout"], when present, are used
+      as given (clamped to 1..600 s): the engine sets them, e.g. to retry a slow
+      MX with a longer, RFC 5321-sized budget.
+    * otherwise, hint["tarpit"] or hint["slow"] halve both budgets (never below
+      2 s): a server known to stall is not worth the full wait on a first pass.
+    * otherwise the configured budgets stand.
+    """
+    if not hint:
+        return Timeouts(connect_timeout, command_timeout)
+
+    def clamp(value: Any, default: float) -> float:
+        try:
+            return min(max(float(value), 1.0), 600.0)
+        except (TypeError, ValueError):
+            return default
+
+    if "connect_timeout" in hint or "command_timeout" in hint:
+        return Timeouts(
+            clamp(hint.get("connect_timeout", connect_timeout), connect_timeout),
+            clamp(hint.get("command_timeout", command_timeout), command_timeout),
+        )
+    if hint.get("tarpit") or hint.get("slow"):
+        return Timeouts(
+            min(connect_timeout, max(2.0, connect_timeout / 2)),
+            min(command_timeout, max(2.0, command_timeout / 2)),
+        )
+    return Timeouts(connect_timeout, command_timeout)
+
+
+def make_tls_context(verify: bool = False, cafile: str | None = None) -> ssl.SSLContext:
+    """Opportunistic TLS by default (RFC 7435): MX certificates are often self-signed
+    or name another host, and refusing them would only push us back to plaintext."""
+    context = ssl.create_default_context(cafile=cafile)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _check_host(mx_host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(mx_host.strip()))
+    except ValueError:
+        return check_hostname(mx_host, "mx_host")
+
+
+@dataclass
+class SMTPSession:
+    """One connection to one MX. Open it, then run any number of MAIL/RCPT rounds.
+
+    Every reply and command is kept in `transcript`, the evidence a result is
+    stored with. Each command waits at most `command_timeout`; the caller bounds
+    the whole session with its own deadline.
+    """
+
+    mx_host: str
+    helo_domain: str
+    port: int = 25
+    connect_timeout: float = 10.0
+    command_timeout: float = 10.0
+    source_address: str | None = None
+    starttls: bool = True
+    tls_context: ssl.SSLContext | None = None
+    transcript: list[str] = field(default_factory=list)
+    tls: bool = False
+    smtputf8: bool = False
+    stage: str = "connect"
+    _client: aiosmtplib.SMTP | None = field(default=None, repr=False)
+
+    async def open(self) -> Reply:
+        """Connect, read the greeting, EHLO (HELO on 5xx), STARTTLS when offered.
+
+        Raises StageRefused for a 4xx/5xx at any of these steps and SessionError
+        when there is no reply at all.
+        """
+        self.stage = "connect"
+        self.helo_domain = check_hostname(self.helo_domain, "helo_domain")
+        client = aiosmtplib.SMTP(
+            hostname=self.mx_host,
+            port=self.port,
+            local_hostname=self.helo_domain,
+            timeout=self.command_timeout,
+            start_tls=False,
+            source_address=(self.source_address, 0) if self.source_address else None,
+        )
+        self._client = client
+        self._log(f"* connect {self.mx_host}:{self.port}")
+        greeting: Reply
+        try:
+            response = await client.connect(timeout=self.connect_timeout)
+            self.stage = "greeting"
+            greeting = self._reply("greeting", response)
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            self.stage = "greeting"
+            raise StageRefused(self._reply("greeting", exc)) from None
+        except aiosmtplib.SMTPConnectTimeoutError as exc:
+            stage = "greeting" if "ready message" in str(exc) else "connect"
+            raise SessionError(ErrorKind.TIMEOUT, stage, str(exc)) from None
+        except (aiosmtplib.SMTPConnectError, OSError) as exc:
+            raise SessionError(ErrorKind.CONNECTION_FAILED, "connect", str(exc)) from None
+
+        await self._hello()
+        if self.starttls and client.supports_extension("starttls"):
+            await self._starttls()
+        return greeting
+
+    async def _hello(self) -> Reply:
+        client = self._require()
+        self.stage = "ehlo"
+        self._log(f"C: EHLO {self.helo_domain}")
+        try:
+            reply = self._reply("ehlo", await self._guard(client.ehlo()))
+        except aiosmtplib.SMTPHeloError as exc:
+            refused = self._reply("ehlo", exc)
+            if not 500 <= exc.code < 600:
+                raise StageRefused(refused) from None
+            self._log(f"C: HELO {self.helo_domain}")
+            try:
+                reply = self._reply("ehlo", await self._guard(client.helo()))
+            except aiosmtplib.SMTPHeloError as exc2:
+                raise StageRefused(self._reply("ehlo", exc2)) from None
+        self.smtputf8 = client.supports_extension("smtputf8")
+        return reply
+
+    async def _starttls(self) -> None:
+        client = self._require()
+        self.stage = "starttls"
+        self._log("C: STARTTLS")
+        context = self.tls_context or make_tls_context()
+        try:
+            response = await self._guard(
+                client.starttls(tls_context=context, server_hostname=self.mx_host)
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            # RFC 3207: a refused STARTTLS leaves the plaintext session usable.
+            self._reply("starttls", exc)
+            return
+        except ssl.SSLError as exc:
+            raise SessionError(ErrorKind.TLS_FAILED, "starttls", str(exc)) from None
+        self._reply("starttls", response)
+        self.tls = True
+        await self._hello()
+
+    async def mail(self, mail_from: str) -> Reply:
+        """MAIL FROM. A refusal raises StageRefused: RCPT cannot follow it."""
+        self.stage = "mail"
+        params = [b"SMTPUTF8"] if self.smtputf8 else []
+        reply = await self._command("mail", b"MAIL", b"FROM:<" + mail_from.encode() + b">", *params)
+        if not reply.ok:
+            raise StageRefused(reply)
+        return reply
+
+    async def rcpt(self, address: EmailAddress) -> Reply:
+        """RCPT TO: the answer we came for, whatever its code."""
+        self.stage = "rcpt"
+        return await self._command("rcpt", b"RCPT", b"TO:<" + address.wire.encode() + b">")
+
+    async def rset(self) -> Reply:
+        self.stage = "rset"
+        return await self._command("rset", b"RSET", timeout=COURTESY_TIMEOUT)
+
+    async def close(self) -> None:
+        """QUIT politely if the connection is still up, then drop it, always."""
+        client = self._client
+        if client is None:
+            return
+        try:
+            if client.is_connected:
+                self._log("C: QUIT")
+                await asyncio.wait_for(client.quit(), COURTESY_TIMEOUT)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            self.close_transport()
+
+    def close_transport(self) -> None:
+        """Drop the connection at once, without a word to the server."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- plumbing ------------------------------------------------------------
+
+    async def _command(self, stage: str, *words: bytes, timeout: float | None = None) -> Reply:
+        line = b" ".join(words)
+        if any(c in line for c in b"\r\n\x00"):  # last line of defence; see address.py
+            raise SessionError(ErrorKind.BAD_INPUT, stage, "command contains CR, LF or NUL")
+        self._log("C: " + line.decode(errors="replace"))
+        client = self._require()
+        response = await self._guard(
+            client.execute_command(*words, timeout=timeout or self.command_timeout)
+        )
+        return self._reply(stage, response)
+
+    async def _guard(self, awaitable: Awaitable[T]) -> T:
+        """Turn aiosmtplib's transport errors into SessionError at the current stage."""
+        try:
+            return await awaitable
+        except aiosmtplib.SMTPTimeoutError as exc:
+            raise SessionError(ErrorKind.TIMEOUT, self.stage, str(exc) or "timed out") from None
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            raise SessionError(ErrorKind.DISCONNECTED, self.stage, str(exc)) from None
+
+    def _require(self) -> aiosmtplib.SMTP:
+        if self._client is None:
+            raise SessionError(ErrorKind.DISCONNECTED, self.stage, "session is not open")
+        return self._client
+
+    def _reply(self, stage: str, response: Any) -> Reply:
+        reply = Reply(stage, int(response.code), str(response.message))
+        for i, line in enumerate(reply.message.splitlines() or [""]):
+            sep = "-" if i < len(reply.message.splitlines()) - 1 else " "
+            self._log(f"S: {reply.code}{sep}{line}")
+        return reply
+
+    def _log(self, line: str) -> None:
+        self.transcript.append(line)
+
+
+# -- the seed's probe ----------------------------------------------------------
+
+Recorder = Callable[..., Any]
+
+
+async def aprobe_rcpt(
+    email: str,
+    mx_host: str,
+    *,
+    helo_domain: str,
+    mail_from: str,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 10.0,
+    behavior_hint: Mapping[str, Any] | None = None,
+    port: int = 25,
+    deadline: float | None = None,
+    source_address: str | None = None,
+    starttls: bool = True,
+    tls_context: ssl.SSLContext | None = None,
+    recorder: Recorder | None = None,
+) -> dict[str, Any]:
+    """Probe one address at one MX and return the seed's result dict (plus evidence).
+
+    Never raises for a server's behaviour: every outcome, a refusal, a timeout
+    or a dropped connection, is a result. Bad input is a result too (ok=False,
+    error_kind bad_input) and nothing is sent.
+    """
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "ok": False,
+        "category": "unknown",
+        "code": None,
+        "message": "",
+        "mx_host": mx_host,
+        "helo_domain": helo_domain,
+        "elapsed_ms": 0,
+        "error": None,
+        "email": email,
+        "port": port,
+        "stage": "input",
+        "enhanced_status": None,
+        "reason": Reason.UNKNOWN.value,
+        "rule": None,
+        "error_kind": None,
+        "tls": False,
+        "transcript": [],
+    }
+    try:
+        address = parse_address(email)
+        result["email"] = address.normalized
+        result["mx_host"] = mx_host = _check_host(mx_host)
+        result["helo_domain"] = helo_domain = check_hostname(helo_domain, "helo_domain")
+        sender = parse_address(mail_from).wire
+    except (InvalidAddress, AttributeError, TypeError) as exc:
+        result.update(
+            error=str(exc), error_kind=ErrorKind.BAD_INPUT.value, reason=Reason.INVALID_SYNTAX.value
+        )
+        return result
+
+    timeouts = effective_timeouts(connect_timeout, command_timeout, behavior_hint)
+    budget = deadline or (timeouts.connect + 6 * timeouts.command)
+    session = SMTPSession(
+        mx_host=mx_host,
+        helo_domain=helo_domain,
+        port=port,
+        connect_timeout=timeouts.connect,
+        command_timeout=timeouts.command,
+        source_address=source_address,
+        starttls=starttls,
+        tls_context=tls_context,
+    )
+    reply: Reply | None = None
+    try:
+        async with asyncio.timeout(budget):
+            try:
+                await session.open()
+                if address.needs_smtputf8 and not session.smtputf8:
+                    result.update(
+                        stage="ehlo",
+                        reason=Reason.SMTPUTF8_UNSUPPORTED.value,
+                        error="address needs SMTPUTF8 and the server does not offer it",
+                    )
+                else:
+                    await session.mail(sender)
+                    reply = await session.rcpt(address)
+                    await _courtesy(session.rset())
+            except StageRefused as refused:
+                reply = refused.reply
+            finally:
+                await session.close()
+    except SessionError as exc:
+        result.update(
+            error=str(exc),
+            error_kind=exc.kind.value,
+            stage=exc.stage,
+            reason=classify_error(exc.kind.value).value,
+        )
+    except TimeoutError:
+        result.update(
+            error=f"timeout at {session.stage}: probe deadline of {budget:g}s exceeded",
+            error_kind=ErrorKind.TIMEOUT.value,
+            stage=session.stage,
+            reason=Reason.TIMEOUT.value,
+        )
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        result.update(
+            error=f"{type(exc).__name__} at {session.stage}: {exc}",
+            error_kind=ErrorKind.PROTOCOL.value,
+            stage=session.stage,
+        )
+    finally:
+        session.close_transport()  # in case the deadline cut a QUIT short
+
+    if reply is not None:
+        verdict = classify_reply(reply.stage, reply.code, reply.message, mx_host=mx_host)
+        result.update(
+            ok=True,
+            code=reply.code,
+            message=reply.message[:MAX_MESSAGE_CHARS],
+            stage=reply.stage,
+            enhanced_status=reply.enhanced,
+            category=category_for_code(reply.code).value,
+            reason=verdict.reason.value,
+            rule=verdict.rule,
+        )
+    result["tls"] = session.tls
+    result["transcript"] = session.transcript
+    result["elapsed_ms"] = int((time.monotonic() - started) * 1000)
+    _record(recorder or record_mx_probe, result)
+    return result
+
+
+async def _courtesy(awaitable: Any) -> None:
+    """RSET after the answer: its failure changes nothing we learned."""
+    with contextlib.suppress(SessionError, aiosmtplib.SMTPException, OSError, TimeoutError):
+        await awaitable
+
+
+def _record(recorder: Recorder, result: Mapping[str, Any]) -> None:
+    """The O06 hook: what this MX did, for later probes. Never fails the probe."""
+    try:
+        recorder(
+            result["mx_host"],
+            latency_ms=result["elapsed_ms"],
+            error_kind=result["error_kind"],
+            code=result["code"],
+            reason=result["reason"],
+            stage=result["stage"],
+        )
+    except Exception:  # a broken hook must not lose the result
+        log.exception("record_mx_probe failed for %s", result["mx_host"])
+
+
+def probe_rcpt(
+    email: str,
+    mx_host: str,
+    *,
+    helo_domain: str,
+    mail_from: str,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 10.0,
+    behavior_hint: dict[str, Any] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """The seed's synchronous probe: `aprobe_rcpt` run to completion.
+
+    Inside a running event loop (a notebook, an async app) it runs on a private
+    loop in a helper thread rather than deadlocking the caller's loop; async
+    code should simply `await aprobe_rcpt(...)`.
+    """
+    call = aprobe_rcpt(
+        email,
+        mx_host,
+        helo_domain=helo_domain,
+        mail_from=mail_from,
+        connect_timeout=connect_timeout,
+        command_timeout=command_timeout,
+        behavior_hint=behavior_hint,
+        **options,
+    )
+    return run_sync(call)
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from sync code, in a helper thread if a loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}  # the thread's value or exception
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="mailprobe-sync", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value

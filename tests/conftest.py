@@ -1,0 +1,67 @@
+"""Shared fixtures: scripted SMTP servers on loopback, TLS material, a clean settings cache."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+import trustme
+
+from mailprobe import behavior, config
+from mailprobe.sim.smtpd import MXBehavior, SimSMTPServer
+
+HELO = "probe.mailprobe.example"
+MAIL_FROM = "bounce@mailprobe.example"
+
+MakeServer = Callable[..., Awaitable[SimSMTPServer]]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees another's settings or behaviour cache, nor the developer's SMTP_* env."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("SMTP_", "DNS_", "DATABASE_", "REDIS_")):
+            monkeypatch.delenv(name, raising=False)
+    config.get_settings.cache_clear()
+    behavior.default_cache.clear()
+    yield
+    config.get_settings.cache_clear()
+    behavior.default_cache.clear()
+
+
+@pytest.fixture
+async def smtp_server() -> AsyncIterator[MakeServer]:
+    """Factory: `await smtp_server(MXBehavior(...))` starts a scripted server on 127.0.0.1."""
+    started: list[SimSMTPServer] = []
+
+    async def make(behavior: MXBehavior | None = None, host: str = "127.0.0.1") -> SimSMTPServer:
+        server = await SimSMTPServer(behavior, host=host).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        await server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_tls(tls_ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert("mx.sim.example", "127.0.0.1").configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture(scope="session")
+def client_tls(tls_ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that verifies the server against the test CA."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    tls_ca.configure_trust(ctx)
+    return ctx
