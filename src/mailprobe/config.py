@@ -20,6 +20,22 @@ from typing import Any
 from mailprobe.address import InvalidAddress, check_hostname, parse_address
 
 DEFAULT_HELO_DOMAIN = "verifier.crestwellpartners.com"
+DEFAULT_DATABASE_URL = "sqlite:///data/mailprobe.db"
+
+
+@dataclass(frozen=True, slots=True)
+class MXLimit:
+    """Caps for MX hosts matching `pattern` ("*.google.com" or an exact host)."""
+
+    pattern: str
+    max_concurrency: int
+    rps: float
+
+    def matches(self, mx_host: str) -> bool:
+        host = mx_host.lower().rstrip(".")
+        if self.pattern.startswith("*."):
+            return host.endswith(self.pattern[1:]) or host == self.pattern[2:]
+        return host == self.pattern
 
 
 class ConfigError(ValueError):
@@ -44,6 +60,22 @@ class Settings:
     smtp_starttls: bool = True  # SMTP_STARTTLS, upgrade when the server offers it
     smtp_tls_verify: bool = False  # SMTP_TLS_VERIFY, check the MX certificate
     smtp_tls_cafile: str | None = None  # SMTP_TLS_CAFILE, extra CA bundle
+    # DNS (R15)
+    dns_nameservers: tuple[str, ...] = ()  # DNS_NAMESERVERS, "host[:port]" list; () = resolv.conf
+    dns_timeout: float = 5.0  # DNS_TIMEOUT, seconds for one lookup (all tries)
+    mx_cache_min_ttl: int = 300  # MX_CACHE_MIN_TTL, seconds: floor on a record's TTL
+    mx_cache_max_ttl: int = 86400  # MX_CACHE_MAX_TTL, seconds: ceiling on a record's TTL
+    mx_negative_ttl: int = 600  # MX_NEGATIVE_TTL, seconds to remember NXDOMAIN / null MX / no MX
+    # Storage and queue
+    database_url: str = DEFAULT_DATABASE_URL  # DATABASE_URL (or the seed's DATABASE_PATH)
+    redis_url: str | None = None  # REDIS_URL; None = everything in-process
+    # Throttles (R06): the seed's names and defaults
+    global_max_concurrency: int = 12  # GLOBAL_MAX_CONCURRENCY
+    per_mx_max_concurrency_default: int = 2  # PER_MX_MAX_CONCURRENCY_DEFAULT
+    global_rps: float = 6.0  # GLOBAL_RPS
+    per_mx_rps_default: float = 1.0  # PER_MX_RPS_DEFAULT
+    mx_limits: tuple[MXLimit, ...] = ()  # MX_LIMITS, "*.google.com=5:2,..." or "@file"
+    throttle_wait: float = 30.0  # THROTTLE_WAIT, seconds to wait for a slot before rescheduling
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -68,6 +100,19 @@ class Settings:
             smtp_starttls=_bool(env, "SMTP_STARTTLS", True),
             smtp_tls_verify=_bool(env, "SMTP_TLS_VERIFY", False),
             smtp_tls_cafile=_existing_file_or_none(env, "SMTP_TLS_CAFILE"),
+            dns_nameservers=_nameservers(env, "DNS_NAMESERVERS"),
+            dns_timeout=_positive_float(env, "DNS_TIMEOUT", 5.0),
+            mx_cache_min_ttl=_positive_int(env, "MX_CACHE_MIN_TTL", 300),
+            mx_cache_max_ttl=_positive_int(env, "MX_CACHE_MAX_TTL", 86400),
+            mx_negative_ttl=_positive_int(env, "MX_NEGATIVE_TTL", 600),
+            database_url=_database_url(env),
+            redis_url=_redis_url(env, "REDIS_URL"),
+            global_max_concurrency=_positive_int(env, "GLOBAL_MAX_CONCURRENCY", 12),
+            per_mx_max_concurrency_default=_positive_int(env, "PER_MX_MAX_CONCURRENCY_DEFAULT", 2),
+            global_rps=_positive_float(env, "GLOBAL_RPS", 6.0),
+            per_mx_rps_default=_positive_float(env, "PER_MX_RPS_DEFAULT", 1.0),
+            mx_limits=_mx_limits(env, "MX_LIMITS"),
+            throttle_wait=_positive_float(env, "THROTTLE_WAIT", 30.0),
         )
 
     def as_env(self) -> dict[str, str]:
@@ -75,8 +120,17 @@ class Settings:
         out: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None:
-                out[f.name.upper()] = str(int(value)) if isinstance(value, bool) else str(value)
+            if value is None or value == ():
+                continue
+            if isinstance(value, bool):
+                out[f.name.upper()] = str(int(value))
+            elif isinstance(value, tuple):
+                out[f.name.upper()] = ",".join(
+                    f"{v.pattern}={v.max_concurrency}:{v.rps:g}" if isinstance(v, MXLimit) else v
+                    for v in value
+                )
+            else:
+                out[f.name.upper()] = str(value)
         return out
 
 
@@ -119,6 +173,19 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(name, f"{raw!r} is not a number") from None
     if not value > 0 or value == float("inf"):
         raise ConfigError(name, f"{raw!r} must be a positive, finite number of seconds")
+    return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise ConfigError(name, f"{value} must be at least 1")
     return value
 
 
@@ -187,3 +254,80 @@ def _existing_file_or_none(env: Mapping[str, str], name: str) -> str | None:
     if not os.path.isfile(raw):
         raise ConfigError(name, f"{raw!r} is not a readable file")
     return raw
+
+
+def _nameservers(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """ "10.0.0.53, 127.0.0.1:5353, [::1]:53" -> normalised "host:port" strings."""
+    raw = _raw(env, name)
+    if raw is None:
+        return ()
+    out = []
+    for item in raw.replace(",", " ").split():
+        host, port = item, "53"
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest.lstrip(":") or "53"
+        elif item.count(":") == 1:
+            host, port = item.split(":")
+        try:
+            ipaddress.ip_address(host)
+            port_no = int(port)
+        except ValueError:
+            raise ConfigError(
+                name, f"{item!r} is not an IP address with an optional :port"
+            ) from None
+        if not 1 <= port_no <= 65535:
+            raise ConfigError(name, f"{item!r} has no valid port")
+        out.append(f"[{host}]:{port_no}" if ":" in host else f"{host}:{port_no}")
+    return tuple(out)
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    url = _raw(env, "DATABASE_URL")
+    if url is not None:
+        if "://" not in url:
+            raise ConfigError("DATABASE_URL", f"{url!r} is not a URL (e.g. sqlite:///data/x.db)")
+        return url
+    path = _raw(env, "DATABASE_PATH")
+    if path is not None:
+        return f"sqlite:///{path}"
+    return DEFAULT_DATABASE_URL
+
+
+def _redis_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = _raw(env, name)
+    if raw is None:
+        return None
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(name, f"{raw!r} is not a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _mx_limits(env: Mapping[str, str], name: str) -> tuple[MXLimit, ...]:
+    """ "*.google.com=5:2, mx.acme.example=1:0.5" (concurrency:rps), or "@path" to such lines."""
+    raw = _raw(env, name)
+    if raw is None:
+        return ()
+    if raw.startswith("@"):
+        try:
+            with open(raw[1:], encoding="utf-8") as fh:
+                raw = " ".join(line.split("#", 1)[0] for line in fh)
+        except OSError as exc:
+            raise ConfigError(name, f"cannot read {raw[1:]!r}: {exc}") from None
+    limits = []
+    for item in raw.replace(",", " ").split():
+        pattern, _, caps = item.partition("=")
+        conc, _, rps = caps.partition(":")
+        try:
+            host = check_hostname(pattern[2:] if pattern.startswith("*.") else pattern, name)
+            limit = MXLimit(
+                ("*." if pattern.startswith("*.") else "") + host, int(conc), float(rps)
+            )
+        except (InvalidAddress, ValueError):
+            raise ConfigError(
+                name, f"{item!r} is not PATTERN=CONCURRENCY:RPS (e.g. *.google.com=5:2)"
+            ) from None
+        if limit.max_concurrency < 1 or not limit.rps > 0:
+            raise ConfigError(name, f"{item!r}: caps must be positive")
+        limits.append(limit)
+    return tuple(limits)
