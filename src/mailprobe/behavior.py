@@ -1,21 +1,25 @@
 """What each MX has shown us (the seed's O06 behaviour cache), to tune later probes.
 
 `record_mx_probe` is the hook every probe calls; `behavior_hint` turns what
-was recorded into the hint `probe_rcpt` adapts its timeouts to. This is the
-in-process cache; a persisted, fleet-wide one replaces it behind the same two
-functions.
+was recorded into the hint `probe_rcpt` adapts its timeouts to. Figures are
+kept per MX host (many domains share one MX) in memory, where the hot path
+only touches a dict under a lock. Persistence belongs to the engine: it takes
+`dirty()` snapshots in batches and writes them to the mx_hosts table, and
+`load()`s them back, so this module needs no database.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# A probe slower than this, or one that timed out, counts towards "slow".
+# A probe whose average latency exceeds this counts as "slow".
 SLOW_LATENCY_MS = 5000
 TARPIT_TIMEOUTS = 2  # consecutive timeouts before we call an MX a tarpit
+LATENCY_WINDOW = 50  # recent latencies kept for the percentile
 
 
 @dataclass
@@ -24,11 +28,15 @@ class MXStats:
     timeouts: int = 0
     consecutive_timeouts: int = 0
     avg_latency_ms: float = 0.0
+    p95_latency_ms: float = 0.0
+    tarpit: bool = False
     greylisting_seen: bool = False
     rate_limited_seen: bool = False
+    catch_all_seen: bool = False
     last_code: int | None = None
     last_reason: str | None = None
     last_seen: float = field(default_factory=time.time)
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
     def add(
         self, latency_ms: float, error_kind: str | None, code: int | None, reason: str | None
@@ -37,21 +45,38 @@ class MXStats:
         # Exponential moving average: recent behaviour matters most.
         alpha = 0.2 if self.probes > 1 else 1.0
         self.avg_latency_ms += alpha * (latency_ms - self.avg_latency_ms)
+        self.recent.append(latency_ms)
+        ordered = sorted(self.recent)
+        self.p95_latency_ms = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
         if error_kind == "timeout":
             self.timeouts += 1
             self.consecutive_timeouts += 1
         else:
             self.consecutive_timeouts = 0
+        self.tarpit = self.consecutive_timeouts >= TARPIT_TIMEOUTS
         self.greylisting_seen |= reason == "greylisted"
-        self.rate_limited_seen |= reason == "rate_limited"
+        self.rate_limited_seen |= reason in {"rate_limited", "too_many_recipients"} or code == 421
         self.last_code, self.last_reason, self.last_seen = code, reason, time.time()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["recent"] = list(self.recent)
+        data["avg_latency_ms"] = round(self.avg_latency_ms, 1)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MXStats:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["recent"] = deque(known.get("recent", []), maxlen=LATENCY_WINDOW)
+        return cls(**known)
 
 
 class BehaviorCache:
-    """Per-MX figures, keyed by MX host (many domains share one MX)."""
+    """Per-MX figures, keyed by lowercased MX host. Thread-safe; cheap to record."""
 
     def __init__(self) -> None:
         self._stats: dict[str, MXStats] = {}
+        self._dirty: set[str] = set()
         self._lock = threading.Lock()
 
     def record(
@@ -63,10 +88,16 @@ class BehaviorCache:
         code: int | None = None,
         reason: str | None = None,
     ) -> None:
+        key = mx_host.lower()
         with self._lock:
-            self._stats.setdefault(mx_host.lower(), MXStats()).add(
-                latency_ms, error_kind, code, reason
-            )
+            self._stats.setdefault(key, MXStats()).add(latency_ms, error_kind, code, reason)
+            self._dirty.add(key)
+
+    def mark_catch_all(self, mx_host: str, seen: bool = True) -> None:
+        key = mx_host.lower()
+        with self._lock:
+            self._stats.setdefault(key, MXStats()).catch_all_seen |= seen
+            self._dirty.add(key)
 
     def stats(self, mx_host: str) -> MXStats | None:
         with self._lock:
@@ -77,17 +108,33 @@ class BehaviorCache:
         if stats is None:
             return None
         return {
-            "tarpit": stats.consecutive_timeouts >= TARPIT_TIMEOUTS,
+            "tarpit": stats.tarpit,
             "slow": stats.avg_latency_ms >= SLOW_LATENCY_MS,
             "greylisting": stats.greylisting_seen,
             "rate_limited": stats.rate_limited_seen,
+            "catch_all": stats.catch_all_seen,
             "avg_latency_ms": round(stats.avg_latency_ms),
+            "p95_latency_ms": round(stats.p95_latency_ms),
             "probes": stats.probes,
         }
+
+    def dirty(self) -> dict[str, dict[str, Any]]:
+        """Snapshots of every MX changed since the last call, for a batched write."""
+        with self._lock:
+            out = {host: self._stats[host].to_dict() for host in self._dirty}
+            self._dirty.clear()
+        return out
+
+    def load(self, snapshots: dict[str, dict[str, Any]]) -> None:
+        """Adopt persisted figures for MX hosts this process has not seen yet."""
+        with self._lock:
+            for host, data in snapshots.items():
+                self._stats.setdefault(host.lower(), MXStats.from_dict(data))
 
     def clear(self) -> None:
         with self._lock:
             self._stats.clear()
+            self._dirty.clear()
 
 
 default_cache = BehaviorCache()

@@ -142,7 +142,112 @@ async def probe_with_settings(
 
 
 def _resolve_mx(domain: str, force: bool) -> str:
-    raise _fail(f"no --mx-host given for {domain}: MX resolution is not built yet; pass --mx-host")
+    """The domain's lowest MX through the cache; a clear message when there is none."""
+    from mailprobe.engine import aget_or_resolve_mx
+
+    cached = _run_store(aget_or_resolve_mx(domain, force))
+    if cached.lowest_mx is None:
+        detail = f" ({cached.resolution.error})" if cached.resolution.error else ""
+        typer.echo(f"mailprobe: {domain}: {cached.status.value}{detail}: no MX to probe", err=True)
+        raise typer.Exit(Exit.UNKNOWN)
+    return str(cached.lowest_mx)
+
+
+def _run_store(coro: Any) -> Any:
+    """Run an engine call; database and input failures end in one clear line."""
+    from mailprobe.store import StoreError
+
+    try:
+        return asyncio.run(coro)
+    except StoreError as exc:
+        raise _fail(f"database error: {exc}") from None
+    except InvalidAddress as exc:
+        raise _fail(str(exc)) from None
+
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the migrations to DATABASE_URL (creates the SQLite file on first use)."""
+    from mailprobe.store import Store, StoreError
+
+    settings = _settings()
+    try:
+        store = Store(settings.database_url)
+        store.upgrade()
+    except StoreError as exc:
+        raise _fail(f"database error: {exc}") from None
+    typer.echo(f"database {store.shown_url} is at the newest schema")
+
+
+@app.command()
+def ingest(
+    path: Annotated[
+        str,
+        typer.Argument(help="Text file (one address a line), CSV with an 'email' column, or -."),
+    ],
+    probe: Annotated[
+        bool,
+        typer.Option("--probe", help="Queue a probe per new address (run here without Redis)."),
+    ] = False,
+) -> None:
+    """Store the addresses of a list; bad lines are reported by number, good ones kept."""
+    from mailprobe.engine import ingest as run_ingest
+    from mailprobe.store import StoreError
+
+    settings = _settings()
+    try:
+        report = run_ingest(path, enqueue_probe=probe, source_name=None if path == "-" else path)
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc}") from None
+    except StoreError as exc:
+        raise _fail(f"database error: {exc}") from None
+    for line_no, raw, why in report.bad:
+        typer.echo(f"{path}:{line_no}: skipped {raw!r}: {why}", err=True)
+    typer.echo(
+        f"added {report.added}, already present {report.existing}, "
+        f"bad lines {len(report.bad)}, probes queued {report.enqueued}"
+    )
+    if probe and report.enqueued and settings.redis_url is None:
+        from mailprobe.queue import run_queued
+
+        results = run_queued()
+        typer.echo(f"probed {len(results)} queued addresses in this process")
+
+
+@app.command()
+def resolve(
+    domain: Annotated[
+        list[str] | None, typer.Option("--domain", "-d", help="Domain to resolve (repeatable).")
+    ] = None,
+    from_db: Annotated[
+        bool, typer.Option("--from-db", help="Resolve every domain of the stored addresses.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Ignore the cache.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Resolve MX records through the cache (domain_resolutions) and show them."""
+    from mailprobe.engine import aresolve_domains, stored_domains
+
+    _settings()
+    names = list(domain or [])
+    if from_db:
+        names += _run_store(stored_domains())
+    if not names:
+        raise _fail("give --domain D or --from-db")
+    for cached in _run_store(aresolve_domains(names, force=force)):
+        if as_json:
+            typer.echo(json.dumps(cached.as_dict()))
+        else:
+            hosts = ", ".join(f"{r.preference} {r.host}" for r in cached.resolution.records)
+            origin = "stale cache" if cached.stale else "cache" if cached.from_cache else "dns"
+            typer.echo(
+                f"{cached.resolution.domain:30} {cached.status.value:15} [{hosts or '-'}] "
+                f"({origin})"
+            )
 
 
 @app.command()

@@ -157,6 +157,7 @@ class SMTPSession:
     mx_host: str
     helo_domain: str
     port: int = 25
+    connect_to: str | None = None  # an IP for mx_host, resolved by our own resolver
     connect_timeout: float = 10.0
     command_timeout: float = 10.0
     source_address: str | None = None
@@ -177,7 +178,7 @@ class SMTPSession:
         self.stage = "connect"
         self.helo_domain = check_hostname(self.helo_domain, "helo_domain")
         client = aiosmtplib.SMTP(
-            hostname=self.mx_host,
+            hostname=self.connect_to or self.mx_host,
             port=self.port,
             local_hostname=self.helo_domain,
             timeout=self.command_timeout,
@@ -185,7 +186,8 @@ class SMTPSession:
             source_address=(self.source_address, 0) if self.source_address else None,
         )
         self._client = client
-        self._log(f"* connect {self.mx_host}:{self.port}")
+        target = f"{self.mx_host} ({self.connect_to})" if self.connect_to else self.mx_host
+        self._log(f"* connect {target} port {self.port}")
         greeting: Reply
         try:
             response = await client.connect(timeout=self.connect_timeout)
@@ -338,12 +340,14 @@ async def aprobe_rcpt(
     starttls: bool = True,
     tls_context: ssl.SSLContext | None = None,
     recorder: Recorder | None = None,
+    connect_to: str | None = None,
 ) -> dict[str, Any]:
     """Probe one address at one MX and return the seed's result dict (plus evidence).
 
     Never raises for a server's behaviour: every outcome, a refusal, a timeout
     or a dropped connection, is a result. Bad input is a result too (ok=False,
-    error_kind bad_input) and nothing is sent.
+    error_kind bad_input) and nothing is sent. `connect_to` is the IP to dial when
+    the caller resolved `mx_host` itself; `mx_host` still names the server.
     """
     started = time.monotonic()
     result: dict[str, Any] = {
@@ -370,6 +374,8 @@ async def aprobe_rcpt(
         result["email"] = address.normalized
         result["mx_host"] = mx_host = _check_host(mx_host)
         result["helo_domain"] = helo_domain = check_hostname(helo_domain, "helo_domain")
+        if connect_to is not None:
+            connect_to = _check_host(connect_to)
         sender = parse_address(mail_from).wire
     except (InvalidAddress, AttributeError, TypeError) as exc:
         result.update(
@@ -383,6 +389,7 @@ async def aprobe_rcpt(
         mx_host=mx_host,
         helo_domain=helo_domain,
         port=port,
+        connect_to=connect_to,
         connect_timeout=timeouts.connect,
         command_timeout=timeouts.command,
         source_address=source_address,

@@ -1,0 +1,296 @@
+"""MX resolution (RFC 5321 §5.1, RFC 7505) on dnspython's async resolver.
+
+`resolve_mx` never raises for a DNS problem: every outcome is an `MXResolution`
+whose status says what to do next — probe the hosts (OK), give up for good
+(NULL_MX, NO_SUCH_DOMAIN, NO_MAIL_HOST) or try again later (DNS_ERROR). Only a
+domain that is not a valid host name raises (InvalidAddress), since no lookup
+could help it. The TTL travels with the answer so the store can cache it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import dns.asyncresolver
+import dns.exception
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import dns.rrset
+
+from mailprobe.address import InvalidAddress, check_hostname
+from mailprobe.config import Settings, get_settings
+
+# Extra seconds the outer asyncio.timeout allows beyond the resolver's own lifetime:
+# the lifetime should always fire first; this only guards against a resolver bug.
+_BELT_SLACK = 1.0
+_DEFAULT_RNG = random.Random()
+
+
+class ResolutionStatus(StrEnum):
+    OK = "ok"
+    NULL_MX = "null_mx"  # RFC 7505 "MX 0 .": the domain accepts no mail
+    NO_SUCH_DOMAIN = "no_such_domain"  # NXDOMAIN
+    NO_MAIL_HOST = "no_mail_host"  # no MX and no A/AAAA to fall back on
+    DNS_ERROR = "dns_error"  # SERVFAIL, timeout, refused, no server answered: temporary
+
+
+@dataclass(frozen=True, slots=True)
+class MXRecord:
+    preference: int
+    host: str  # lowercase ASCII, no trailing dot
+
+
+@dataclass(frozen=True, slots=True)
+class MXResolution:
+    """The outcome for one domain, in the order hosts should be tried."""
+
+    domain: str  # ASCII (IDNA) form
+    status: ResolutionStatus
+    records: tuple[MXRecord, ...] = ()
+    ttl: int = 0  # seconds: answer TTL, or the negative TTL from the SOA, or 0
+    implicit: bool = False  # no MX: the domain's own A/AAAA serves as MX (RFC 5321 §5.1)
+    error: str | None = None
+
+    @property
+    def lowest_mx(self) -> str | None:
+        return self.records[0].host if self.records else None
+
+    @property
+    def hosts(self) -> list[str]:
+        return [r.host for r in self.records]
+
+    @property
+    def is_temporary(self) -> bool:
+        return self.status is ResolutionStatus.DNS_ERROR
+
+    @property
+    def deliverable(self) -> bool:
+        return self.status is ResolutionStatus.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "status": self.status.value,
+            "records": [{"preference": r.preference, "host": r.host} for r in self.records],
+            "ttl": self.ttl,
+            "implicit": self.implicit,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MXResolution:
+        return cls(
+            domain=str(data["domain"]),
+            status=ResolutionStatus(data["status"]),
+            records=tuple(
+                MXRecord(int(r["preference"]), str(r["host"])) for r in data.get("records") or ()
+            ),
+            ttl=int(data.get("ttl") or 0),
+            implicit=bool(data.get("implicit", False)),
+            error=data.get("error"),
+        )
+
+
+def _parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
+    """ "10.0.0.53", "127.0.0.1:5353", "[::1]:53" or "::1" -> a plain-DNS nameserver."""
+    text = entry.strip()
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"nameserver {entry!r} is not [IPv6]:port")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = int(port_text)
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(
+            f"nameserver {entry!r} is not an IP address with an optional :port"
+        ) from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"nameserver {entry!r} has no valid port")
+    return dns.nameserver.Do53Nameserver(address, port)
+
+
+def make_resolver(
+    nameservers: Sequence[str] = (), timeout: float = 5.0
+) -> dns.asyncresolver.Resolver:
+    """A resolver whose `lifetime` (all tries, all servers) is `timeout` seconds.
+
+    With no `nameservers` it reads the system's resolv.conf; otherwise it asks
+    only the given "host[:port]" / "[v6]:port" servers, so tests and the simulated
+    world can point it at a loopback server on a random port.
+    """
+    if nameservers:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [_parse_nameserver(n) for n in nameservers]
+    else:
+        resolver = dns.asyncresolver.Resolver(configure=True)
+    resolver.lifetime = timeout
+    resolver.timeout = min(resolver.timeout, timeout)  # one try never outlives the lookup
+    resolver.cache = None  # TTLs must be the server's, not a countdown; the store caches
+    return resolver
+
+
+def default_resolver(settings: Settings | None = None) -> dns.asyncresolver.Resolver:
+    """The resolver DNS_NAMESERVERS and DNS_TIMEOUT describe."""
+    settings = settings or get_settings()
+    return make_resolver(settings.dns_nameservers, settings.dns_timeout)
+
+
+def _soa_ttl(response: dns.message.Message | None) -> int | None:
+    """RFC 2308 §5: min(SOA TTL, SOA MINIMUM) from the authority section, if there is an SOA."""
+    if response is None:
+        return None
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return int(min(rrset.ttl, rrset[0].minimum))
+    return None
+
+
+def _negative_ttl(*responses: dns.message.Message | None) -> int:
+    """The shortest negative TTL among `responses`; 0 (do not rely on it) when none has an SOA."""
+    ttls = [t for t in map(_soa_ttl, responses) if t is not None]
+    return min(ttls) if ttls else 0
+
+
+def _order(records: list[MXRecord], rng: random.Random) -> tuple[MXRecord, ...]:
+    """Lowest preference first; hosts of equal preference shuffled (RFC 5321 §5.1)."""
+    best: dict[str, int] = {}
+    for r in records:  # a host listed twice keeps its best preference
+        best[r.host] = min(r.preference, best.get(r.host, r.preference))
+    groups: dict[int, list[str]] = {}
+    for host, pref in best.items():
+        groups.setdefault(pref, []).append(host)
+    out: list[MXRecord] = []
+    for pref in sorted(groups):
+        hosts = sorted(groups[pref])  # a fixed start, so a seeded rng reproduces the order
+        rng.shuffle(hosts)
+        out.extend(MXRecord(pref, h) for h in hosts)
+    return tuple(out)
+
+
+class _Lookup:
+    """Queries for one resolution, sharing one deadline so MX + A + AAAA fit in the lifetime."""
+
+    def __init__(self, resolver: dns.asyncresolver.Resolver, name: dns.name.Name) -> None:
+        self.resolver = resolver
+        self.name = name
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + float(resolver.lifetime)
+
+    async def query(self, rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer:
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise TimeoutError("the lookup's lifetime ran out between queries")
+        return await self.resolver.resolve(
+            self.name, rdtype, raise_on_no_answer=False, lifetime=remaining, search=False
+        )
+
+
+def _error(domain: str, exc: BaseException) -> MXResolution:
+    text = str(exc) or type(exc).__name__
+    return MXResolution(domain, ResolutionStatus.DNS_ERROR, error=f"{type(exc).__name__}: {text}")
+
+
+async def resolve_mx(
+    domain: str,
+    *,
+    resolver: dns.asyncresolver.Resolver | None = None,
+    rng: random.Random | None = None,
+) -> MXResolution:
+    """Find where mail for `domain` goes, in the order to try the hosts.
+
+    Unicode domains are IDNA-encoded first; an invalid name raises InvalidAddress.
+    Every DNS failure comes back as DNS_ERROR (temporary), never as an exception,
+    and the whole call is bounded by the resolver's lifetime.
+    """
+    ascii_domain = check_hostname(domain, "domain")
+    name = dns.name.from_text(ascii_domain)  # absolute: no search-list suffixes
+    if resolver is None:
+        try:
+            resolver = default_resolver()
+        except dns.exception.DNSException as exc:  # e.g. no resolv.conf
+            return _error(ascii_domain, exc)
+    rng = rng or _DEFAULT_RNG
+    try:
+        async with asyncio.timeout(float(resolver.lifetime) + _BELT_SLACK):
+            return await _resolve(ascii_domain, _Lookup(resolver, name), rng)
+    except dns.resolver.NXDOMAIN as exc:
+        responses: dict[dns.name.Name, dns.message.Message] = exc.kwargs.get("responses") or {}
+        response = responses.get(name)
+        return MXResolution(
+            ascii_domain, ResolutionStatus.NO_SUCH_DOMAIN, ttl=_negative_ttl(response)
+        )
+    except TimeoutError as exc:
+        return MXResolution(
+            ascii_domain,
+            ResolutionStatus.DNS_ERROR,
+            error=f"Timeout: no answer within {float(resolver.lifetime):g}s ({exc})",
+        )
+    except (dns.exception.DNSException, OSError, ValueError) as exc:
+        return _error(ascii_domain, exc)
+
+
+async def _resolve(domain: str, lookup: _Lookup, rng: random.Random) -> MXResolution:
+    answer = await lookup.query(dns.rdatatype.MX)
+    if answer.rrset is not None and len(answer.rrset):
+        return _from_mx(domain, answer, rng)
+    responses = [answer.response]
+    # No MX: RFC 5321 §5.1 treats the domain's own address as an implicit MX.
+    for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        address = await lookup.query(rdtype)
+        if address.rrset is not None and len(address.rrset):
+            ttl = int(address.chaining_result.minimum_ttl)
+            return MXResolution(
+                domain, ResolutionStatus.OK, (MXRecord(0, domain),), ttl=ttl, implicit=True
+            )
+        responses.append(address.response)
+    return MXResolution(
+        domain,
+        ResolutionStatus.NO_MAIL_HOST,
+        ttl=_negative_ttl(*responses),
+        error="no MX and no A/AAAA record",
+    )
+
+
+def _from_mx(domain: str, answer: dns.resolver.Answer, rng: random.Random) -> MXResolution:
+    ttl = int(answer.chaining_result.minimum_ttl)
+    records: list[MXRecord] = []
+    null_mx = False
+    invalid: list[str] = []
+    for rdata in answer:
+        exchange: dns.name.Name = rdata.exchange
+        if exchange == dns.name.root:
+            null_mx = True
+            continue
+        text = exchange.to_text(omit_final_dot=True)
+        try:
+            host = check_hostname(text, "MX host")
+        except InvalidAddress:
+            invalid.append(text)  # never hand an unsafe name to the SMTP layer
+            continue
+        records.append(MXRecord(int(rdata.preference), host))
+    if not records and null_mx:
+        return MXResolution(domain, ResolutionStatus.NULL_MX, ttl=ttl)
+    # A "." mixed with real hosts breaks RFC 7505 §3; the real hosts still say where mail goes.
+    if not records:
+        return MXResolution(
+            domain,
+            ResolutionStatus.NO_MAIL_HOST,
+            ttl=ttl,
+            error=f"MX records name no valid host: {', '.join(invalid)}",
+        )
+    return MXResolution(domain, ResolutionStatus.OK, _order(records, rng), ttl=ttl)

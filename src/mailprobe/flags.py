@@ -1,0 +1,55 @@
+"""Flags on an address: free (consumer mailbox), disposable, role. Facts, not verdicts.
+
+A flag never changes what the server said; it tells the user what kind of
+address it is. Free and role lists ship in mailprobe/data; disposable domains
+come from the `disposable-email-domains` package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import resources
+
+from disposable_email_domains import blocklist as _disposable
+
+
+@cache
+def _list(name: str) -> frozenset[str]:
+    text = resources.files("mailprobe.data").joinpath(name).read_text(encoding="utf-8")
+    return frozenset(
+        line.strip().lower() for line in text.splitlines() if line.strip() and line[0] != "#"
+    )
+
+
+def _in(domain: str, names: frozenset[str] | set[str]) -> bool:
+    """Exact match or a parent domain listed (mail.gmx.net matches gmx.net)."""
+    parts = domain.lower().rstrip(".").split(".")
+    return any(".".join(parts[i:]) in names for i in range(len(parts) - 1))
+
+
+def is_freemail(domain: str) -> bool:
+    return _in(domain, _list("freemail.txt"))
+
+
+def is_disposable(domain: str) -> bool:
+    return _in(domain, _disposable)
+
+
+def is_role(local_part: str) -> bool:
+    base = local_part.lower().split("+", 1)[0]
+    return base in _list("role_accounts.txt")
+
+
+@dataclass(frozen=True, slots=True)
+class Flags:
+    free: bool = False
+    disposable: bool = False
+    role: bool = False
+
+    def as_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+def flags_for(local_part: str, domain: str) -> Flags:
+    return Flags(is_freemail(domain), is_disposable(domain), is_role(local_part))

@@ -1,0 +1,176 @@
+"""MX lookups through the domain_resolutions table: the seed's R15 `get_or_resolve_mx`.
+
+A record is served from the table until it expires: positive answers live for
+their DNS TTL clamped to [MX_CACHE_MIN_TTL, MX_CACHE_MAX_TTL]; NXDOMAIN, null
+MX and "no mail host" live for MX_NEGATIVE_TTL. A temporary DNS failure is
+never stored: the previous answer, even stale, is served instead, and when
+there is none the failure is returned uncached, so the next call asks again.
+Concurrent callers for one domain share a single lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import dns.asyncresolver
+
+from mailprobe.address import check_hostname
+from mailprobe.config import Settings, get_settings
+from mailprobe.dns import MXRecord, MXResolution, ResolutionStatus, default_resolver, resolve_mx
+from mailprobe.flags import is_disposable, is_freemail
+from mailprobe.store import Store
+from mailprobe.store import queries as q
+from mailprobe.store.models import DomainResolution, utcnow
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedMX:
+    """A resolution plus where it came from and how long it is good for."""
+
+    resolution: MXResolution
+    resolved_at: datetime
+    expires_at: datetime
+    from_cache: bool = False
+    stale: bool = False  # served past expiry because DNS is failing right now
+    flags: dict[str, Any] = field(default_factory=dict)
+    catch_all: bool | None = None
+
+    @property
+    def status(self) -> ResolutionStatus:
+        return self.resolution.status
+
+    @property
+    def lowest_mx(self) -> str | None:
+        return self.resolution.lowest_mx
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "domain": self.resolution.domain,
+            "status": self.status.value,
+            "lowest_mx": self.lowest_mx,
+            "mx_hosts": [
+                {"preference": r.preference, "host": r.host} for r in self.resolution.records
+            ],
+            "implicit_mx": self.resolution.implicit,
+            "ttl": self.resolution.ttl,
+            "error": self.resolution.error,
+            "from_cache": self.from_cache,
+            "stale": self.stale,
+            "flags": self.flags,
+            "catch_all": self.catch_all,
+            "resolved_at": self.resolved_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+
+def domain_flags(domain: str) -> dict[str, bool]:
+    return {"free": is_freemail(domain), "disposable": is_disposable(domain)}
+
+
+class MXCache:
+    """get_or_resolve_mx over one Store, one resolver and one clock (tests inject a clock)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings | None = None,
+        *,
+        resolver: dns.asyncresolver.Resolver | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.store = store
+        self.settings = settings or get_settings()
+        self._resolver = resolver
+        self.clock = clock
+        self._inflight: dict[str, asyncio.Future[CachedMX]] = {}
+
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        if self._resolver is None:
+            self._resolver = default_resolver(self.settings)
+        return self._resolver
+
+    async def get(self, domain: str, *, force: bool = False) -> CachedMX:
+        name = check_hostname(domain, "domain")
+        row = None if force else await asyncio.to_thread(self._read, name)
+        if row is not None and row.expires_at > self.clock():
+            return row
+        pending = self._inflight.get(name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[CachedMX] = asyncio.get_running_loop().create_future()
+        self._inflight[name] = future
+        try:
+            answer = await self._refresh(name, previous=row)
+            future.set_result(answer)
+            return answer
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so no "never retrieved" warning
+            raise
+        finally:
+            del self._inflight[name]
+
+    async def _refresh(self, name: str, previous: CachedMX | None) -> CachedMX:
+        resolution = await resolve_mx(name, resolver=self.resolver)
+        now = self.clock()
+        if resolution.is_temporary:
+            stale = previous or await asyncio.to_thread(self._read, name)  # None when forced
+            if stale is None:
+                return CachedMX(resolution, now, now, flags=domain_flags(name))
+            return replace(stale, stale=True)
+        s = self.settings
+        if resolution.status is ResolutionStatus.OK:
+            ttl = min(max(resolution.ttl, s.mx_cache_min_ttl), s.mx_cache_max_ttl)
+        else:
+            ttl = s.mx_negative_ttl
+        cached = CachedMX(resolution, now, now + timedelta(seconds=ttl), flags=domain_flags(name))
+        await asyncio.to_thread(self._write, cached)
+        return cached
+
+    def _read(self, name: str) -> CachedMX | None:
+        with self.store.session() as session:
+            row = q.get_resolution(session, name)
+            return None if row is None else _from_row(row)
+
+    def _write(self, cached: CachedMX) -> None:
+        r = cached.resolution
+        with self.store.session() as session:
+            q.save_resolution(
+                session,
+                r.domain,
+                status=r.status.value,
+                mx_hosts=[{"preference": m.preference, "host": m.host} for m in r.records],
+                lowest_mx=r.lowest_mx,
+                implicit_mx=r.implicit,
+                ttl=r.ttl,
+                error=r.error,
+                flags=cached.flags,
+                resolved_at=cached.resolved_at,
+                expires_at=cached.expires_at,
+            )
+
+
+def _from_row(row: DomainResolution) -> CachedMX:
+    resolution = MXResolution(
+        domain=row.domain,
+        status=ResolutionStatus(row.status),
+        records=tuple(MXRecord(int(m["preference"]), str(m["host"])) for m in row.mx_hosts),
+        ttl=row.ttl,
+        implicit=row.implicit_mx,
+        error=row.error,
+    )
+    return CachedMX(
+        resolution,
+        row.resolved_at,
+        row.expires_at,
+        from_cache=True,
+        flags=dict(row.flags),
+        catch_all=row.catch_all,
+    )

@@ -1,0 +1,150 @@
+"""Opening the database: engines, SQLite's WAL and busy timeout, migrations, clear errors.
+
+DATABASE_URL chooses the backend (SQLite by default, PostgreSQL at scale).
+SQLite runs in WAL mode with a busy timeout so a CLI run and a worker can
+write the same file; every way of failing to open the database ends in a
+StoreError that says which URL and what went wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, exc, inspect, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_S = 30
+CONNECT_TIMEOUT_S = 5
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message names the URL (password hidden)."""
+
+
+def normalise_url(url: str) -> URL:
+    """Parse DATABASE_URL; `postgresql://` means psycopg 3, the driver we ship."""
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError as err:
+        raise StoreError(f"DATABASE_URL {url!r} is not a database URL: {err}") from None
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _shown(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def create_store_engine(url: str) -> Engine:
+    parsed = normalise_url(url)
+    kwargs: dict[str, Any] = {"future": True}
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    elif parsed.get_backend_name() == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as err:
+        raise StoreError(f"DATABASE_URL {_shown(parsed)}: {err}") from None
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", "mailprobe.store:migrations")
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+class Store:
+    """A database handle: sessions, migrations, a health check."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_store_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def shown_url(self) -> str:
+        return _shown(self.engine.url)
+
+    def check(self) -> None:
+        """Connect once; raise StoreError with the reason when we cannot."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except exc.SQLAlchemyError as err:
+            raise StoreError(
+                f"cannot open database {self.shown_url}: {err.__class__.__name__}: "
+                f"{str(getattr(err, 'orig', err)).strip()}"
+            ) from None
+
+    def upgrade(self) -> None:
+        """Apply every migration not yet applied (a no-op when up to date)."""
+        self.check()
+        command.upgrade(alembic_config(self.engine), "head")
+
+    def ensure_schema(self) -> None:
+        """Migrate a database that has never been migrated or is behind."""
+        self.check()
+        if not self._at_head():
+            self.upgrade()
+
+    def _at_head(self) -> bool:
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(alembic_config(self.engine)).get_current_head()
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return False
+            return MigrationContext.configure(conn).get_current_revision() == head
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed on success, rolled back on error."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+_open: dict[str, Store] = {}
+
+
+def open_store(url: str) -> Store:
+    """The process's Store for `url`, migrated to the newest schema on first use."""
+    store = _open.get(url)
+    if store is None:
+        store = Store(url)
+        store.ensure_schema()
+        _open[url] = store
+    return store

@@ -1,0 +1,120 @@
+"""The tables: addresses we generated, what DNS said of their domains, and every result.
+
+verification_results is append-only: a re-probe adds a row, so the history of
+an address (and the evidence for each verdict) is never overwritten. The view
+latest_verification_results shows each address's newest row.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class GeneratedEmail(Base):
+    __tablename__ = "generated_emails"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # normalised: the dedup key
+    local_part: Mapped[str] = mapped_column(String(64))
+    domain: Mapped[str] = mapped_column(String(255), index=True)  # ASCII (IDNA)
+    person_name: Mapped[str | None] = mapped_column(String(255))
+    source: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32), default="new", index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DomainResolution(Base):
+    __tablename__ = "domain_resolutions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain: Mapped[str] = mapped_column(String(255), unique=True)
+    status: Mapped[str] = mapped_column(String(32))  # mailprobe.dns.ResolutionStatus
+    mx_hosts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    lowest_mx: Mapped[str | None] = mapped_column(String(255))
+    implicit_mx: Mapped[bool] = mapped_column(Boolean, default=False)
+    flags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # free, disposable
+    error: Mapped[str | None] = mapped_column(Text)
+    ttl: Mapped[int] = mapped_column(Integer, default=0)
+    resolved_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    mx_behavior: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # O06 snapshot, lowest MX
+    catch_all: Mapped[bool | None] = mapped_column(Boolean)
+    catch_all_checked_at: Mapped[datetime | None] = mapped_column()
+
+
+class MXHost(Base):
+    """O06: per-MX behaviour, keyed by host because many domains share one MX."""
+
+    __tablename__ = "mx_hosts"
+
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    behavior: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class VerificationResult(Base):
+    __tablename__ = "verification_results"
+    __table_args__ = (Index("ix_verification_results_email_latest", "email", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email_id: Mapped[int | None] = mapped_column(
+        ForeignKey("generated_emails.id", ondelete="CASCADE")
+    )
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    category: Mapped[str] = mapped_column(String(16))
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(32))
+    code: Mapped[int | None] = mapped_column(Integer)
+    enhanced_status: Mapped[str | None] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    mx_host: Mapped[str | None] = mapped_column(String(255))
+    stage: Mapped[str | None] = mapped_column(String(16))
+    elapsed_ms: Mapped[int | None] = mapped_column(Integer)
+    tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    error: Mapped[str | None] = mapped_column(Text)
+    transcript: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

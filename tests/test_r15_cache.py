@@ -1,0 +1,152 @@
+"""R15 cache: get_or_resolve_mx over domain_resolutions, against a real DNS server on loopback.
+
+Time is a controllable clock, never a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from mailprobe.config import Settings
+from mailprobe.dns import ResolutionStatus, make_resolver
+from mailprobe.mxcache import MXCache
+from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
+from mailprobe.store import DomainResolution, Store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+ZONE = {
+    "acme.example": DomainSpec(mx=[(10, "mx1.acme.example"), (20, "mx2.acme.example")], ttl=30),
+    "long.example": DomainSpec(mx=[(5, "mx.long.example")], ttl=10**6),
+    "nomail.example": DomainSpec(null_mx=True),
+    "flaky.example": DomainSpec(mx=[(10, "mx.flaky.example")], ttl=3600),
+    "slow.example": DomainSpec(mx=[(10, "mx.slow.example")], delay=0.3),
+}
+
+
+@pytest.fixture
+async def dns_server():
+    async with SimDNSServer({k: DomainSpec(**vars(v)) for k, v in ZONE.items()}) as server:
+        yield server
+
+
+@pytest.fixture
+def cache_for(tmp_path: Path, dns_server: SimDNSServer):
+    store = Store(f"sqlite:///{tmp_path / 'cache.db'}")
+    store.upgrade()
+    settings = Settings.from_env(
+        {"MX_CACHE_MIN_TTL": "300", "MX_CACHE_MAX_TTL": "86400", "MX_NEGATIVE_TTL": "600"}
+    )
+    clock = Clock()
+
+    def make() -> MXCache:
+        resolver = make_resolver([dns_server.nameserver], timeout=1.0)
+        return MXCache(store, settings, resolver=resolver, clock=clock)
+
+    return make, clock, store
+
+
+def mx_queries(server: SimDNSServer, name: str) -> int:
+    return len(server.queries_for(name, "MX"))
+
+
+async def test_r15_cached_until_ttl_clamped_to_minimum(cache_for, dns_server) -> None:
+    make, clock, _ = cache_for
+    cache = make()
+    first = await cache.get("acme.example")
+    assert (first.from_cache, first.lowest_mx) == (False, "mx1.acme.example")
+    assert first.expires_at - first.resolved_at == timedelta(seconds=300)  # 30 s TTL, floor 300
+    again = await make().get("ACME.example")  # a new process would read the same row
+    assert again.from_cache and again.lowest_mx == "mx1.acme.example"
+    assert mx_queries(dns_server, "acme.example") == 1
+    clock.advance(299)
+    assert (await cache.get("acme.example")).from_cache
+    clock.advance(2)
+    assert not (await cache.get("acme.example")).from_cache
+    assert mx_queries(dns_server, "acme.example") == 2
+
+
+async def test_r15_ttl_clamped_to_maximum_and_force(cache_for, dns_server) -> None:
+    make, _, _ = cache_for
+    cache = make()
+    first = await cache.get("long.example")
+    assert first.expires_at - first.resolved_at == timedelta(seconds=86400)
+    forced = await cache.get("long.example", force=True)
+    assert not forced.from_cache
+    assert mx_queries(dns_server, "long.example") == 2
+
+
+async def test_r15_negative_answers_cached_briefly(cache_for, dns_server) -> None:
+    make, clock, store = cache_for
+    cache = make()
+    null = await cache.get("nomail.example")
+    missing = await cache.get("missing.example")
+    assert null.status is ResolutionStatus.NULL_MX and null.lowest_mx is None
+    assert missing.status is ResolutionStatus.NO_SUCH_DOMAIN
+    assert missing.expires_at - missing.resolved_at == timedelta(seconds=600)
+    assert (await cache.get("missing.example")).from_cache
+    clock.advance(601)
+    assert not (await cache.get("missing.example")).from_cache
+    with store.session() as session:
+        row = session.scalar(
+            select(DomainResolution).where(DomainResolution.domain == "nomail.example")
+        )
+        assert row is not None and row.status == "null_mx"
+
+
+async def test_r15_dns_error_never_cached_and_stale_served(cache_for, dns_server) -> None:
+    make, clock, store = cache_for
+    cache = make()
+    dns_server.zone["broken.example"] = DomainSpec(servfail=True)
+    failed = await cache.get("broken.example")
+    assert failed.status is ResolutionStatus.DNS_ERROR and not failed.from_cache
+    with store.session() as session:
+        assert (
+            session.scalar(
+                select(DomainResolution).where(DomainResolution.domain == "broken.example")
+            )
+            is None
+        )
+    before = mx_queries(dns_server, "broken.example")
+    await cache.get("broken.example")
+    assert mx_queries(dns_server, "broken.example") > before  # asked again, not cached
+
+    good = await cache.get("flaky.example")
+    dns_server.zone["flaky.example"] = DomainSpec(servfail=True)
+    clock.advance(7200)  # expired, and DNS now fails: serve the stale answer
+    stale = await cache.get("flaky.example")
+    assert stale.stale and stale.lowest_mx == good.lowest_mx == "mx.flaky.example"
+    assert stale.status is ResolutionStatus.OK
+
+
+async def test_r15_concurrent_callers_resolve_once(cache_for, dns_server) -> None:
+    make, _, _ = cache_for
+    cache = make()
+    results = await asyncio.gather(*(cache.get("slow.example") for _ in range(10)))
+    assert {r.lowest_mx for r in results} == {"mx.slow.example"}
+    assert mx_queries(dns_server, "slow.example") == 1
+
+
+async def test_r15_flags_stored_with_resolution(cache_for, dns_server) -> None:
+    make, _, _ = cache_for
+    dns_server.zone["mailinator.com"] = DomainSpec(mx=[(10, "mail.mailinator.com")])
+    dns_server.zone["gmail.com"] = DomainSpec(mx=[(5, "gmail-smtp-in.l.google.com")])
+    cache = make()
+    assert (await cache.get("mailinator.com")).flags == {"free": False, "disposable": True}
+    assert (await cache.get("gmail.com")).flags == {"free": True, "disposable": False}
+    assert (await make().get("gmail.com")).flags["free"] is True  # read back from the row

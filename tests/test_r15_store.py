@@ -1,0 +1,211 @@
+"""R15/R18 store: migrations, idempotent upsert with one enqueue, results, ingest, concurrency.
+
+Runs on SQLite always and on a private PostgreSQL server when its binaries exist.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, inspect, select, text
+
+from mailprobe import engine, queue
+from mailprobe.store import GeneratedEmail, Store, StoreError, VerificationResult
+from mailprobe.store import queries as q
+from tests.pg_server import pg_server, pg_url  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'sub' / 'mailprobe.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    s = Store(url)
+    s.upgrade()
+    return s
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str, str]]:
+    calls: list[tuple[int, str, str]] = []
+
+    def fake(*args: Any) -> str:
+        calls.append(args)
+        return "job"
+
+    monkeypatch.setattr(queue, "enqueue_probe_email", fake)
+    return calls
+
+
+def test_r15_migrations_from_empty(store: Store) -> None:
+    insp = inspect(store.engine)
+    assert {"generated_emails", "domain_resolutions", "verification_results", "mx_hosts"} <= set(
+        insp.get_table_names()
+    )
+    assert "latest_verification_results" in insp.get_view_names()
+    store.ensure_schema()  # idempotent
+    from alembic import command
+
+    from mailprobe.store.database import alembic_config
+
+    command.downgrade(alembic_config(store.engine), "base")
+    assert "generated_emails" not in inspect(store.engine).get_table_names()
+    store.ensure_schema()
+    assert "generated_emails" in inspect(store.engine).get_table_names()
+
+
+def test_r15_sqlite_file_created_with_wal(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "x.db"
+    s = Store(f"sqlite:///{path}")
+    s.ensure_schema()
+    assert path.exists()
+    with s.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+
+
+def test_r15_upsert_is_idempotent_and_enqueues_once(
+    store: Store, enqueued: list[tuple[int, str, str]]
+) -> None:
+    first = engine.upsert_generated_email("Jane.Doe@ACME.example", store=store, source="crm")
+    again = engine.upsert_generated_email(" Jane.Doe@acme.example ", store=store)
+    other = engine.upsert_generated_email("jane.doe@acme.example", store=store)  # case kept
+    assert first == again != other
+    assert enqueued == [
+        (first, "Jane.Doe@acme.example", "acme.example"),
+        (other, "jane.doe@acme.example", "acme.example"),
+    ]
+    with store.session() as session:
+        row = session.get(GeneratedEmail, first)
+        assert row is not None
+        assert (row.status, row.source, row.domain) == ("queued", "crm", "acme.example")
+        assert session.scalar(select(func.count()).select_from(GeneratedEmail)) == 2
+
+
+def test_r15_failed_enqueue_leaves_address_retryable(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*a: Any) -> str:
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(queue, "enqueue_probe_email", down)
+    with pytest.raises(ConnectionError):
+        engine.upsert_generated_email("a@acme.example", store=store)
+    calls: list[Any] = []
+    monkeypatch.setattr(queue, "enqueue_probe_email", lambda *a: calls.append(a))
+    engine.upsert_generated_email("a@acme.example", store=store)
+    assert len(calls) == 1
+
+
+def test_r15_results_are_appended_and_latest_view(store: Store) -> None:
+    base = {
+        "email": "a@acme.example",
+        "category": "temp_fail",
+        "reason": "greylisted",
+        "code": 451,
+        "transcript": ["S: 451 greylisted"],
+    }
+    with store.session() as session:
+        q.add_result(session, base, email_id=None, verdict=None)
+        q.add_result(
+            session,
+            {**base, "category": "accept", "reason": "accepted", "code": 250},
+            email_id=None,
+            verdict="deliverable",
+        )
+        q.add_result(session, {**base, "email": "b@acme.example"}, email_id=None, verdict=None)
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(VerificationResult)) == 3
+        latest = q.latest_result(session, "a@acme.example")
+        assert latest is not None and (latest.code, latest.verdict) == (250, "deliverable")
+        assert latest.transcript == ["S: 451 greylisted"]
+        rows = session.execute(
+            text("SELECT email, code FROM latest_verification_results ORDER BY email")
+        ).all()
+    assert [tuple(r) for r in rows] == [("a@acme.example", 250), ("b@acme.example", 451)]
+
+
+def test_r15_ingest_reports_bad_lines_and_keeps_good(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "list.txt"
+    src.write_text(
+        "jane@acme.example\nnot-an-address\n\n# comment\nbob@acme.example\n"
+        "evil@acme.example>\rDATA\njane@acme.example\n"
+    )
+    report = engine.ingest(src, store=store)
+    assert (report.added, report.existing) == (2, 1)
+    assert [line for line, _, _ in report.bad] == [2, 6]
+    csv = tmp_path / "list.csv"
+    csv.write_text(
+        "name,email,source\nJane Doe,jane@acme.example,crm\nX,bad@,crm\n"
+        "Ann Lee,ann@beta.example,web\n"
+    )
+    report = engine.ingest(csv, store=store)
+    assert (report.added, report.existing, [b[0] for b in report.bad]) == (1, 1, [3])
+    with store.session() as session:
+        ann = session.scalar(
+            select(GeneratedEmail).where(GeneratedEmail.email == "ann@beta.example")
+        )
+        assert ann is not None and (ann.person_name, ann.source) == ("Ann Lee", "web")
+
+
+def test_r15_bad_database_url_is_clear() -> None:
+    with pytest.raises(StoreError, match="DATABASE_URL"):
+        Store("nonsense://nowhere")
+    with pytest.raises(StoreError, match="not a database URL"):
+        Store("::::")
+
+
+def test_r15_unreachable_postgres_fails_fast() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="cannot open database"):
+            Store(f"postgresql://u:secret@127.0.0.1:{port}/x").check()
+    assert time.monotonic() - started < 10
+
+
+def test_r15_two_processes_write_one_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    Store(url).upgrade()
+    script = textwrap.dedent(f"""
+        import sys
+        from mailprobe.address import parse_address
+        from mailprobe.store import Store
+        from mailprobe.store import queries as q
+        s = Store({url!r})
+        who = sys.argv[1]
+        for i in range(300):
+            with s.session() as session:   # one transaction per address: many lock handoffs
+                q.upsert_email(session, parse_address(f"user{{i}}@shared.example"))
+                q.upsert_email(session, parse_address(f"{{who}}{{i}}@own.example"))
+                q.add_result(session, {{"email": f"{{who}}{{i}}@own.example",
+                             "category": "accept", "reason": "accepted"}},
+                             email_id=None, verdict=None)
+        print("done")
+    """)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, who],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for who in ("a", "b")
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0 and out.strip() == "done", err
+        assert "database is locked" not in err
+    with Store(url).session() as session:
+        assert session.scalar(select(func.count()).select_from(GeneratedEmail)) == 900
+        assert session.scalar(select(func.count()).select_from(VerificationResult)) == 600
