@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -18,13 +19,14 @@ MakeServer = Callable[..., Awaitable[SimSMTPServer]]
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No test sees another's settings or behaviour cache, nor the developer's SMTP_* env."""
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test sees another's settings, database or behaviour cache, nor the developer's env."""
     import os
 
     for name in list(os.environ):
-        if name.startswith(("SMTP_", "DNS_", "DATABASE_", "REDIS_")):
+        if name.startswith(("SMTP_", "DNS_", "DATABASE_", "REDIS_", "MX_", "GLOBAL_", "PER_MX_")):
             monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'mailprobe.db'}")
     config.get_settings.cache_clear()
     behavior.default_cache.clear()
     yield

@@ -18,7 +18,6 @@ import typer
 from mailprobe.address import InvalidAddress, parse_address
 from mailprobe.classify import REASONS
 from mailprobe.config import ConfigError, Settings, get_settings
-from mailprobe.smtp import aprobe_rcpt, make_tls_context
 
 app = typer.Typer(
     help="Tell whether an email address exists by asking its mail server (never sends mail).",
@@ -102,9 +101,20 @@ def probe(
         address = parse_address(email)
     except InvalidAddress as exc:
         raise _fail(f"bad address: {exc}") from None
-    if mx_host is None:
-        mx_host = _resolve_mx(address.ascii_domain, force_resolve)
-    result = asyncio.run(probe_with_settings(address.normalized, mx_host, settings, port=port))
+    from mailprobe.engine import probe_email
+
+    result = _run_store(
+        probe_email(
+            address.normalized,
+            mx_host=mx_host,
+            force_resolve=force_resolve,
+            port=port,
+            settings=settings,
+        )
+    )
+    if result.get("stage") == "dns":
+        typer.echo(f"mailprobe: {address.domain}: {result['reason']}: {result['error']}", err=True)
+        raise typer.Exit(Exit.UNKNOWN)
     if result["error_kind"] == "bad_input":
         raise _fail(str(result["error"]))
     if as_json:
@@ -114,43 +124,6 @@ def probe(
         if transcript:
             typer.echo("\n".join(["", "Transcript:", *result["transcript"]]))
     raise typer.Exit(EXIT_BY_CATEGORY[result["category"]])
-
-
-async def probe_with_settings(
-    email: str,
-    mx_host: str,
-    settings: Settings,
-    *,
-    port: int | None = None,
-    behavior_hint: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One probe with identity, timeouts and TLS policy taken from the settings."""
-    return await aprobe_rcpt(
-        email,
-        mx_host,
-        helo_domain=settings.smtp_helo_domain,
-        mail_from=settings.smtp_mail_from,
-        connect_timeout=settings.smtp_connect_timeout,
-        command_timeout=settings.smtp_command_timeout,
-        behavior_hint=behavior_hint,
-        port=port or settings.smtp_port,
-        deadline=settings.smtp_probe_deadline,
-        source_address=settings.smtp_source_address,
-        starttls=settings.smtp_starttls,
-        tls_context=make_tls_context(settings.smtp_tls_verify, settings.smtp_tls_cafile),
-    )
-
-
-def _resolve_mx(domain: str, force: bool) -> str:
-    """The domain's lowest MX through the cache; a clear message when there is none."""
-    from mailprobe.engine import aget_or_resolve_mx
-
-    cached = _run_store(aget_or_resolve_mx(domain, force))
-    if cached.lowest_mx is None:
-        detail = f" ({cached.resolution.error})" if cached.resolution.error else ""
-        typer.echo(f"mailprobe: {domain}: {cached.status.value}{detail}: no MX to probe", err=True)
-        raise typer.Exit(Exit.UNKNOWN)
-    return str(cached.lowest_mx)
 
 
 def _run_store(coro: Any) -> Any:

@@ -13,8 +13,8 @@ import trustme
 from rich.console import Console
 from rich.table import Table
 
-from mailprobe.cli import probe_with_settings
 from mailprobe.config import Settings
+from mailprobe.engine import probe_email
 from mailprobe.sim.smtpd import ACCEPT, MXBehavior, Scripted, SimSMTPServer
 
 # address -> (the server's scripted reply, the reason mailprobe should report)
@@ -74,7 +74,9 @@ async def run_demo(settings: Settings) -> int:
     failures = 0
     async with SimSMTPServer(behavior) as server:
         for addr, (_, expected) in DEMO_MAILBOXES.items():
-            result = await probe_with_settings(addr, "127.0.0.1", settings, port=server.port)
+            result = await probe_email(
+                addr, mx_host="127.0.0.1", port=server.port, settings=settings, persist=False
+            )
             good = result["reason"] == expected
             failures += not good
             table.add_row(

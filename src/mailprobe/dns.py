@@ -294,3 +294,42 @@ def _from_mx(domain: str, answer: dns.resolver.Answer, rng: random.Random) -> MX
             error=f"MX records name no valid host: {', '.join(invalid)}",
         )
     return MXResolution(domain, ResolutionStatus.OK, _order(records, rng), ttl=ttl)
+
+
+async def resolve_host(
+    host: str, *, resolver: dns.asyncresolver.Resolver | None = None
+) -> list[str]:
+    """The IP addresses to dial for an MX host (A, then AAAA), through *our* resolver.
+
+    Connecting by name would ask the operating system's resolver, which may not
+    be the one DNS_NAMESERVERS names (and cannot see a simulated world). An IP
+    literal is returned as is; no answer gives [] and a DNS failure raises
+    DNSLookupError, so the caller can tell "no address" from "ask again later".
+    """
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    name = dns.name.from_text(check_hostname(host, "MX host"))
+    resolver = resolver or default_resolver()
+    lookup = _Lookup(resolver, name)
+    addresses: list[str] = []
+    try:
+        async with asyncio.timeout(float(resolver.lifetime) + _BELT_SLACK):
+            for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                answer = await lookup.query(rdtype)
+                if answer.rrset is not None:
+                    addresses.extend(rdata.address for rdata in answer.rrset)
+                if addresses:
+                    break
+    except dns.resolver.NXDOMAIN:
+        return []
+    except (TimeoutError, dns.exception.DNSException, OSError) as exc:
+        raise DNSLookupError(
+            f"cannot resolve MX host {host}: {type(exc).__name__}: {exc}"
+        ) from None
+    return addresses
+
+
+class DNSLookupError(Exception):
+    """A temporary failure to resolve a host name: try again later."""

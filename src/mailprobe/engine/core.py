@@ -1,4 +1,4 @@
-"""The engine: composes address checks, MX cache, probe and store. The one implementation.
+"""Single-address work: resolve through the cache, probe, persist; upsert and ingest.
 
 The CLI, the queue jobs and any later API call these functions; they hold no
 protocol or storage logic of their own. Async first; the seed's synchronous
@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mailprobe.address import parse_address
+from mailprobe.address import InvalidAddress, parse_address
 from mailprobe.behavior import behavior_hint
 from mailprobe.behavior import default_cache as default_behavior
 from mailprobe.config import Settings, get_settings
+from mailprobe.dns import DNSLookupError, default_resolver, resolve_host
 from mailprobe.inputs import read_addresses
 from mailprobe.mxcache import CachedMX, MXCache
 from mailprobe.smtp import aprobe_rcpt, make_tls_context, run_sync
@@ -167,7 +168,12 @@ async def probe_email(
     port: int | None = None,
     persist: bool = True,
 ) -> dict[str, Any]:
-    """Resolve (through the cache), probe with the MX's behaviour hint, store the result."""
+    """Resolve (through the cache), probe with the MX's behaviour hint, store the result.
+
+    MX hosts are tried in preference order: one that cannot be reached hands
+    over to the next, as a sending MTA would. Host names are resolved with our
+    resolver (DNS_NAMESERVERS), never the operating system's.
+    """
     settings = settings or get_settings()
     address = parse_address(email)
     resolution: CachedMX | None = None
@@ -176,25 +182,28 @@ async def probe_email(
         resolution = await default_mx_cache(store, settings).get(
             address.ascii_domain, force=force_resolve
         )
-        mx_host = resolution.lowest_mx
-    if mx_host is None:
-        assert resolution is not None
-        result = no_mx_result(address.normalized, resolution, settings)
+        hosts = resolution.resolution.hosts
     else:
+        hosts = [mx_host]
+    result = no_mx_result(address.normalized, resolution, settings)
+    resolver = default_mx_cache(store, settings).resolver if store else default_resolver(settings)
+    for host in hosts:
+        try:
+            ips = await resolve_host(host, resolver=resolver)
+        except (DNSLookupError, InvalidAddress) as exc:
+            result = {**result, "mx_host": host, "error": str(exc), "reason": "dns_error"}
+            continue
+        if not ips:
+            result = {**result, "mx_host": host, "error": f"MX host {host} has no address"}
+            continue
         result = await aprobe_rcpt(
             address.normalized,
-            mx_host,
-            helo_domain=settings.smtp_helo_domain,
-            mail_from=settings.smtp_mail_from,
-            connect_timeout=settings.smtp_connect_timeout,
-            command_timeout=settings.smtp_command_timeout,
-            behavior_hint=behavior_hint(mx_host),
-            port=port or settings.smtp_port,
-            deadline=settings.smtp_probe_deadline,
-            source_address=settings.smtp_source_address,
-            starttls=settings.smtp_starttls,
-            tls_context=make_tls_context(settings.smtp_tls_verify, settings.smtp_tls_cafile),
+            host,
+            connect_to=ips[0],
+            **probe_options(settings, port=port, behavior_hint=behavior_hint(host)),
         )
+        if result["error_kind"] != "connection_failed":
+            break
     if resolution is not None:
         result["dns_status"] = resolution.status.value
         result["flags"] = resolution.flags
@@ -204,8 +213,28 @@ async def probe_email(
     return result
 
 
-def no_mx_result(email: str, resolution: CachedMX, settings: Settings) -> dict[str, Any]:
+def probe_options(
+    settings: Settings, *, port: int | None = None, behavior_hint: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Identity, timeouts and TLS policy for aprobe_rcpt, from the settings."""
+    return {
+        "helo_domain": settings.smtp_helo_domain,
+        "mail_from": settings.smtp_mail_from,
+        "connect_timeout": settings.smtp_connect_timeout,
+        "command_timeout": settings.smtp_command_timeout,
+        "behavior_hint": behavior_hint,
+        "port": port or settings.smtp_port,
+        "deadline": settings.smtp_probe_deadline,
+        "source_address": settings.smtp_source_address,
+        "starttls": settings.smtp_starttls,
+        "tls_context": make_tls_context(settings.smtp_tls_verify, settings.smtp_tls_cafile),
+    }
+
+
+def no_mx_result(email: str, resolution: CachedMX | None, settings: Settings) -> dict[str, Any]:
     """A result for a domain with nothing to probe: its DNS status is the reason."""
+    status = resolution.status.value if resolution else "no_mail_host"
+    error = resolution.resolution.error if resolution else None
     return {
         "ok": False,
         "category": "unknown",
@@ -214,11 +243,11 @@ def no_mx_result(email: str, resolution: CachedMX, settings: Settings) -> dict[s
         "mx_host": None,
         "helo_domain": settings.smtp_helo_domain,
         "elapsed_ms": 0,
-        "error": resolution.resolution.error or f"no MX to probe: {resolution.status.value}",
+        "error": error or f"no MX to probe: {status}",
         "email": email,
         "stage": "dns",
         "enhanced_status": None,
-        "reason": resolution.status.value,
+        "reason": status,
         "rule": None,
         "error_kind": "dns",
         "tls": False,
