@@ -4,8 +4,9 @@ Pure: no sockets, no database. Two layers:
 
 * `category_for_code` is the seed's mapping, by reply class only:
   2xx accept, 4xx temp_fail, 5xx hard_fail, anything else unknown.
-* `classify_reply` reads stage, code, enhanced status (RFC 3463) and text and
-  names a `Reason`. The rules are the `RULES` table below, tried in order; the
+* `classify_reply` reads stage, code, enhanced status (RFC 3463), text and,
+  for provider-specific meanings, the MX host name, and names a `Reason`
+  (any 2xx, at any stage, is `accepted`). The rules are the `RULES` table below, tried in order; the
   first that matches wins. Text evidence comes before enhanced codes because
   real servers misuse enhanced codes (a blocklist refusal sent as 550 5.1.1, a
   missing mailbox sent as 550 5.4.1 or 5.7.1). When nothing is clear the reason
@@ -91,8 +92,9 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.MAILBOX_NOT_FOUND: ReasonInfo(
         Signal.DOES_NOT_EXIST, "userunknown", "the server says the mailbox does not exist"
     ),
+    # The mailbox is there (it may come back); verdict.py still calls it undeliverable.
     Reason.MAILBOX_DISABLED: ReasonInfo(
-        Signal.DOES_NOT_EXIST, "suspend", "the mailbox exists but is disabled, suspended or closed"
+        Signal.EXISTS, "suspend", "the mailbox exists but is disabled, suspended or closed"
     ),
     Reason.MAILBOX_FULL: ReasonInfo(
         Signal.EXISTS, "mailboxfull", "the mailbox exists but is over its quota"
@@ -160,24 +162,31 @@ REASONS: dict[Reason, ReasonInfo] = {
 }
 
 
-ENHANCED_CODE = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+# RFC 3463 enhanced status code at the start of a line; some servers write it
+# "#5.1.0" (Exchange, GoDaddy), qmail appends it at the end: "... (#5.1.1)".
+ENHANCED_CODE = re.compile(r"^\s*#?([245]\.\d{1,3}\.\d{1,3})\b")
+ENHANCED_TRAILER = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)\s*$")
 
 
 def parse_enhanced(text: str) -> tuple[str | None, str]:
     """Split an RFC 3463 enhanced status code off a reply text.
 
     Multi-line replies usually repeat the code on every line; it is removed
-    from each line so that the text reads as the server meant it.
+    from each line so that the text reads as the server meant it. A qmail-style
+    trailer "(#5.1.1)" gives the code too, and stays in the text.
     """
     lines = text.splitlines() or [""]
     first = ENHANCED_CODE.match(lines[0])
     if not first:
-        return None, text.strip()
-    code = first.group(0).strip()
-    cleaned = [
-        line.strip()[len(code) :].strip() if line.strip().startswith(code) else line.strip()
-        for line in lines
-    ]
+        trailer = ENHANCED_TRAILER.search(text)
+        return (trailer.group(1) if trailer else None), text.strip()
+    code = first.group(1)
+    cleaned = []
+    for line in lines:
+        match = ENHANCED_CODE.match(line)
+        cleaned.append(
+            line[match.end() :].strip() if match and match.group(1) == code else line.strip()
+        )
     return code, "\n".join(cleaned).strip()
 
 
@@ -209,146 +218,246 @@ class Rule:
         return self.mx is None or bool(re.search(self.mx, mx_host, re.IGNORECASE))
 
 
-_BEFORE_RCPT = ("greeting", "ehlo", "starttls", "mail")
+_SESSION = ("greeting", "ehlo", "starttls")
+_RCPT = ("rcpt",)
+_MAIL = ("mail",)
 
-# Words about *us*: our IP, our name, our reputation, our sender domain.
-_ABOUT_US = (
-    r"block ?list|black ?list|\bRBL\b|\bDNSBL\b|spamhaus|spamcop|barracuda ?(rbl|central|reputation)"
-    r"|sorbs|uceprotect|\bcbl\b|\bpbl\b|\bsbl\b|\bxbl\b|reputation|listed (at|on|in|by)"
-    r"|client host .*(blocked|rejected)|your (ip|host|server|network)|sending ip|connecting ip"
-    r"|ip address .*(blocked|block|listed|rejected|reputation)|reverse (dns|lookup|hostname)"
-    r"|\bptr\b|rdns|helo|ehlo|\bspf\b|\bdmarc\b|\bdkim\b|blocked using|poor reputation"
-    r"|dynamic ip|residential|dial-?up|\bbanned\b|\[(TS|TSS|RL|HL|IPTS)\d*\]"
-    r"|spam|abuse|access denied.*(ip|client)|not allowed to send|policy (violation|restriction)"
+# -- provider MX hosts, for replies whose meaning depends on who says them ------
+_MX_MICROSOFT = r"\.protection\.outlook\.com$|\.office365\.com$|\.microsoft\.com$"
+# Outlook.com / Hotmail consumer mailboxes (hotmail-com.olc.protection.outlook.com).
+_MX_OUTLOOK_COM = r"\.olc\.protection\.outlook\.com$|(^|\.)hotmail\.com$"
+# United Internet: GMX (mx00.emig.gmx.net), WEB.DE (mx-ha02.web.de), mail.com.
+_MX_UNITED_INTERNET = r"(^|\.)(gmx\.(net|de|com)|web\.de|mail\.com)$"
+_MX_MIMECAST = r"(^|\.)mimecast\.com$"
+
+# -- vocabulary ---------------------------------------------------------------
+# The conversation went wrong: nothing about anyone.
+_PROTOCOL = (
+    r"(helo|ehlo)( ?/ ?(helo|ehlo))? (command )?(needed|required|expected|first)"
+    r"|send (helo|ehlo) first|synchroni[sz]ation error|bad sequence"
+    r"|sender not yet given|(rcpt|rcpt to) without mail|need mail (from )?(command|first)"
 )
-_GREYLIST = (
-    r"grey ?list|gray ?list|greylisted|graylisted|postgrey|sqlgrey|try again later"
-    r"|please retry|temporarily (deferred|rejected)|deferred.*retry|retry (later|in)"
+_TLS = (
+    r"starttls|tls (is )?required|encryption required|secure connection"
+    r"|(was not|wasn'?t|not) sent over (a )?tls"
 )
+_AUTH = (
+    r"authentication (is )?required|auth(entication)? required|must authenticate|not authenticated"
+    r"|unauthenticated (senders?|users?|relay|clients?)"
+)
+# Our DNS identity: missing or failing reverse DNS of our IP.
+_PTR = (
+    r"\bptr\b|reverse (dns|lookup|hostname)|\brdns\b|(ip|host) name lookup failed"
+    r"|full circle dns"
+)
+# Mail volume, ours or the recipient's: wait and come back.
 _RATE = (
-    r"too many (connections|messages|concurrent|sessions|errors|invalid|unknown)"
-    r"|rate ?limit|throttl|too fast|slow down|exceeded .*(rate|limit|quota of (connections|messages))"
-    r"|sending rate|connection (limit|rate)|limit exceeded|try (again )?later.*(volume|rate)"
-    r"|unusual rate|temporarily (limited|rate)"
+    r"too many (connections|messages|concurrent|sessions|invalid|unknown)"
+    r"|rate ?limit|throttl|too fast|too quickly|slow down|receiving mail at a rate"
+    r"|exceeded .{0,40}(rate|sending limit|connection limit|quota of (connections|messages))"
+    r"|sending rate|connection (limit|rate)|(?<!size )(?<!storage )limit exceeded|concurrency limit"
+    r"|try (again )?later.*(volume|rate)|unexpected volume|temporarily (limited|rate)"
+    r"|too many recipients (this|per|an?|in the last) (hour|day|minute)"
+    r"|(daily|hourly) (relay |sending |message )?(quota|limit)"
+    r"|max(imum)? (number of )?messages? per (connection|session)"
 )
 _TOO_MANY_RCPTS = (
     r"too many recipients|recipients belong to multiple regions|one domain per"
-    r"|recipient limit|maximum (number of )?recipients|rcpt limit|too many rcpt"
+    r"|recipient limit|maximum (number |limit )?of .{0,12}recipients|maximum recipients"
+    r"|rcpt limit|too many rcpt|multiple destination domains|batch limit"
 )
-_FULL = r"quota|mailbox (is )?full|over ?quota|storage (allocation|space)|insufficient (storage|space)|out of (storage|space)|mailbox size limit"
+_GREYLIST = (
+    r"grey ?list|gray ?list|greylisted|graylisted|postgrey|sqlgrey|come back later"
+    r"|not yet authori[sz]ed to deliver"  # cPanel/Exim greylisting
+    r"|temporary envelope failure"  # qmail envelope scanner greylisting (Plesk)
+)
+# About our MAIL FROM address or its domain, not about our IP.
+_SENDER = (
+    r"sender address rejected|domain of sender|unrout(e)?able sender"
+    r"|sender (verify|verification) failed|callback setup failed|callout verification"
+    r"|(unresolvable|unroutable|unknown|non-?existent) (rfc.?5321 )?(from|sender|envelope) domain"
+)
+_SENDER_MAIL_ONLY = r"no such domain|does not exist|domain not found"
+# Words about *us*: our IP, our name, our reputation, our sender domain.
+_ABOUT_US = (
+    r"block ?list|black ?list|white ?list|allow ?list|\bRBL\b|\bDNSBL\b|spamhaus|spamcop"
+    r"|barracuda ?(rbl|central|reputation)|sorbs|uceprotect|\bcbl\b|\bpbl\b|\bsbl\b|\bxbl\b"
+    r"|reputation|listed (at|on|in|by)|blocked using|client host .*(blocked|rejected)"
+    r"|your (ip|host|server|network|access)|sending ips?|connecting ip|client ip"
+    r"|\bip\b[^.]{0,60}\b(blocked|banned|rejected|refused|not (allowed|permitted|authori[sz]ed))"
+    r"|(invalid|unauthori[sz]ed) ip|(host|network|client) (network )?not (allowed|permitted)"
+    r"|helo|ehlo|\bspf\b|\bdmarc\b|\bdkim\b|dynamic ip|residential|dial-?up|\bbanned\b"
+    r"|spam|abuse|spoof|access denied.*(ip|client)|policy (violation|restriction)"
+    r"|not (allowed|authori[sz]ed) to send|smtp (server|relay) of your|relay at your"
+    r"|sender (address |ip )?(is )?(blocked|banned)|recipient preferences"
+    r"|denied by (local )?policy|administrative prohibition|rejected by (the )?destination domain"
+    r"|^blocked\b|\[(TS|TSS|RL|HL|IPTS|BL)\d*\]|\[IPR\]|\(BL\)"
+    r"|AUP#(CDRBL|IPBL)"  # Cox: our IP is on its (or a public) blocklist
+)
+# Spectrum AUP#In-1300..1490: too many connections or messages from us.
+_SPECTRUM_RATE = r"AUP#\w*-?1[34]\d\d\b"
+_FULL = (
+    r"quota|mailbox (is )?full|over ?quota|storage (allocation|space)|insufficient (storage|space)"
+    r"|out of (storage|space)|mailbox size limit|exhausted .*storage"
+)
+# The mailbox holds too many messages (a count quota), not we send too many.
+_FULL_COUNT = r"(has|have) too many (messages|mails)|too many (messages|mails) (on|in) the (server|mailbox|inbox)"
 _DISABLED = (
-    r"disabled|suspended|deactivated|inactive|no longer (active|available|in use|valid)"
-    r"|account (has been )?(closed|locked|blocked|expired|terminated)|has been (closed|terminated)"
-    r"|mailbox (is )?(locked|frozen)|expired account|user (account )?(is )?(disabled|expired)"
+    r"disabled|suspended|deactivated|inactive|no longer (active|available|in use)|frozen"
+    r"|(?<!your )account (is |has been )?(closed|locked|blocked|expired|terminated|discontinued)"
+    r"|has been (closed|terminated)|mailbox (is )?(locked|frozen)|expired account"
+    r"|user (account )?(is )?(disabled|expired)"
 )
 _NOT_FOUND = (
     r"user ?unknown|unknown user|no such (user|mailbox|recipient|account|address|person)"
-    r"|does not exist|doesn'?t exist|not exist|does ?not have an? (account|mailbox)|not found"
+    r"|does not exist|doesn'?t exist|not exist|does no exists?|does ?not have an? (account|mailbox)"
+    r"|not found|no longer (valid|on server)|addressee unknown|not our user"
     r"|unknown (recipient|mailbox|local|address|alias)|invalid (recipient|mailbox|address|user)"
+    r"|(address|recipient|user|mailbox) (is )?invalid|unavailable (mail )?user"
     r"|recipient (address )?(unknown|invalid|not (found|valid|recognized))|mailbox not available"
     r"|no mailbox|not a valid (mailbox|user|recipient)|unrouteable address|address rejected.*unknown"
-    r"|user not (found|exist|known)|no account|bad recipient|RecipientNotFound|unknown or illegal alias"
+    r"|user not (found|exist|known)|no account|bad recipient|RecipientNotFound|unknown or illegal"
     r"|mailbox unavailable.*(unknown|not found|invalid)|undeliverable address|no valid recipients"
     r"|user doesn'?t have|recipient address rejected: user|account (that you tried to reach )?does not"
+    r"|marked as invalid"
 )
-_RELAY = r"relay(ing)? (access )?(denied|not permitted|prohibited|not allowed)|not permitted to relay|unable to relay|we do not relay|not a gateway|not local.*relay"
-_TLS = r"starttls|must issue a starttls|tls (is )?required|encryption required|secure connection"
-_AUTH = (
-    r"authentication (is )?required|auth(entication)? required|must authenticate|not authenticated"
+# "unknown OR not ours": the server itself does not say which.
+_EITHER_OR = r"not local or invalid|invalid or not local|(unknown|invalid) (user|address) or relay"
+_RELAY = (
+    r"relay(ing)? (access )?(denied|not permitted|prohibited|not allowed)|not permitted to relay"
+    r"|unable to relay|we do not relay|not a gateway|not local.*relay|not configured to relay"
 )
 
 RULES: tuple[Rule, ...] = (
-    Rule("accepted", Reason.ACCEPTED, classes="2", stages=("rcpt",)),
-    # Provider meanings that contradict the registered enhanced code.
+    # Any 2xx: the server took what we said (a banner, EHLO, MAIL FROM, RCPT TO).
+    Rule("accepted", Reason.ACCEPTED, classes="2"),
+    # -- provider meanings that contradict the words or the registered code ----
+    # Microsoft 365 Directory-Based Edge Blocking: the recipient is not in the tenant.
     Rule(
         "o365-dbeb",
         Reason.MAILBOX_NOT_FOUND,
         classes="5",
-        stages=("rcpt",),
+        stages=_RCPT,
         enhanced=r"5\.4\.1",
         text=r"recipient address rejected: access denied",
-        mx=r"outlook\.com$|\.office365\.com$|\.microsoft\.com$",
+        mx=_MX_MICROSOFT,
     ),
-    # Batching refusals are about how we send, never about the address.
-    Rule("too-many-rcpts", Reason.TOO_MANY_RECIPIENTS, text=_TOO_MANY_RCPTS),
+    # Outlook.com and GMX/WEB.DE answer an unknown mailbox with the bare RFC 5321 phrase.
     Rule(
-        "multiple-destination-domains",
-        Reason.TOO_MANY_RECIPIENTS,
-        classes="4",
-        stages=("rcpt",),
-        enhanced=r"4\.5\.3",
+        "outlookcom-mailbox-unavailable",
+        Reason.MAILBOX_NOT_FOUND,
+        classes="5",
+        stages=_RCPT,
+        codes=(550,),
+        text=r"requested action not taken: mailbox unavailable",
+        mx=_MX_OUTLOOK_COM,
     ),
-    Rule("rate-limited-text", Reason.RATE_LIMITED, text=_RATE),
-    Rule("greylisted", Reason.GREYLISTED, classes="4", text=_GREYLIST),
-    Rule("tls-required", Reason.TLS_REQUIRED, text=_TLS, codes=(530, 454, 550, 554, 451, 523)),
+    Rule(
+        "unitedinternet-mailbox-unavailable",
+        Reason.MAILBOX_NOT_FOUND,
+        classes="5",
+        stages=_RCPT,
+        codes=(550,),
+        text=r"requested action not taken: mailbox unavailable",
+        mx=_MX_UNITED_INTERNET,
+    ),
+    # United Internet: "refused due to an incorrect configuration" of the sending server.
+    Rule(
+        "unitedinternet-syntax-policy",
+        Reason.POLICY_BLOCK,
+        codes=(550,),
+        text=r"syntax error in parameters",
+        mx=_MX_UNITED_INTERNET,
+    ),
+    # Mimecast documents this text for greylisting.
+    Rule(
+        "mimecast-greylisting",
+        Reason.GREYLISTED,
+        classes="4",
+        text=r"internal resource temporarily unavailable",
+        mx=_MX_MIMECAST,
+    ),
+    # -- the conversation, our transport, our credentials ---------------------
+    Rule("protocol-text", Reason.PROTOCOL_ERROR, text=_PROTOCOL),
+    Rule("tls-required", Reason.TLS_REQUIRED, text=_TLS),
     Rule("tls-required-code", Reason.TLS_REQUIRED, enhanced=r"5\.7\.(10|11)"),
     Rule("auth-required", Reason.AUTH_REQUIRED, text=_AUTH),
     Rule("auth-required-code", Reason.AUTH_REQUIRED, codes=(530,)),
-    # Before RCPT, anything about the mailbox cannot be: the refusal is about us.
-    Rule("service-unavailable-early", Reason.SERVICE_UNAVAILABLE, codes=(421,)),
-    Rule(
-        "policy-early",
-        Reason.POLICY_BLOCK,
-        stages=("greeting", "ehlo", "starttls"),
-        classes="5",
-        text=_ABOUT_US,
-    ),
-    Rule(
-        "sender-policy",
-        Reason.POLICY_BLOCK,
-        stages=("mail",),
-        classes="5",
-        text=r"block ?list|black ?list|spamhaus|reputation|client host|your ip|\bptr\b|rdns|helo",
-    ),
-    Rule("sender-rejected", Reason.SENDER_REJECTED, stages=("mail",), classes="5"),
+    # Our reverse DNS: a fixable cause even when worded as a rate limit or "try later".
+    Rule("ptr", Reason.POLICY_BLOCK, text=_PTR),
+    # -- volume and batching: how we send, never the address ------------------
+    Rule("mailbox-full-count", Reason.MAILBOX_FULL, stages=_RCPT, text=_FULL_COUNT),
+    Rule("rate-limited-text", Reason.RATE_LIMITED, text=_RATE),
+    Rule("spectrum-aup-rate", Reason.RATE_LIMITED, text=_SPECTRUM_RATE),
+    Rule("too-many-rcpts", Reason.TOO_MANY_RECIPIENTS, text=_TOO_MANY_RCPTS),
+    Rule("too-many-rcpts-code", Reason.TOO_MANY_RECIPIENTS, stages=_RCPT, enhanced=r"[45]\.5\.3"),
+    Rule("greylisted", Reason.GREYLISTED, classes="4", text=_GREYLIST),
+    # -- us: our sender address, then our IP, name and reputation -------------
+    Rule("sender-address", Reason.SENDER_REJECTED, stages=("mail", "rcpt"), text=_SENDER),
+    Rule("sender-domain", Reason.SENDER_REJECTED, stages=_MAIL, text=_SENDER_MAIL_ONLY),
+    Rule("policy-text", Reason.POLICY_BLOCK, text=_ABOUT_US),
+    # -- before RCPT the refusal cannot be about the mailbox ------------------
+    Rule("session-temp", Reason.SERVICE_UNAVAILABLE, stages=_SESSION, classes="4"),
+    Rule("service-unavailable", Reason.SERVICE_UNAVAILABLE, codes=(421,)),
     Rule("greeting-refused", Reason.POLICY_BLOCK, stages=("greeting",), classes="5"),
-    Rule("ehlo-refused", Reason.PROTOCOL_ERROR, stages=("ehlo",), classes="5"),
-    Rule("early-temp", Reason.TEMP_FAILURE, stages=_BEFORE_RCPT, classes="4"),
-    # RCPT: the mailbox itself.
-    Rule("mailbox-full", Reason.MAILBOX_FULL, stages=("rcpt",), text=_FULL),
-    Rule("mailbox-full-code", Reason.MAILBOX_FULL, stages=("rcpt",), enhanced=r"[45]\.2\.2"),
-    Rule("relay-denied", Reason.RELAY_DENIED, stages=("rcpt",), text=_RELAY),
-    Rule("policy-text", Reason.POLICY_BLOCK, stages=("rcpt",), text=_ABOUT_US),
+    Rule("ehlo-unsupported", Reason.PROTOCOL_ERROR, stages=("ehlo",), codes=(500, 502)),
+    Rule("ehlo-refused", Reason.POLICY_BLOCK, stages=("ehlo", "starttls"), classes="5"),
+    Rule("smtputf8", Reason.SMTPUTF8_UNSUPPORTED, stages=("rcpt", "mail"), enhanced=r"5\.6\.7"),
+    Rule("sender-code", Reason.SENDER_REJECTED, stages=_MAIL, classes="5", enhanced=r"5\.1\.[78]"),
     Rule(
-        "mailbox-disabled", Reason.MAILBOX_DISABLED, classes="5", stages=("rcpt",), text=_DISABLED
+        "protocol-mail", Reason.PROTOCOL_ERROR, stages=_MAIL, codes=(500, 501, 502, 503, 504, 555)
+    ),
+    # A bare refusal of MAIL FROM ("Transaction failed", "sender rejected"): about us.
+    Rule("mail-refused", Reason.POLICY_BLOCK, stages=_MAIL, classes="5"),
+    Rule("mail-temp", Reason.TEMP_FAILURE, stages=_MAIL, classes="4"),
+    # -- RCPT: the mailbox itself -------------------------------------------
+    Rule("mailbox-full", Reason.MAILBOX_FULL, stages=_RCPT, text=_FULL),
+    Rule("mailbox-full-code", Reason.MAILBOX_FULL, stages=_RCPT, enhanced=r"[45]\.2\.2"),
+    Rule("either-or", Reason.MAILBOX_UNAVAILABLE, classes="5", stages=_RCPT, text=_EITHER_OR),
+    Rule("relay-denied", Reason.RELAY_DENIED, stages=_RCPT, text=_RELAY),
+    Rule("mailbox-disabled", Reason.MAILBOX_DISABLED, classes="5", stages=_RCPT, text=_DISABLED),
+    Rule("mailbox-not-found", Reason.MAILBOX_NOT_FOUND, classes="5", stages=_RCPT, text=_NOT_FOUND),
+    # Postfix table lookups are definite; 450 there only means soft_bounce is on.
+    Rule(
+        "unknown-in-lookup-table",
+        Reason.MAILBOX_NOT_FOUND,
+        classes="4",
+        stages=_RCPT,
+        text=r"user unknown in (virtual alias|local recipient|relay recipient|virtual mailbox) table",
     ),
     Rule(
         "mailbox-disabled-code",
         Reason.MAILBOX_DISABLED,
         classes="5",
-        stages=("rcpt",),
+        stages=_RCPT,
         enhanced=r"5\.2\.1",
-    ),
-    Rule(
-        "mailbox-not-found",
-        Reason.MAILBOX_NOT_FOUND,
-        classes="5",
-        stages=("rcpt",),
-        text=_NOT_FOUND,
     ),
     Rule(
         "mailbox-not-found-code",
         Reason.MAILBOX_NOT_FOUND,
         classes="5",
-        stages=("rcpt",),
+        stages=_RCPT,
         enhanced=r"5\.1\.(1|10|6)",
     ),
+    # 5.1.0 (other address status) with "address rejected": the recipient address is bad.
     Rule(
-        "relay-code",
-        Reason.RELAY_DENIED,
+        "address-rejected-code",
+        Reason.MAILBOX_NOT_FOUND,
         classes="5",
-        stages=("rcpt",),
-        enhanced=r"5\.7\.54|5\.1\.2",
+        stages=_RCPT,
+        enhanced=r"5\.1\.0",
+        text=r"\baddress rejected\b",
     ),
-    Rule("relay-551", Reason.RELAY_DENIED, stages=("rcpt",), codes=(551,)),
-    Rule("policy-code", Reason.POLICY_BLOCK, stages=("rcpt",), enhanced=r"[45]\.7\.\d+"),
-    Rule("smtputf8", Reason.SMTPUTF8_UNSUPPORTED, stages=("rcpt", "mail"), enhanced=r"5\.6\.7"),
+    Rule("bad-address-syntax", Reason.PROTOCOL_ERROR, stages=_RCPT, enhanced=r"5\.1\.3"),
+    Rule(
+        "relay-code", Reason.RELAY_DENIED, classes="5", stages=_RCPT, enhanced=r"5\.7\.54|5\.1\.2"
+    ),
+    Rule("policy-code", Reason.POLICY_BLOCK, stages=_RCPT, enhanced=r"[45]\.7\.\d+"),
     Rule("protocol", Reason.PROTOCOL_ERROR, codes=(500, 501, 502, 503, 504, 555)),
-    Rule("service-unavailable", Reason.SERVICE_UNAVAILABLE, codes=(421,)),
     Rule("storage-452", Reason.TEMP_FAILURE, codes=(452,)),
-    Rule("mailbox-552", Reason.MAILBOX_FULL, stages=("rcpt",), codes=(552,)),
     Rule("temp", Reason.TEMP_FAILURE, classes="4"),
-    Rule("permanent-unclear", Reason.MAILBOX_UNAVAILABLE, classes="5", stages=("rcpt",)),
+    # 551 "user not local", 552 without words, a bare "mailbox unavailable": says nothing.
+    Rule("permanent-unclear", Reason.MAILBOX_UNAVAILABLE, classes="5", stages=_RCPT),
 )
 
 
@@ -374,8 +483,9 @@ def classify_reply(
         return Classification(category, Reason.UNKNOWN, "no-code")
     if enhanced is None:
         enhanced, text = parse_enhanced(text)
-    if category is Category.ACCEPT and stage != "rcpt":
-        return Classification(category, Reason.UNKNOWN, "early-2xx")
+    # Servers wrap long replies anywhere; rules read one line of single spaces.
+    text = " ".join(text.split())
+    mx_host = mx_host.strip().rstrip(".")
     for rule in RULES:
         if rule.matches(stage, code, enhanced, text, mx_host):
             return Classification(category, rule.reason, rule.name)

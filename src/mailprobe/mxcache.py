@@ -40,6 +40,14 @@ class CachedMX:
     stale: bool = False  # served past expiry because DNS is failing right now
     flags: dict[str, Any] = field(default_factory=dict)
     catch_all: bool | None = None
+    catch_all_checked_at: datetime | None = None
+
+    def catch_all_fresh(self, now: datetime, ttl_seconds: float) -> bool | None:
+        """The stored catch-all finding if checked within `ttl_seconds`, else None."""
+        checked = self.catch_all_checked_at
+        if checked is None or now - checked > timedelta(seconds=ttl_seconds):
+            return None
+        return self.catch_all
 
     @property
     def status(self) -> ResolutionStatus:
@@ -139,6 +147,11 @@ class MXCache:
             row = q.get_resolution(session, name)
             return None if row is None else _from_row(row)
 
+    def save_catch_all(self, domain: str, catch_all: bool) -> None:
+        """Remember what the catch-all probe found (sync: call it in a thread)."""
+        with self.store.session() as session:
+            q.save_catch_all(session, domain, catch_all, self.clock())
+
     def _write(self, cached: CachedMX) -> None:
         r = cached.resolution
         with self.store.session() as session:
@@ -173,4 +186,5 @@ def _from_row(row: DomainResolution) -> CachedMX:
         from_cache=True,
         flags=dict(row.flags),
         catch_all=row.catch_all,
+        catch_all_checked_at=row.catch_all_checked_at,
     )

@@ -128,6 +128,29 @@ def save_resolution(
     session.execute(stmt)
 
 
+def save_catch_all(session: Session, domain: str, catch_all: bool, when: datetime) -> None:
+    session.execute(
+        update(DomainResolution)
+        .where(DomainResolution.domain == domain)
+        .values(catch_all=catch_all, catch_all_checked_at=when)
+    )
+
+
+def latest_results(
+    session: Session, emails: Iterable[str], newer_than: datetime
+) -> dict[str, VerificationResult]:
+    """The newest stored result of each address, if newer than `newer_than` (for reuse)."""
+    wanted = list(emails)
+    if not wanted:
+        return {}
+    rows = session.scalars(
+        select(VerificationResult)
+        .where(VerificationResult.email.in_(wanted), VerificationResult.created_at > newer_than)
+        .order_by(VerificationResult.id)
+    )
+    return {row.email: row for row in rows}  # later ids overwrite earlier ones
+
+
 def add_result(
     session: Session, result: Mapping[str, Any], *, email_id: int | None, verdict: str | None
 ) -> int:
