@@ -8,9 +8,11 @@ storage logic lives here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
 import sys
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -221,6 +223,135 @@ def resolve(
                 f"{cached.resolution.domain:30} {cached.status.value:15} [{hosts or '-'}] "
                 f"({origin})"
             )
+
+
+class Format(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+    table = "table"
+
+
+@app.command()
+def verify(
+    input_path: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="Text (one address a line), CSV with an 'email' column, or - for stdin.",
+        ),
+    ],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.jsonl,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write records here (default stdout).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Probe again even if a fresh result is stored.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run of this input.")
+    ] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="Do not wait for greylisting retries; leave them pending for --resume.",
+        ),
+    ] = False,
+    reuse_ttl: Annotated[
+        float,
+        typer.Option("--reuse-ttl", help="Reuse stored results younger than this many seconds."),
+    ] = 86400.0,
+    rcpts_per_session: Annotated[
+        int, typer.Option("--rcpts-per-session", min=1, help="RCPTs per SMTP connection.")
+    ] = 20,
+    greylist_delays: Annotated[
+        str, typer.Option("--greylist-delays", help="Seconds between greylisting retries.")
+    ] = "60,300,900",
+    port: Annotated[
+        int | None, typer.Option("--port", help="SMTP port (default SMTP_PORT).")
+    ] = None,
+) -> None:
+    """Verify a list: one record per input line, streamed as results arrive."""
+    from mailprobe.engine.bulk import BulkOptions
+    from mailprobe.engine.bulk import verify as run_verify
+    from mailprobe.inputs import read_addresses
+    from mailprobe.report import ProgressView, RecordWriter
+    from mailprobe.runs import RunState
+    from mailprobe.store import StoreError
+
+    settings = _settings()
+    if port is not None:
+        settings = dataclasses.replace(settings, smtp_port=port)
+    try:
+        delays = tuple(float(x) for x in greylist_delays.split(",") if x.strip())
+    except ValueError:
+        raise _fail(
+            f"--greylist-delays {greylist_delays!r}: give seconds like 60,300,900"
+        ) from None
+    if input_path != "-" and not os.path.isfile(input_path):
+        raise _fail(f"cannot read {input_path}: no such file")
+    run = RunState.start(input_path, resume=resume)
+    options = BulkOptions(
+        rcpts_per_session=rcpts_per_session,
+        greylist_delays=delays,
+        reuse_ttl=None if force else reuse_ttl,
+        reuse_since=run.resume_since,
+        wait_for_retries=not no_wait,
+    )
+    out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
+    writer = RecordWriter(out, fmt.value)
+    total = None if input_path == "-" else _count_lines(input_path)
+    view = ProgressView(total, enabled=not quiet and sys.stderr.isatty())
+
+    def sink(record: dict[str, Any]) -> None:
+        writer.write(record)
+        view.advance(record)
+
+    try:
+        summary = asyncio.run(
+            run_verify(read_addresses(input_path), sink, settings=settings, options=options)
+        )
+    except KeyboardInterrupt:
+        view.close()
+        typer.echo(
+            "mailprobe: interrupted; what was probed is stored: rerun with --resume", err=True
+        )
+        raise typer.Exit(130) from None
+    except StoreError as exc:
+        view.close()
+        raise _fail(f"database error: {exc}") from None
+    finally:
+        writer.close()
+        if output:
+            out.close()
+    view.close()
+    view.summary(summary)
+    if summary.pending:
+        typer.echo(
+            f"mailprobe: {summary.pending} retries left pending; rerun with --resume", err=True
+        )
+    else:
+        run.finish()
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as fh:
+        count = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell():
+            fh.seek(-1, os.SEEK_END)
+            count += fh.read(1) != b"\n"
+    if count and _looks_like_csv(path):
+        count -= 1  # the header line
+    return count
+
+
+def _looks_like_csv(path: str) -> bool:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        first = fh.readline().lower()
+    return "email" in [c.strip() for c in first.split(",")]
 
 
 @app.command()

@@ -1,0 +1,796 @@
+"""Bulk verification: many addresses, few connections, every cap respected, one record a line.
+
+How a list flows:
+
+1. Each input line becomes a `Job` (a bad line is answered at once: invalid_syntax).
+   A stored result younger than the reuse TTL answers a job without probing.
+2. Jobs wait for their domain's MX (through the cache; one lookup per domain),
+   then queue at their MX host. Domains without mail (NXDOMAIN, null MX) are
+   answered from DNS.
+3. Each MX host runs sessions, as many at once as its throttle slots allow. A
+   session opens one connection and carries up to `rcpts_per_session` RCPTs,
+   grouped by domain into transactions (MAIL FROM, RCPT..., RSET). After a
+   domain's real RCPTs, one RCPT for a random local part tells whether the
+   domain is catch-all, without spoiling the real answers.
+4. Replies about our batching (452 4.5.3, "one domain per transaction") are
+   retried alone and the MX is remembered as one-RCPT-per-transaction; 421 and
+   rate limits penalise the MX's throttle; greylisting and other temporary
+   failures are retried on their schedules; a timeout is retried once in a
+   slow lane (one session at a time, RFC 5321-sized budgets) so a tarpit never
+   holds up the fast servers; an unreachable MX hands its jobs to the next MX.
+5. Every final answer becomes a record (sink) and a row (store, in batches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from mailprobe.address import EmailAddress
+from mailprobe.behavior import behavior_hint
+from mailprobe.behavior import default_cache as behaviors
+from mailprobe.classify import Reason, category_for_code, classify_error, classify_reply
+from mailprobe.config import Settings
+from mailprobe.dns import DNSLookupError, ResolutionStatus, resolve_host
+from mailprobe.engine.core import default_mx_cache, flush_behavior, no_mx_result, probe_options
+from mailprobe.flags import flags_for
+from mailprobe.inputs import InputLine
+from mailprobe.mxcache import CachedMX, MXCache
+from mailprobe.smtp import SessionError, SMTPSession, StageRefused, effective_timeouts
+from mailprobe.store import Store
+from mailprobe.store import queries as q
+from mailprobe.store.models import utcnow
+from mailprobe.throttle import Throttle, ThrottleError, ThrottleTimeout
+from mailprobe.verdict import Verdict, decide
+
+Sink = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkOptions:
+    rcpts_per_session: int = 20
+    rcpts_per_transaction: int = 5
+    catch_all_check: bool = True
+    catch_all_ttl: float = 7 * 86400.0
+    greylist_delays: tuple[float, ...] = (60.0, 300.0, 900.0)  # real greylisting: minutes
+    temp_delays: tuple[float, ...] = (30.0, 120.0)
+    slow_retry: bool = True
+    slow_timeouts: tuple[float, float, float] = (60.0, 60.0, 300.0)  # connect, command, deadline
+    reuse_ttl: float | None = 86400.0  # seconds; None never reuses
+    reuse_since: datetime | None = None  # --resume: reuse anything stored since then
+    wait_for_retries: bool = True
+    max_in_flight: int = 5000  # jobs between reading and answering: bounds memory
+    persist: bool = True
+    throttle_retry_delay: float = 1.0
+
+
+@dataclass(eq=False)
+class Job:
+    line_no: int
+    raw: str
+    address: EmailAddress
+    attempts: int = 0
+    greylists: int = 0
+    temps: int = 0
+    batching_retries: int = 0
+    bounces: int = 0  # sessions that ended before this job's RCPT was sent
+    slow: bool = False
+    alone: bool = False
+    mx_index: int = 0
+    last: dict[str, Any] | None = None
+
+    @property
+    def domain(self) -> str:
+        return self.address.ascii_domain
+
+
+@dataclass(eq=False)
+class DomainState:
+    name: str
+    waiting: list[Job] = field(default_factory=list)
+    resolution: CachedMX | None = None
+    catch_all: bool | None = None  # known finding (from the cache or this run)
+    resolving: bool = False
+
+
+@dataclass(eq=False)
+class MXLane:
+    """The jobs waiting for one MX host (the slow lane of a host is a lane of its own)."""
+
+    host: str
+    slow: bool
+    jobs: deque[Job] = field(default_factory=deque)
+    sessions: int = 0
+    one_rcpt: bool = False  # the server refuses several RCPTs in one transaction
+    ips: list[str] | None = None
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    by_verdict: dict[str, int] = field(default_factory=dict)
+    reused: int = 0
+    sessions: int = 0
+    rcpts: int = 0
+    pending: int = 0  # retries left unfinished when stopped
+    elapsed: float = 0.0
+
+    @property
+    def rcpts_per_session(self) -> float:
+        return self.rcpts / self.sessions if self.sessions else 0.0
+
+
+class BulkVerifier:
+    """One run over one input. `await run(lines)`; records go to `sink` as they are final."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        throttle: Throttle,
+        *,
+        sink: Sink,
+        options: BulkOptions | None = None,
+        cache: MXCache | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.throttle = throttle
+        self.sink = sink
+        self.options = options or BulkOptions()
+        self.cache = cache or default_mx_cache(store, settings)
+        self.port = port or settings.smtp_port
+        self.summary = Summary()
+        self._domains: dict[str, DomainState] = {}
+        self._lanes: dict[tuple[str, bool], MXLane] = {}
+        self._slots = asyncio.Semaphore(self.options.max_in_flight)
+        self._outstanding = 0
+        self._reading = True
+        self._done = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._rows: list[tuple[dict[str, Any], str]] = []
+        self._writer_wake = asyncio.Event()
+        self._stopping = False
+
+    # -- the run ------------------------------------------------------------
+
+    async def run(self, lines: Iterable[InputLine] | AsyncIterator[InputLine]) -> Summary:
+        started = time.monotonic()
+        writer = asyncio.create_task(self._writer())
+        try:
+            await self._read(lines)
+            self._reading = False
+            self._check_done()
+            await self._done.wait()
+        finally:
+            self._stopping = True
+            for timer in self._timers:
+                timer.cancel()
+            self.summary.pending = len(self._timers)
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._writer_wake.set()
+            await writer
+            await asyncio.to_thread(self._flush_rows)
+            await asyncio.to_thread(flush_behavior, self.store)
+            self.summary.elapsed = time.monotonic() - started
+        return self.summary
+
+    async def _read(self, lines: Iterable[InputLine] | AsyncIterator[InputLine]) -> None:
+        batch: list[Job] = []
+        async for line in _aiter(lines):
+            await self._slots.acquire()
+            self._outstanding += 1
+            self.summary.total += 1
+            if line.address is None:
+                await self._finish_invalid(line)
+                continue
+            batch.append(Job(line.line_no, line.raw, line.address))
+            if len(batch) >= 200:
+                await self._admit(batch)
+                batch = []
+        await self._admit(batch)
+
+    async def _admit(self, jobs: list[Job]) -> None:
+        """Answer jobs from stored results where allowed; route the rest."""
+        if not jobs:
+            return
+        reused = await asyncio.to_thread(self._stored, jobs)
+        for job in jobs:
+            row = reused.get(job.address.normalized)
+            if row is not None:
+                self.summary.reused += 1
+                await self._emit(job, row, reused=True)
+            else:
+                self._route(job)
+
+    def _stored(self, jobs: list[Job]) -> dict[str, dict[str, Any]]:
+        o = self.options
+        cutoffs = []
+        if o.reuse_ttl is not None:
+            cutoffs.append(utcnow() - timedelta(seconds=o.reuse_ttl))
+        if o.reuse_since is not None:
+            cutoffs.append(o.reuse_since)
+        if not cutoffs:
+            return {}
+        with self.store.session() as session:
+            rows = q.latest_results(session, (j.address.normalized for j in jobs), min(cutoffs))
+            return {email: _row_result(row) for email, row in rows.items()}
+
+    # -- routing --------------------------------------------------------------
+
+    def _route(self, job: Job) -> None:
+        state = self._domains.get(job.domain)
+        if state is None:
+            state = self._domains[job.domain] = DomainState(job.domain)
+        if state.resolution is None:
+            state.waiting.append(job)
+            if not state.resolving:
+                state.resolving = True
+                self._spawn(self._resolve(state))
+            return
+        self._dispatch(job, state)
+
+    async def _resolve(self, state: DomainState) -> None:
+        try:
+            resolution = await self.cache.get(state.name)
+        except Exception as exc:  # an unexpected failure still answers every job
+            resolution = _failed_resolution(state.name, exc)
+        state.resolving = False
+        state.resolution = resolution
+        state.catch_all = resolution.catch_all_fresh(utcnow(), self.options.catch_all_ttl)
+        waiting, state.waiting = state.waiting, []
+        for job in waiting:
+            self._dispatch(job, state)
+
+    def _dispatch(self, job: Job, state: DomainState) -> None:
+        assert state.resolution is not None
+        resolution = state.resolution
+        if resolution.status is ResolutionStatus.DNS_ERROR:
+            state.resolution = None  # ask DNS again next time: failures are not cached
+            result = no_mx_result(job.address.normalized, resolution, self.settings)
+            self._after(job, result)
+            return
+        hosts = resolution.resolution.hosts
+        if job.mx_index >= len(hosts):
+            result = job.last or no_mx_result(job.address.normalized, resolution, self.settings)
+            self._finalize(job, result)
+            return
+        lane = self._lane(hosts[job.mx_index], job.slow)
+        lane.jobs.append(job)
+        self._kick(lane)
+
+    def _lane(self, host: str, slow: bool) -> MXLane:
+        lane = self._lanes.get((host, slow))
+        if lane is None:
+            lane = self._lanes[(host, slow)] = MXLane(host, slow)
+        return lane
+
+    def _kick(self, lane: MXLane) -> None:
+        """Start sessions while the lane has jobs and its cap allows (the slow lane: one)."""
+        cap = 1 if lane.slow else self.throttle.policy.limits_for(lane.host).max_concurrency
+        while lane.jobs and lane.sessions < cap and not self._stopping:
+            lane.sessions += 1
+            self._spawn(self._session(lane))
+
+    # -- one SMTP session ---------------------------------------------------------
+
+    async def _session(self, lane: MXLane) -> None:
+        try:
+            async with self.throttle.slot(lane.host, wait=self.settings.throttle_wait):
+                await self._converse(lane)
+        except ThrottleTimeout:
+            self._later(self.options.throttle_retry_delay, lambda: self._kick(lane))
+        except ThrottleError as exc:  # the shared throttle is down: do not probe unthrottled
+            for job in _drain(lane.jobs):
+                self._after(job, _error_result(job, lane.host, "connection_failed", str(exc)))
+        finally:
+            lane.sessions -= 1
+            if lane.jobs:
+                self._kick(lane)
+
+    async def _converse(self, lane: MXLane) -> None:
+        batch = _take(lane.jobs, self.options.rcpts_per_session)
+        if not batch:
+            return
+        try:
+            ips = lane.ips = lane.ips or await resolve_host(lane.host, resolver=self.cache.resolver)
+        except DNSLookupError as exc:
+            for job in batch:
+                self._after(job, _error_result(job, lane.host, "dns_error", str(exc)))
+            return
+        if not ips:
+            for job in batch:
+                job.mx_index += 1
+                self._route(job)
+            return
+        options = probe_options(
+            self.settings, port=self.port, behavior_hint=behavior_hint(lane.host)
+        )
+        timeouts = effective_timeouts(
+            options["connect_timeout"], options["command_timeout"], options["behavior_hint"]
+        )
+        deadline_per_rcpt = options["deadline"]
+        if lane.slow:
+            connect, command, deadline_per_rcpt = self.options.slow_timeouts
+            timeouts = type(timeouts)(connect, command)
+        session = SMTPSession(
+            mx_host=lane.host,
+            helo_domain=options["helo_domain"],
+            port=self.port,
+            connect_to=ips[0],
+            connect_timeout=timeouts.connect,
+            command_timeout=timeouts.command,
+            source_address=options["source_address"],
+            starttls=options["starttls"],
+            tls_context=options["tls_context"],
+        )
+        self.summary.sessions += 1
+        pending = deque(batch)
+        try:
+            async with asyncio.timeout(deadline_per_rcpt + timeouts.command * len(batch)):
+                try:
+                    await session.open()
+                except StageRefused as refused:
+                    for job in _drain(pending):
+                        self._after(job, self._reply_result(job, session, refused.reply, 0))
+                    return
+                header = len(session.transcript)
+                await self._transactions(lane, session, pending, header, options["mail_from"])
+        except SessionError as exc:
+            self._session_failed(lane, session, pending, exc.kind.value, str(exc))
+        except TimeoutError:
+            self._session_failed(
+                lane, session, pending, "timeout", f"timeout at {session.stage}: session deadline"
+            )
+        finally:
+            await session.close()
+
+    async def _transactions(
+        self, lane: MXLane, session: SMTPSession, pending: deque[Job], header: int, mail_from: str
+    ) -> None:
+        while pending:
+            domain = pending[0].domain
+            size = 1 if lane.one_rcpt or pending[0].alone else self.options.rcpts_per_transaction
+            txn = [pending.popleft()]
+            while (
+                pending and len(txn) < size and pending[0].domain == domain and not pending[0].alone
+            ):
+                txn.append(pending.popleft())
+            start = len(session.transcript)
+            try:
+                await session.mail(mail_from)
+            except StageRefused as refused:
+                for job in txn:
+                    self._after(
+                        job, self._reply_result(job, session, refused.reply, 0, header, start)
+                    )
+                await session.rset()
+                continue
+            accepted: list[tuple[Job, dict[str, Any]]] = []
+            for i, job in enumerate(txn):
+                sent = time.monotonic()
+                try:
+                    reply = await session.rcpt(job.address)
+                except SessionError:
+                    pending.extendleft(reversed(txn[i + 1 :]))  # never asked: not their fault
+                    pending.appendleft(job)
+                    raise
+                self.summary.rcpts += 1
+                result = self._reply_result(
+                    job, session, reply, int((time.monotonic() - sent) * 1000), header, start
+                )
+                if result["reason"] == Reason.ACCEPTED:
+                    accepted.append((job, result))
+                else:
+                    self._after(job, result)
+                if result["reason"] == Reason.TOO_MANY_RECIPIENTS:
+                    lane.one_rcpt = True
+            if accepted:
+                try:
+                    await self._catch_all(session, self._domains[domain])
+                finally:  # answered even if the catch-all RCPT lost the connection
+                    for job, result in accepted:
+                        self._after(job, result)
+            await session.rset()
+
+    async def _catch_all(self, session: SMTPSession, state: DomainState) -> None:
+        """RCPT for a local part that cannot exist, after the real ones: accepted = catch-all."""
+        if not self.options.catch_all_check or state.catch_all is not None:
+            return
+        probe = EmailAddress(f"mp-{secrets.token_hex(8)}", state.name, state.name)
+        reply = await session.rcpt(probe)
+        reason = classify_reply("rcpt", reply.code, reply.message, mx_host=session.mx_host).reason
+        if reason == Reason.ACCEPTED:
+            state.catch_all = True
+        elif reason in {
+            Reason.MAILBOX_NOT_FOUND,
+            Reason.MAILBOX_DISABLED,
+            Reason.MAILBOX_UNAVAILABLE,
+        }:
+            state.catch_all = False
+        else:
+            return  # inconclusive (greylisted, rate limited...): try again in a later transaction
+        behaviors.mark_catch_all(session.mx_host, state.catch_all)
+        self._spawn(asyncio.to_thread(self.cache.save_catch_all, state.name, state.catch_all))
+
+    def _session_failed(
+        self, lane: MXLane, session: SMTPSession, pending: deque[Job], kind: str, error: str
+    ) -> None:
+        jobs = _drain(pending)
+        if session.stage in {"rcpt", "rset", "mail"} and len(jobs) > 1:
+            # The first was being asked when the session broke; the others never were:
+            # they go back to the lane for a new session (a few times, then as failures).
+            for job in jobs[1:]:
+                job.bounces += 1
+                if job.bounces <= 2:
+                    self._route(job)
+                else:
+                    self._after(job, _error_result(job, lane.host, kind, error, session.stage))
+            jobs = jobs[:1]
+        for job in jobs:
+            result = _error_result(job, lane.host, kind, error, stage=session.stage)
+            result["transcript"] = list(session.transcript)
+            result["tls"] = session.tls
+            if kind == "connection_failed" and session.stage == "connect":
+                job.last = result
+                job.mx_index += 1  # unreachable: the next MX takes over
+                self._route(job)
+            else:
+                self._after(job, result)
+
+    def _reply_result(
+        self,
+        job: Job,
+        session: SMTPSession,
+        reply: Any,
+        elapsed_ms: int,
+        header: int | None = None,
+        start: int | None = None,
+    ) -> dict[str, Any]:
+        verdict = classify_reply(reply.stage, reply.code, reply.message, mx_host=session.mx_host)
+        transcript = list(session.transcript)
+        if header is not None and start is not None:
+            transcript = transcript[:header] + transcript[start:]
+        return {
+            "ok": True,
+            "category": category_for_code(reply.code).value,
+            "code": reply.code,
+            "message": reply.message,
+            "mx_host": session.mx_host,
+            "helo_domain": session.helo_domain,
+            "elapsed_ms": elapsed_ms,
+            "error": None,
+            "email": job.address.normalized,
+            "stage": reply.stage,
+            "enhanced_status": reply.enhanced,
+            "reason": verdict.reason.value,
+            "rule": verdict.rule,
+            "error_kind": None,
+            "tls": session.tls,
+            "transcript": transcript,
+        }
+
+    # -- what to do with a result -------------------------------------------------
+
+    def _after(self, job: Job, result: dict[str, Any]) -> None:
+        """Retry what deserves a retry; answer the rest."""
+        job.attempts += 1
+        job.last = result
+        o = self.options
+        reason = result["reason"]
+        host = result.get("mx_host") or ""
+        behaviors.record(
+            host or job.domain,
+            latency_ms=result.get("elapsed_ms") or 0,
+            error_kind=result.get("error_kind"),
+            code=result.get("code"),
+            reason=reason,
+        )
+        if reason == Reason.TOO_MANY_RECIPIENTS and job.batching_retries < 2:
+            job.batching_retries += 1
+            job.alone = True
+            job.attempts -= 1  # our batching, not the address, was refused
+            self._route(job)
+        elif reason == Reason.GREYLISTED and job.greylists < len(o.greylist_delays):
+            job.greylists += 1
+            self._retry(job, o.greylist_delays[job.greylists - 1])
+        elif reason in {Reason.RATE_LIMITED, Reason.SERVICE_UNAVAILABLE}:
+            if host:
+                self._spawn(self.throttle.penalize(host, reason=reason))
+            self._retry_temp(job)
+        elif reason == Reason.TIMEOUT and o.slow_retry and not job.slow:
+            job.slow = True
+            self._retry(job, 0.0)
+        elif reason in {Reason.TEMP_FAILURE, Reason.CONNECTION_FAILED, "dns_error"}:
+            self._retry_temp(job)
+        else:
+            self._finalize(job, result)
+
+    def _retry_temp(self, job: Job) -> None:
+        if job.temps < len(self.options.temp_delays):
+            job.temps += 1
+            self._retry(job, self.options.temp_delays[job.temps - 1])
+        else:
+            assert job.last is not None
+            self._finalize(job, job.last)
+
+    def _retry(self, job: Job, delay: float) -> None:
+        if self._stopping:
+            return
+        self._later(delay, lambda: self._route(job))
+
+    def _later(self, delay: float, action: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            action()
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _finalize(self, job: Job, result: dict[str, Any]) -> None:
+        self._spawn(self._emit(job, result))
+
+    async def _finish_invalid(self, line: InputLine) -> None:
+        result = {
+            "ok": False,
+            "category": "unknown",
+            "code": None,
+            "message": "",
+            "mx_host": None,
+            "elapsed_ms": 0,
+            "error": line.error,
+            "email": line.raw,
+            "stage": "input",
+            "enhanced_status": None,
+            "reason": "invalid_syntax",
+            "error_kind": "bad_input",
+            "transcript": [],
+        }
+        record = _record(
+            line.line_no,
+            line.raw,
+            None,
+            result,
+            Verdict.UNDELIVERABLE,
+            "invalid_syntax",
+            None,
+            attempts=0,
+        )
+        await self._deliver(record)
+
+    async def _emit(self, job: Job, result: dict[str, Any], reused: bool = False) -> None:
+        state = self._domains.get(job.domain)
+        catch_all = result.get("catch_all") if reused else (state.catch_all if state else None)
+        dns_status = result.get("dns_status")
+        if dns_status is None and state is not None and state.resolution is not None:
+            dns_status = state.resolution.status.value
+        if reused and result.get("verdict"):
+            verdict, shown = Verdict(result["verdict"]), result["verdict_reason"]
+        else:
+            verdict, shown = decide(result["reason"], catch_all=catch_all, dns_status=dns_status)
+        record = _record(
+            job.line_no,
+            job.raw,
+            job.address,
+            result,
+            verdict,
+            shown,
+            catch_all,
+            attempts=job.attempts,
+            reused=reused,
+        )
+        if self.options.persist and not reused:
+            self._rows.append(({**result, "attempts": job.attempts}, verdict.value))
+            if len(self._rows) >= 200:
+                self._writer_wake.set()
+        await self._deliver(record)
+
+    async def _deliver(self, record: dict[str, Any]) -> None:
+        verdicts = self.summary.by_verdict
+        verdicts[record["verdict"]] = verdicts.get(record["verdict"], 0) + 1
+        maybe = self.sink(record)
+        if maybe is not None:
+            await maybe
+        self._outstanding -= 1
+        self._slots.release()
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self._reading:
+            return
+        if self._outstanding == 0 or (
+            not self.options.wait_for_retries
+            and self._outstanding == len(self._timers)
+            and not self._busy()
+        ):
+            self._done.set()
+
+    def _busy(self) -> bool:
+        return any(lane.jobs or lane.sessions for lane in self._lanes.values())
+
+    # -- persistence --------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        """Batch result rows into the store every 0.2 s (or 200 rows)."""
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._writer_wake.wait(), 0.2)
+            self._writer_wake.clear()
+            if self._rows:
+                await asyncio.to_thread(self._flush_rows)
+
+    def _flush_rows(self) -> None:
+        rows, self._rows = self._rows, []
+        if not rows:
+            return
+        with self.store.session() as session:
+            for result, verdict in rows:
+                q.add_result(session, result, email_id=None, verdict=verdict)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+async def _aiter(lines: Iterable[InputLine] | AsyncIterator[InputLine]) -> AsyncIterator[InputLine]:
+    if isinstance(lines, AsyncIterator):
+        async for line in lines:
+            yield line
+    else:
+        for i, line in enumerate(lines):
+            yield line
+            if i % 500 == 0:
+                await asyncio.sleep(0)  # let sessions run while a big file is read
+
+
+def _take(jobs: deque[Job], n: int) -> list[Job]:
+    """Up to n jobs, those of the first job's domain first (fewer transactions)."""
+    if not jobs:
+        return []
+    first = jobs[0].domain
+    same = [j for j in jobs if j.domain == first][:n]
+    taken = set(map(id, same))
+    rest = [j for j in jobs if id(j) not in taken]
+    batch = same + rest[: n - len(same)]
+    taken |= set(map(id, batch))
+    remaining = [j for j in jobs if id(j) not in taken]
+    jobs.clear()
+    jobs.extend(remaining)
+    return batch
+
+
+def _drain(jobs: deque[Job]) -> list[Job]:
+    out = list(jobs)
+    jobs.clear()
+    return out
+
+
+def _error_result(
+    job: Job, mx_host: str, kind: str, error: str, stage: str = "connect"
+) -> dict[str, Any]:
+    reason = "dns_error" if kind == "dns_error" else classify_error(kind).value
+    return {
+        "ok": False,
+        "category": "unknown",
+        "code": None,
+        "message": "",
+        "mx_host": mx_host,
+        "elapsed_ms": 0,
+        "error": error,
+        "email": job.address.normalized,
+        "stage": stage,
+        "enhanced_status": None,
+        "reason": reason,
+        "rule": None,
+        "error_kind": kind,
+        "tls": False,
+        "transcript": [],
+    }
+
+
+def _failed_resolution(domain: str, exc: BaseException) -> CachedMX:
+    from mailprobe.dns import MXResolution
+
+    now = utcnow()
+    return CachedMX(MXResolution(domain, ResolutionStatus.DNS_ERROR, error=str(exc)), now, now)
+
+
+def _row_result(row: Any) -> dict[str, Any]:
+    return {
+        "category": row.category,
+        "code": row.code,
+        "message": row.message,
+        "mx_host": row.mx_host,
+        "elapsed_ms": row.elapsed_ms,
+        "reason": row.reason,
+        "enhanced_status": row.enhanced_status,
+        "stage": row.stage,
+        "error": row.error,
+        "verdict": row.verdict,
+        "verdict_reason": _shown_reason(row.verdict, row.reason),
+        "catch_all": True if row.verdict == "risky" and row.reason == "accepted" else None,
+        "attempts": row.attempts,
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+def _shown_reason(verdict: str | None, reason: str) -> str:
+    return (
+        decide(reason, catch_all=None)[1]
+        if verdict is None
+        else ("catch_all" if verdict == "risky" and reason == "accepted" else reason)
+    )
+
+
+def _record(
+    line_no: int,
+    raw: str,
+    address: EmailAddress | None,
+    result: dict[str, Any],
+    verdict: Verdict,
+    reason: str,
+    catch_all: bool | None,
+    *,
+    attempts: int,
+    reused: bool = False,
+) -> dict[str, Any]:
+    flags = flags_for(address.local, address.ascii_domain).as_dict() if address else {}
+    return {
+        "line": line_no,
+        "email": raw,
+        "verdict": verdict.value,
+        "reason": reason,
+        "category": result.get("category"),
+        "code": result.get("code"),
+        "enhanced_status": result.get("enhanced_status"),
+        "message": result.get("message") or "",
+        "mx_host": result.get("mx_host"),
+        "catch_all": catch_all,
+        "flags": flags,
+        "attempts": result.get("attempts", attempts) if reused else attempts,
+        "elapsed_ms": result.get("elapsed_ms") or 0,
+        "reused": reused,
+    }
+
+
+async def verify(
+    lines: Iterable[InputLine] | AsyncIterator[InputLine],
+    sink: Sink,
+    *,
+    settings: Settings,
+    options: BulkOptions | None = None,
+    store: Store | None = None,
+    throttle: Throttle | None = None,
+) -> Summary:
+    """Verify every line with the settings' store and throttle (the embedded defaults)."""
+    from mailprobe.engine.core import default_store, load_behavior
+    from mailprobe.throttle import make_throttle
+
+    store = store or default_store(settings)
+    await asyncio.to_thread(load_behavior, store)
+    own_throttle = throttle is None
+    throttle = throttle or make_throttle(settings)
+    try:
+        verifier = BulkVerifier(settings, store, throttle, sink=sink, options=options)
+        return await verifier.run(lines)
+    finally:
+        if own_throttle:
+            await throttle.aclose()

@@ -1,0 +1,338 @@
+"""R18 bulk verification against scripted SMTP servers and a DNS server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailprobe.config import Settings
+from mailprobe.engine.bulk import BulkOptions, Summary, verify
+from mailprobe.inputs import read_addresses
+from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
+from mailprobe.sim.smtpd import ACCEPT, MXBehavior, Scripted, SessionState, SimSMTPServer
+from mailprobe.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+GREYLIST = Scripted(450, "4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, see "
+                         "http://postgrey.schweikert.ch/help/x.html")  # fmt: skip
+OUTLOOK_TOO_MANY = Scripted(452, "4.5.3 Too many recipients")
+
+
+@dataclass
+class World:
+    dns: SimDNSServer
+    servers: dict[str, SimSMTPServer]
+    port: int
+    store: Store
+
+    def settings(self, **env: str) -> Settings:
+        base = {
+            "DNS_NAMESERVERS": self.dns.nameserver,
+            "DNS_TIMEOUT": "2",
+            "SMTP_PORT": str(self.port),
+            "SMTP_CONNECT_TIMEOUT": "2",
+            "SMTP_COMMAND_TIMEOUT": "2",
+            "SMTP_PROBE_DEADLINE": "10",
+            "GLOBAL_RPS": "200",
+            "PER_MX_RPS_DEFAULT": "100",
+            "DATABASE_URL": self.store.url,
+        }
+        return Settings.from_env({**base, **env})
+
+    async def run(self, text: str, options: BulkOptions | None = None, **env: str
+                  ) -> tuple[list[dict[str, Any]], Summary]:  # fmt: skip
+        records: list[dict[str, Any]] = []
+        summary = await verify(
+            read_addresses(io.StringIO(text)), records.append, settings=self.settings(**env),
+            options=options or BulkOptions(reuse_ttl=None), store=self.store,
+        )  # fmt: skip
+        return records, summary
+
+
+@pytest.fixture
+async def world_factory(tmp_path: Path) -> AsyncIterator[Any]:
+    """Build a world: {host: (ip, MXBehavior)} servers on one port, plus a DNS zone."""
+    started: list[Any] = []
+
+    async def make(hosts: dict[str, tuple[str, MXBehavior]], zone: dict[str, DomainSpec]
+                   ) -> World:  # fmt: skip
+        port = 0
+        servers: dict[str, SimSMTPServer] = {}
+        for host, (ip, behavior) in hosts.items():
+            server = await SimSMTPServer(behavior, host=ip, port=port).start()
+            port = server.port
+            servers[host] = server
+            zone.setdefault(host, DomainSpec(a=[ip]))
+            started.append(server)
+        dns = SimDNSServer(zone)
+        await dns.start()
+        started.append(dns)
+        store = Store(f"sqlite:///{tmp_path / 'bulk.db'}")
+        store.upgrade()
+        return World(dns, servers, port, store)
+
+    yield make
+    for thing in reversed(started):
+        await thing.stop()
+
+
+def by_email(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["email"]: r for r in records}
+
+
+async def test_r18_mixed_list_verdicts_and_session_reuse(world_factory) -> None:
+    acme = MXBehavior(mailboxes={f"u{i}@acme.example": ACCEPT for i in range(0, 30, 3)})
+    world = await world_factory(
+        {"mx.acme.example": ("127.0.0.1", acme),
+         "mx.catch.example": ("127.0.0.3", MXBehavior(default_rcpt=ACCEPT))},
+        {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
+         "catch.example": DomainSpec(mx=[(10, "mx.catch.example")]),
+         "nomail.example": DomainSpec(null_mx=True),
+         "aonly.example": DomainSpec(a=["127.0.0.1"])},
+    )  # fmt: skip
+    lines = [f"u{i}@acme.example" for i in range(30)]
+    lines += ["boss@catch.example", "info@catch.example", "x@nomail.example", "x@gone.example",
+              "not an address", "u0@aonly.example"]  # fmt: skip
+    records, summary = await world.run("\n".join(lines) + "\n")
+    assert sorted(r["line"] for r in records) == list(range(1, len(lines) + 1))
+    got = by_email(records)
+    for i in range(30):
+        expected = "deliverable" if i % 3 == 0 else "undeliverable"
+        assert got[f"u{i}@acme.example"]["verdict"] == expected
+    assert got["u1@acme.example"]["reason"] == "mailbox_not_found"
+    assert (got["boss@catch.example"]["verdict"], got["boss@catch.example"]["reason"]) == (
+        "risky", "catch_all")  # fmt: skip
+    assert got["info@catch.example"]["flags"]["role"] is True
+    assert (got["x@nomail.example"]["verdict"], got["x@nomail.example"]["reason"]) == (
+        "undeliverable", "null_mx")  # fmt: skip
+    assert got["x@gone.example"]["reason"] == "no_such_domain"
+    assert got["not an address"]["reason"] == "invalid_syntax"
+    assert got["u0@aonly.example"]["mx_host"] == "aonly.example"  # implicit MX (A record)
+    acme_server = world.servers["mx.acme.example"]
+    # 31 RCPTs (30 + the aonly one) over connections carrying up to 20 each, never DATA
+    assert acme_server.record.connections <= 3
+    assert summary.rcpts_per_session > 5
+    assert not acme_server.record.data_received
+    # the catch-all probe follows the real RCPTs, inside the same transaction
+    verbs = world.servers["mx.catch.example"].record.commands
+    rcpts = [c for c in verbs if c.startswith("RCPT")]
+    assert rcpts[-1].startswith("RCPT TO:<mp-") and len(rcpts) == 3
+
+
+async def test_r18_outlook_too_many_recipients_retried_alone(world_factory) -> None:
+    def outlook(rcpt: str, state: SessionState) -> Scripted:
+        if len(state.rcpts) > 1:  # a second RCPT in one transaction
+            return OUTLOOK_TOO_MANY
+        return ACCEPT if rcpt.startswith("yes") else Scripted(550, "5.1.10 RecipientNotFound")
+
+    world = await world_factory(
+        {"mx.o.example": ("127.0.0.1", MXBehavior(rcpt_handler=outlook))},
+        {"o.example": DomainSpec(mx=[(10, "mx.o.example")])},
+    )
+    lines = [f"yes{i}@o.example" for i in range(5)] + [f"no{i}@o.example" for i in range(5)]
+    records, _ = await world.run(
+        "\n".join(lines), BulkOptions(reuse_ttl=None, catch_all_check=False)
+    )
+    got = by_email(records)
+    assert {got[f"yes{i}@o.example"]["reason"] for i in range(5)} == {"catch_all_unknown"}
+    assert {got[f"no{i}@o.example"]["verdict"] for i in range(5)} == {"undeliverable"}
+    assert all(r["reason"] != "too_many_recipients" for r in records)
+
+
+async def test_r18_one_domain_per_transaction(world_factory) -> None:
+    mixed: list[list[str]] = []
+
+    def gmail(rcpt: str, state: SessionState) -> Scripted:
+        domains = {r.rsplit("@", 1)[1] for r in state.rcpts}
+        if len(domains) > 1:
+            mixed.append(list(state.rcpts))
+            return Scripted(451, "4.3.0 Multiple destination domains per transaction is "
+                                 "unsupported. Please try again.")  # fmt: skip
+        return ACCEPT
+
+    world = await world_factory(
+        {"mx.shared.example": ("127.0.0.1", MXBehavior(rcpt_handler=gmail))},
+        {d: DomainSpec(mx=[(10, "mx.shared.example")]) for d in ("a.example", "b.example")},
+    )
+    lines = [f"x{i}@{d}" for i in range(4) for d in ("a.example", "b.example")]
+    records, _ = await world.run("\n".join(lines))
+    assert mixed == []  # transactions are per domain
+    assert {r["verdict"] for r in records} == {"risky"}  # both domains accept anything
+
+
+async def test_r18_greylisting_retried_then_answered(world_factory) -> None:
+    seen: set[str] = set()
+
+    def greylist(rcpt: str, state: SessionState) -> Scripted:
+        if rcpt.startswith("mp-"):
+            return Scripted(550, "5.1.1 no such user")
+        if rcpt not in seen:
+            seen.add(rcpt)
+            return GREYLIST
+        return ACCEPT if rcpt.startswith("real") else Scripted(550, "5.1.1 no such user")
+
+    world = await world_factory(
+        {"mx.g.example": ("127.0.0.1", MXBehavior(rcpt_handler=greylist))},
+        {"g.example": DomainSpec(mx=[(10, "mx.g.example")])},
+    )
+    records, _ = await world.run(
+        "real@g.example\nfake@g.example\n",
+        BulkOptions(reuse_ttl=None, greylist_delays=(0.2, 0.2)),
+    )
+    got = by_email(records)
+    assert (got["real@g.example"]["verdict"], got["real@g.example"]["attempts"]) == (
+        "deliverable", 2)  # fmt: skip
+    assert got["fake@g.example"]["verdict"] == "undeliverable"
+
+
+async def test_r18_greylisting_that_outlives_retries_is_unknown(world_factory) -> None:
+    world = await world_factory(
+        {"mx.g.example": ("127.0.0.1", MXBehavior(default_rcpt=GREYLIST))},
+        {"g.example": DomainSpec(mx=[(10, "mx.g.example")])},
+    )
+    records, _ = await world.run(
+        "a@g.example\n", BulkOptions(reuse_ttl=None, greylist_delays=(0.1, 0.1))
+    )
+    assert (records[0]["verdict"], records[0]["reason"], records[0]["attempts"]) == (
+        "unknown", "greylisted", 3)  # fmt: skip
+
+
+async def test_r18_unreachable_mx_falls_back(world_factory) -> None:
+    world = await world_factory(
+        {"mx2.f.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT))},
+        {"f.example": DomainSpec(mx=[(10, "mx1.f.example"), (20, "mx2.f.example")]),
+         "mx1.f.example": DomainSpec(a=["127.0.0.4"])},  # nobody listens there
+    )  # fmt: skip
+    records, _ = await world.run("a@f.example\nb@f.example\n")
+    assert {r["mx_host"] for r in records} == {"mx2.f.example"}
+    assert {r["verdict"] for r in records} == {"risky"}
+
+
+async def test_r18_tarpit_does_not_hold_up_fast_servers(world_factory) -> None:
+    world = await world_factory(
+        {"mx.fast.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT)),
+         "mx.slow.example": ("127.0.0.5", MXBehavior(greeting_delay=2.5, default_rcpt=ACCEPT))},
+        {"fast.example": DomainSpec(mx=[(10, "mx.fast.example")]),
+         "slow.example": DomainSpec(mx=[(10, "mx.slow.example")])},
+    )  # fmt: skip
+    finished: dict[str, float] = {}
+    started = time.monotonic()
+
+    def sink(record: dict[str, Any]) -> None:
+        finished[record["email"]] = time.monotonic() - started
+
+    text = "s@slow.example\n" + "".join(f"f{i}@fast.example\n" for i in range(10))
+    await verify(read_addresses(io.StringIO(text)), sink,
+                 settings=world.settings(SMTP_CONNECT_TIMEOUT="1"),
+                 options=BulkOptions(reuse_ttl=None, slow_timeouts=(5.0, 5.0, 15.0)),
+                 store=world.store)  # fmt: skip
+    fast = max(t for e, t in finished.items() if e.startswith("f"))
+    assert fast < 1.0  # the fast domain did not wait for the tarpit
+    assert finished["s@slow.example"] > 2.5  # answered, after the slow-lane retry
+
+
+async def test_r18_results_persisted_and_reused(world_factory) -> None:
+    world = await world_factory(
+        {"mx.acme.example": ("127.0.0.1", MXBehavior(mailboxes={"a@acme.example": ACCEPT}))},
+        {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")])},
+    )
+    text = "a@acme.example\nb@acme.example\n"
+    first, _ = await world.run(text, BulkOptions())
+    connections = world.servers["mx.acme.example"].record.connections
+    again, summary = await world.run(text, BulkOptions())
+    assert summary.reused == 2 and all(r["reused"] for r in again)
+    verdicts = {r["email"]: r["verdict"] for r in first}
+    assert verdicts == {"a@acme.example": "deliverable", "b@acme.example": "undeliverable"}
+    assert {r["email"]: r["verdict"] for r in again} == verdicts
+    assert world.servers["mx.acme.example"].record.connections == connections
+    forced, _ = await world.run(text, BulkOptions(reuse_ttl=None))
+    assert not any(r["reused"] for r in forced)
+    assert world.servers["mx.acme.example"].record.connections > connections
+
+
+async def test_r18_per_mx_cap_holds(world_factory) -> None:
+    world = await world_factory(
+        {"mx.acme.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT, reply_delay=0.02))},
+        {f"d{i}.example": DomainSpec(mx=[(10, "mx.acme.example")]) for i in range(20)},
+    )
+    text = "".join(f"user@d{i}.example\n" for i in range(20))
+    records, _ = await world.run(text, BulkOptions(reuse_ttl=None, rcpts_per_session=2),
+                                 PER_MX_MAX_CONCURRENCY_DEFAULT="2")  # fmt: skip
+    assert len(records) == 20
+    assert world.servers["mx.acme.example"].record.max_open <= 2
+
+
+async def test_r18_greeting_421_backs_off_and_retries(world_factory) -> None:
+    calls = {"n": 0}
+    behavior = MXBehavior(default_rcpt=ACCEPT)
+    world = await world_factory(
+        {"mx.busy.example": ("127.0.0.1", behavior)},
+        {"busy.example": DomainSpec(mx=[(10, "mx.busy.example")])},
+    )
+    server = world.servers["mx.busy.example"]
+    original = server._serve
+
+    async def flaky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            writer.write(b"421 4.7.0 Too many connections, try again later\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        await original(reader, writer)
+
+    server._serve = flaky  # type: ignore[method-assign]
+    await server.stop()
+    await server.start()
+    records, _ = await world.run(
+        "a@busy.example\n", BulkOptions(reuse_ttl=None, temp_delays=(0.1,))
+    )
+    assert records[0]["verdict"] == "risky" and records[0]["attempts"] == 2
+
+
+def test_r18_cli_verify_formats(tmp_path: Path) -> None:
+    zone = {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
+            "mx.acme.example": DomainSpec(a=["127.0.0.1"])}  # fmt: skip
+    from mailprobe.sim.smtpd import serve_in_thread
+
+    listing = tmp_path / "in.csv"
+    listing.write_text(
+        "name,email\nJane,jane@acme.example\nBad,not-an-address\nBob,bob@acme.example\n"
+    )
+    with (
+        SimDNSServer(zone) as dns,
+        serve_in_thread(MXBehavior(mailboxes={"jane@acme.example": ACCEPT})) as smtp,
+    ):
+        env = {**os.environ, "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(smtp.port),
+               "MAILPROBE_RUNS_DIR": str(tmp_path / "runs")}  # fmt: skip
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "mailprobe.cli", "verify", *args],
+                                  capture_output=True, text=True, env=env, timeout=60,
+                                  stdin=subprocess.DEVNULL)  # fmt: skip
+
+        jsonl = cli(str(listing), "--format", "jsonl")
+        assert jsonl.returncode == 0, jsonl.stderr
+        rows = [json.loads(line) for line in jsonl.stdout.splitlines()]
+        assert sorted(r["line"] for r in rows) == [2, 3, 4]
+        assert {r["email"]: r["verdict"] for r in rows}["not-an-address"] == "undeliverable"
+        out = tmp_path / "out.csv"
+        done = cli(str(listing), "--format", "csv", "-o", str(out), "--force")
+        assert done.returncode == 0, done.stderr
+        table = list(csv.DictReader(out.open()))
+        assert {r["email"]: r["reason"] for r in table}["bob@acme.example"] == "mailbox_not_found"
+        assert {"free", "disposable", "role", "enhanced_status"} <= set(table[0])
+        shown = cli(str(listing), "--format", "table")
+        assert shown.returncode == 0 and "jane@acme.example" in shown.stdout
