@@ -293,7 +293,7 @@ async def test_r18_greeting_421_backs_off_and_retries(world_factory) -> None:
             return
         await original(reader, writer)
 
-    server._serve = flaky  # type: ignore[method-assign]
+    server._serve = flaky
     await server.stop()
     await server.start()
     records, _ = await world.run(
