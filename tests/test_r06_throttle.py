@@ -32,7 +32,6 @@ from mailprobe.throttle import (
     make_throttle,
     penalty_reason,
 )
-from tests.redis_server import free_port
 
 pytest_plugins = ["tests.redis_server"]
 
@@ -49,6 +48,14 @@ def make_policy(
     **kw: Any,
 ) -> ThrottlePolicy:
     return ThrottlePolicy(Limits(gconc, grps), Limits(mconc, mrps), overrides, **kw)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class FakeClock:

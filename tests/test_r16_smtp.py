@@ -466,3 +466,70 @@ async def test_r16_probe_rcpt_inside_running_loop_does_not_deadlock() -> None:
             port=server.port,
         )
     assert result["category"] == "accept"
+
+
+# -- queue task shape and throttle hooks (monkeypatched) ---------------------------
+
+
+def _r16_recording_throttle(events: list[tuple[Any, ...]], server: Any) -> Any:
+    """A fake throttle that records acquire/release/penalize (and what the server saw)."""
+    from mailprobe.throttle import Limits, Slot, Throttle
+
+    class Recording(Throttle):
+        async def acquire(self, mx_host: str, *, wait: float | None = None) -> Slot:
+            events.append(("acquire", mx_host, wait, server.record.connections))
+            return Slot(mx_host, "token")
+
+        async def release(self, slot: Slot) -> None:
+            events.append(("release", slot.mx_host, server.record.connections))
+
+        async def renew(self, slot: Slot, lease_seconds: float | None = None) -> bool:
+            return True
+
+        async def penalize(self, mx_host: str, *, reason: str) -> None:
+            events.append(("penalize", mx_host, reason))
+
+        async def effective_limits(self, mx_host: str) -> Limits:
+            return Limits(1, 1.0)
+
+        async def aclose(self) -> None:
+            events.append(("close",))
+
+    return Recording()
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "category", "penalized"),
+    [(ACCEPT, "accept", False), (Scripted(421, "4.7.0 Too many connections"), "temp_fail", True)],
+)
+def test_r16_queue_task_shape_and_throttle_hooks(
+    monkeypatch: pytest.MonkeyPatch, rcpt: Scripted, category: str, penalized: bool
+) -> None:
+    from mailprobe import config, queue
+    from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
+
+    zone = {
+        "acme.example": DomainSpec(mx=[(20, "mx2.acme.example"), (10, "mx1.acme.example")]),
+        "mx1.acme.example": DomainSpec(a=["127.0.0.1"]),
+        "mx2.acme.example": DomainSpec(a=["127.0.0.1"]),
+    }
+    events: list[tuple[Any, ...]] = []
+    with SimDNSServer(zone) as dns, serve_in_thread(MXBehavior(default_rcpt=rcpt)) as server:
+        monkeypatch.setenv("DNS_NAMESERVERS", dns.nameserver)
+        monkeypatch.setenv("SMTP_PORT", str(server.port))
+        monkeypatch.setenv("THROTTLE_WAIT", "7")
+        config.get_settings.cache_clear()
+        fake = _r16_recording_throttle(events, server)
+        monkeypatch.setattr(queue, "make_job_throttle", lambda settings: fake)
+        result = queue.task_probe_email(None, "jane@acme.example", "acme.example")
+    assert set(result) >= SEED_KEYS
+    assert result["category"] == category and result["mx_host"] == "mx1.acme.example"
+    assert result["helo_domain"] == config.get_settings().smtp_helo_domain
+    # One slot, for the lowest MX, taken before the probe connected and released after it.
+    expected: list[tuple[Any, ...]] = [
+        ("acquire", "mx1.acme.example", 7.0, 0),
+        ("release", "mx1.acme.example", 1),
+    ]
+    if penalized:
+        expected.append(("penalize", "mx1.acme.example", "421"))
+    assert events == [*expected, ("close",)]

@@ -355,6 +355,42 @@ def _looks_like_csv(path: str) -> bool:
 
 
 @app.command()
+def worker(
+    queues: Annotated[
+        str, typer.Option("--queues", "-q", help="Comma-separated queues to serve: mx, verify.")
+    ] = "mx,verify",
+    burst: Annotated[bool, typer.Option("--burst", help="Exit once the queues are empty.")] = False,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Worker name (default: random).")
+    ] = None,
+) -> None:
+    """Serve probe and MX jobs from Redis (REDIS_URL), throttled across the whole fleet."""
+    from mailprobe.queue import run_worker
+
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    raise typer.Exit(run_worker(names, burst=burst, name=name))
+
+
+@app.command(epilog="Exit status: 0 every check passed (or was skipped), 1 a warning, 2 a failure.")
+def doctor(
+    mx_host: Annotated[
+        str | None,
+        typer.Option("--mx-host", help="MX to connect to (default: the lowest MX of gmail.com)."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="SMTP port (default SMTP_PORT).")
+    ] = None,
+) -> None:
+    """Check this host can probe: DNS, port 25, HELO/PTR, SPF, blocklists, Redis, database."""
+    from mailprobe.doctor import doctor_exit_status, format_checks, run_checks
+
+    settings = _settings()
+    checks = asyncio.run(run_checks(settings, mx_host=mx_host, port=port))
+    typer.echo(format_checks(checks))
+    raise typer.Exit(doctor_exit_status(checks))
+
+
+@app.command()
 def reasons(
     markdown: Annotated[bool, typer.Option("--markdown", help="As a Markdown table.")] = False,
 ) -> None:

@@ -7,7 +7,7 @@ come from the `disposable-email-domains` package.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
@@ -48,7 +48,7 @@ class Flags:
     role: bool = False
 
     def as_dict(self) -> dict[str, bool]:
-        return asdict(self)
+        return {"free": self.free, "disposable": self.disposable, "role": self.role}
 
 
 def flags_for(local_part: str, domain: str) -> Flags:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections import deque
@@ -50,6 +51,7 @@ from mailprobe.store.models import utcnow
 from mailprobe.throttle import Throttle, ThrottleError, ThrottleTimeout
 from mailprobe.verdict import Verdict, decide
 
+log = logging.getLogger(__name__)
 Sink = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
@@ -69,6 +71,7 @@ class BulkOptions:
     max_in_flight: int = 5000  # jobs between reading and answering: bounds memory
     persist: bool = True
     throttle_retry_delay: float = 1.0
+    dns_concurrency: int = 32  # MX lookups at once: a burst of new domains must not flood DNS
 
 
 @dataclass(eq=False)
@@ -159,6 +162,7 @@ class BulkVerifier:
         self._timers: set[asyncio.TimerHandle] = set()
         self._rows: list[tuple[dict[str, Any], str]] = []
         self._writer_wake = asyncio.Event()
+        self._dns_slots = asyncio.Semaphore(self.options.dns_concurrency)
         self._stopping = False
 
     # -- the run ------------------------------------------------------------
@@ -205,7 +209,9 @@ class BulkVerifier:
         """Answer jobs from stored results where allowed; route the rest."""
         if not jobs:
             return
-        reused = await asyncio.to_thread(self._stored, jobs)
+        o = self.options
+        reuse = o.reuse_ttl is not None or o.reuse_since is not None
+        reused = await asyncio.to_thread(self._stored, jobs) if reuse else {}
         for job in jobs:
             row = reused.get(job.address.normalized)
             if row is not None:
@@ -243,8 +249,10 @@ class BulkVerifier:
 
     async def _resolve(self, state: DomainState) -> None:
         try:
-            resolution = await self.cache.get(state.name)
+            async with self._dns_slots:
+                resolution = await self.cache.get(state.name)
         except Exception as exc:  # an unexpected failure still answers every job
+            log.exception("resolving %s failed", state.name)
             resolution = _failed_resolution(state.name, exc)
         state.resolving = False
         state.resolution = resolution
@@ -252,14 +260,14 @@ class BulkVerifier:
         waiting, state.waiting = state.waiting, []
         for job in waiting:
             self._dispatch(job, state)
+        if resolution.status is ResolutionStatus.DNS_ERROR:
+            state.resolution = None  # failures are not kept: the next job asks DNS again
 
     def _dispatch(self, job: Job, state: DomainState) -> None:
         assert state.resolution is not None
         resolution = state.resolution
         if resolution.status is ResolutionStatus.DNS_ERROR:
-            state.resolution = None  # ask DNS again next time: failures are not cached
-            result = no_mx_result(job.address.normalized, resolution, self.settings)
-            self._after(job, result)
+            self._after(job, no_mx_result(job.address.normalized, resolution, self.settings))
             return
         hosts = resolution.resolution.hosts
         if job.mx_index >= len(hosts):
@@ -638,13 +646,17 @@ class BulkVerifier:
         if not rows:
             return
         with self.store.session() as session:
-            for result, verdict in rows:
-                q.add_result(session, result, email_id=None, verdict=verdict)
+            q.add_results(session, rows)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("bulk verifier task failed", exc_info=task.exception())
 
 
 # -- helpers ----------------------------------------------------------------------

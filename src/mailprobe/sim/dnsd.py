@@ -20,7 +20,21 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, SOA, A, DNSError, DNSLabel, DNSRecord
+from dnslib import (
+    AAAA,
+    CNAME,
+    MX,
+    PTR,
+    QTYPE,
+    RCODE,
+    RR,
+    SOA,
+    TXT,
+    A,
+    DNSError,
+    DNSLabel,
+    DNSRecord,
+)
 
 Transport = Literal["udp", "tcp"]
 
@@ -37,12 +51,20 @@ class DomainSpec:
     publishes RFC 7505's "0 ." instead. `nxdomain`, `servfail`, `refused` and `drop`
     (never answer) override everything else. `truncate_udp` answers every UDP query
     with only the TC bit, forcing a retry over TCP.
+
+    `ptr` holds reverse-DNS targets (for names like "1.0.0.127.in-addr.arpa") and
+    `txt` whole TXT strings such as SPF records ("v=spf1 ip4:127.0.0.1 -all"); a
+    string longer than 255 octets goes out split into 255-octet chunks, as a real
+    zone would publish it. A DNS blocklist entry is just an `a` record
+    ("2.0.0.127.zen.spamhaus.org" -> 127.0.0.2).
     """
 
     mx: list[tuple[int, str]] | None = None
     a: list[str] = field(default_factory=list)
     aaaa: list[str] = field(default_factory=list)
     cname: str | None = None  # alias: answered (and followed inside the zone) for every type
+    ptr: list[str] = field(default_factory=list)  # reverse-DNS target host names
+    txt: list[str] = field(default_factory=list)  # one TXT record per string (e.g. SPF)
     null_mx: bool = False
     nxdomain: bool = False
     servfail: bool = False
@@ -332,7 +354,19 @@ def _records(name: str, qtype: int, spec: DomainSpec) -> list[RR]:
         out.extend(RR(owner, QTYPE.A, rdata=A(ip), ttl=spec.ttl) for ip in spec.a)
     if qtype in (QTYPE.AAAA, QTYPE.ANY):
         out.extend(RR(owner, QTYPE.AAAA, rdata=AAAA(ip), ttl=spec.ttl) for ip in spec.aaaa)
+    if qtype in (QTYPE.PTR, QTYPE.ANY):
+        out.extend(
+            RR(owner, QTYPE.PTR, rdata=PTR(_norm(host) + "."), ttl=spec.ttl) for host in spec.ptr
+        )
+    if qtype in (QTYPE.TXT, QTYPE.ANY):
+        out.extend(RR(owner, QTYPE.TXT, rdata=_txt(text), ttl=spec.ttl) for text in spec.txt)
     return out
+
+
+def _txt(text: str) -> TXT:
+    """One TXT record; RFC 1035 character-strings hold at most 255 octets each."""
+    data = text.encode("utf-8")
+    return TXT([data[i : i + 255] for i in range(0, len(data), 255)] or [b""])
 
 
 def _udp_limit(request: DNSRecord) -> int:

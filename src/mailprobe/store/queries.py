@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -176,6 +176,34 @@ def add_result(
     session.add(row)
     session.flush()
     return row.id
+
+
+def add_results(session: Session, rows: Iterable[tuple[Mapping[str, Any], str | None]]) -> None:
+    """Append many results in one INSERT (the bulk engine's batched writes)."""
+    now = utcnow()
+    values = [
+        {
+            "email_id": None,
+            "email": r["email"],
+            "category": r["category"],
+            "verdict": verdict,
+            "reason": r["reason"],
+            "code": r.get("code"),
+            "enhanced_status": r.get("enhanced_status"),
+            "message": r.get("message"),
+            "mx_host": r.get("mx_host"),
+            "stage": r.get("stage"),
+            "elapsed_ms": r.get("elapsed_ms"),
+            "tls": bool(r.get("tls")),
+            "attempts": int(r.get("attempts", 1)),
+            "error": r.get("error"),
+            "transcript": list(r.get("transcript", [])),
+            "created_at": now,
+        }
+        for r, verdict in rows
+    ]
+    if values:
+        session.execute(insert(VerificationResult), values)
 
 
 def latest_result(session: Session, email: str) -> VerificationResult | None:

@@ -1,0 +1,90 @@
+"""Peak memory of `mailprobe verify` on a big input (issue 5: 1,000,000 lines under 300 MB).
+
+The input's domains are answered by a loopback DNS server: most publish a null
+MX or do not exist, some accept mail on a loopback SMTP server, and a share of
+lines are not addresses at all, so the whole pipeline (reading, routing,
+records, batched result writes) runs without the SMTP wait dominating.
+
+    python benchmarks/bench_memory.py --lines 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
+from mailprobe.sim.smtpd import ACCEPT, MXBehavior, serve_in_thread
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument(
+        "--smtp-share",
+        type=float,
+        default=0.01,
+        help="share of lines on domains that are probed over SMTP",
+    )
+    args = parser.parse_args()
+
+    zone: dict[str, DomainSpec] = {"mx.live.example": DomainSpec(a=["127.0.0.1"])}
+    for i in range(50):
+        zone[f"live{i}.example"] = DomainSpec(mx=[(10, "mx.live.example")])
+        zone[f"nomail{i}.example"] = DomainSpec(null_mx=True)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SimDNSServer(zone) as dns,
+        serve_in_thread(MXBehavior(default_rcpt=ACCEPT)) as smtp,
+    ):
+        path = Path(tmp) / "input.txt"
+        smtp_every = max(1, round(1 / args.smtp_share)) if args.smtp_share else 0
+        with path.open("w") as fh:
+            for n in range(args.lines):
+                if n % 50 == 7:
+                    fh.write(f"not an address {n}\n")
+                elif smtp_every and n % smtp_every == 0:
+                    fh.write(f"user{n}@live{n % 50}.example\n")
+                elif n % 3 == 0:
+                    fh.write(f"user{n}@gone{n % 1000}.example\n")  # NXDOMAIN
+                else:
+                    fh.write(f"user{n}@nomail{n % 50}.example\n")
+        env = {
+            **os.environ,
+            "DNS_NAMESERVERS": dns.nameserver,
+            "SMTP_PORT": str(smtp.port),
+            "DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+            "MAILPROBE_RUNS_DIR": f"{tmp}/runs",
+            "GLOBAL_RPS": "500",
+            "PER_MX_RPS_DEFAULT": "200",
+            "PER_MX_MAX_CONCURRENCY_DEFAULT": "8",
+        }
+        out = Path(tmp) / "out.jsonl"
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "mailprobe.cli", "verify", str(path), "-o", str(out),
+             "--quiet", "--force"],
+            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return done.returncode
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        records = sum(1 for _ in out.open())
+    print(f"input lines            : {args.lines:,}")
+    check = "one per line" if records == args.lines else "MISMATCH"
+    print(f"records written        : {records:,} ({check})")
+    print(f"elapsed                : {elapsed:.1f} s ({args.lines / elapsed:,.0f} lines/s)")
+    print(f"peak RSS of the run    : {peak_mb:.0f} MB (target < 300 MB)")
+    return 0 if records == args.lines else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
