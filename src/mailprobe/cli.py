@@ -271,6 +271,10 @@ def verify(
     port: Annotated[
         int | None, typer.Option("--port", help="SMTP port (default SMTP_PORT).")
     ] = None,
+    enqueue: Annotated[
+        bool,
+        typer.Option("--enqueue", help="Hand per-domain batches to the RQ workers (REDIS_URL)."),
+    ] = False,
 ) -> None:
     """Verify a list: one record per input line, streamed as results arrive."""
     from mailprobe.engine.bulk import BulkOptions
@@ -308,6 +312,15 @@ def verify(
         writer.write(record)
         view.advance(record)
 
+    if enqueue:
+        try:
+            _verify_enqueued(input_path, sink, force=force)
+        finally:
+            writer.close()
+            view.close()
+            if output:
+                out.close()
+        return
     try:
         summary = asyncio.run(
             run_verify(read_addresses(input_path), sink, settings=settings, options=options)
@@ -333,6 +346,17 @@ def verify(
         )
     else:
         run.finish()
+
+
+def _verify_enqueued(input_path: str, sink: Any, *, force: bool) -> None:
+    from mailprobe.inputs import read_addresses
+    from mailprobe.queue import QueueUnavailable, enqueue_verify
+
+    try:
+        jobs, lines = enqueue_verify(read_addresses(input_path), sink, force=force)
+    except QueueUnavailable as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"mailprobe: {lines} lines verified by the workers in {jobs} jobs", err=True)
 
 
 def _count_lines(path: str) -> int:

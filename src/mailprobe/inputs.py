@@ -55,14 +55,16 @@ def _read(fh: TextIO) -> Iterator[InputLine]:
         rows = csv.reader(fh, skipinitialspace=True)
         for offset, row in enumerate(rows, start=2):
             record = dict(zip(fields, (c.strip() for c in row), strict=False))
-            yield _entry(offset, record.pop("email", ""), record)
+            yield entry(offset, record.pop("email", ""), record)
         return
-    yield _entry(1, first.rstrip("\r\n"), {})
+    yield entry(1, first.rstrip("\r\n"), {})
     for line_no, line in enumerate(fh, start=2):
-        yield _entry(line_no, line.rstrip("\r\n"), {})
+        yield entry(line_no, line.rstrip("\r\n"), {})
 
 
-def _entry(line_no: int, raw: str, extra: dict[str, str]) -> InputLine:
+def entry(line_no: int, raw: str, extra: dict[str, str] | None = None) -> InputLine:
+    """One input line, parsed: the address, or why it is not one."""
+    extra = extra or {}
     try:
         return InputLine(line_no, raw, parse_address(raw), None, extra)
     except InvalidAddress as exc:
