@@ -84,6 +84,7 @@ class Job:
     temps: int = 0
     batching_retries: int = 0
     bounces: int = 0  # sessions that ended before this job's RCPT was sent
+    probe: bool = False  # a catch-all probe of its domain, not an input line
     slow: bool = False
     alone: bool = False
     mx_index: int = 0
@@ -101,6 +102,8 @@ class DomainState:
     resolution: CachedMX | None = None
     catch_all: bool | None = None  # known finding (from the cache or this run)
     resolving: bool = False
+    probe: Job | None = None  # the catch-all probe under way, if any
+    held: list[tuple[Job, dict[str, Any]]] = field(default_factory=list)  # accepted, waiting
 
 
 @dataclass(eq=False)
@@ -398,39 +401,77 @@ class BulkVerifier:
                 result = self._reply_result(
                     job, session, reply, int((time.monotonic() - sent) * 1000), header, start
                 )
-                if result["reason"] == Reason.ACCEPTED:
+                if result["reason"] == Reason.ACCEPTED and not job.probe:
                     accepted.append((job, result))
                 else:
                     self._after(job, result)
                 if result["reason"] == Reason.TOO_MANY_RECIPIENTS:
                     lane.one_rcpt = True
-            if accepted:
-                try:
-                    await self._catch_all(session, self._domains[domain])
-                finally:  # answered even if the catch-all RCPT lost the connection
-                    for job, result in accepted:
-                        self._after(job, result)
             await session.rset()
+            # The catch-all check runs with the domain's first transaction, accepted or not,
+            # so that a greylisting server's clock runs for the check and the real RCPTs at once.
+            await self._settle(session, self._domains[domain], accepted, mail_from)
 
-    async def _catch_all(self, session: SMTPSession, state: DomainState) -> None:
-        """RCPT for a local part that cannot exist, after the real ones: accepted = catch-all."""
+    async def _settle(
+        self,
+        session: SMTPSession,
+        state: DomainState,
+        accepted: list[tuple[Job, dict[str, Any]]],
+        mail_from: str,
+    ) -> None:
+        """An accepted RCPT means something only once we know whether the domain is catch-all.
+
+        The check is a RCPT for a local part that cannot exist, in a transaction of its own
+        after the real ones, so it can neither spoil nor be spoilt by them (a server that
+        limits RCPTs per transaction, or greylists each new triplet). Accepted answers wait
+        for its outcome; a greylisted probe is retried like any greylisted address.
+        """
         if not self.options.catch_all_check or state.catch_all is not None:
+            for job, result in accepted:
+                self._after(job, result)
             return
-        probe = EmailAddress(f"mp-{secrets.token_hex(8)}", state.name, state.name)
-        reply = await session.rcpt(probe)
-        reason = classify_reply("rcpt", reply.code, reply.message, mx_host=session.mx_host).reason
+        state.held.extend(accepted)
+        if state.probe is not None:
+            return  # a probe is under way: its answer releases these too
+        local = f"mp-{secrets.token_hex(8)}"
+        probe = state.probe = Job(0, "", EmailAddress(local, state.name, state.name), probe=True)
+        try:
+            await session.mail(mail_from)
+            reply = await session.rcpt(probe.address)
+            await session.rset()
+        except StageRefused as refused:
+            reply = refused.reply
+        except SessionError:
+            self._probe_answer(probe, Reason.CONNECTION_FAILED)
+            raise
+        verdict = classify_reply(reply.stage, reply.code, reply.message, mx_host=session.mx_host)
+        self._probe_answer(probe, verdict.reason)
+
+    def _probe_answer(self, probe: Job, reason: str) -> None:
+        state = self._domains[probe.domain]
+        found: bool | None = None
         if reason == Reason.ACCEPTED:
-            state.catch_all = True
-        elif reason in {
-            Reason.MAILBOX_NOT_FOUND,
-            Reason.MAILBOX_DISABLED,
-            Reason.MAILBOX_UNAVAILABLE,
-        }:
-            state.catch_all = False
-        else:
-            return  # inconclusive (greylisted, rate limited...): try again in a later transaction
-        behaviors.mark_catch_all(session.mx_host, state.catch_all)
-        self._spawn(asyncio.to_thread(self.cache.save_catch_all, state.name, state.catch_all))
+            found = True
+        elif reason in {Reason.MAILBOX_NOT_FOUND, Reason.MAILBOX_DISABLED,
+                        Reason.MAILBOX_UNAVAILABLE}:  # fmt: skip
+            found = False
+        elif reason in _RETRYABLE and probe.greylists < len(self.options.greylist_delays):
+            probe.greylists += 1
+            self._retry(probe, self.options.greylist_delays[probe.greylists - 1])
+            return
+        state.probe = None
+        if found is not None:
+            state.catch_all = found
+            if host := self._lowest_mx(state):
+                behaviors.mark_catch_all(host, found)
+            self._spawn(asyncio.to_thread(self.cache.save_catch_all, state.name, found))
+        held, state.held = state.held, []
+        for job, result in held:
+            self._after(job, result)
+
+    @staticmethod
+    def _lowest_mx(state: DomainState) -> str | None:
+        return state.resolution.lowest_mx if state.resolution is not None else None
 
     def _session_failed(
         self, lane: MXLane, session: SMTPSession, pending: deque[Job], kind: str, error: str
@@ -493,6 +534,9 @@ class BulkVerifier:
 
     def _after(self, job: Job, result: dict[str, Any]) -> None:
         """Retry what deserves a retry; answer the rest."""
+        if job.probe:
+            self._probe_answer(job, result["reason"])
+            return
         job.attempts += 1
         job.last = result
         o = self.options
@@ -671,6 +715,17 @@ async def _aiter(lines: Iterable[InputLine] | AsyncIterator[InputLine]) -> Async
             yield line
             if i % 500 == 0:
                 await asyncio.sleep(0)  # let sessions run while a big file is read
+
+
+_RETRYABLE = {
+    Reason.GREYLISTED,
+    Reason.TEMP_FAILURE,
+    Reason.RATE_LIMITED,
+    Reason.SERVICE_UNAVAILABLE,
+    Reason.TIMEOUT,
+    Reason.CONNECTION_FAILED,
+    Reason.TOO_MANY_RECIPIENTS,
+}
 
 
 def _take(jobs: deque[Job], n: int) -> list[Job]:
