@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every check: ruff (lint and format), mypy, then the whole pytest suite.
+# Run every check: ruff (lint and format), mypy, the whole pytest suite, then the
+# acceptance run (scripts/accept_r16.sh) when no pytest arguments are given.
 #   bash scripts/test.sh [extra pytest args, e.g. -k r16]
 # Sets up .venv first when it is missing or stale (no demo run).
 set -euo pipefail
@@ -18,4 +19,8 @@ if [ "$status" -eq 5 ]; then
     echo "pytest collected no tests: that is a failure here" >&2
     exit 1
 fi
-exit "$status"
+[ "$status" -eq 0 ] || exit "$status"
+if [ "$#" -eq 0 ]; then
+    echo "==> acceptance (scripts/accept_r16.sh; its pytest step already ran above)"
+    ACCEPT_SKIP_TESTS=1 bash scripts/accept_r16.sh </dev/null
+fi

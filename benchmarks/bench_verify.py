@@ -1,0 +1,257 @@
+"""mailprobe against a naive baseline on the same simulated mail world, in one run.
+
+    python benchmarks/bench_verify.py                      # 5,000 addresses over 300 domains
+    python benchmarks/bench_verify.py --addresses 1000 --domains 60
+
+Each contender gets its own copy of the world (same seed, so the same domains,
+mailboxes and behaviours), started in this process; each contender runs in its
+own process under the same caps:
+
+* mailprobe: `mailprobe verify` (session reuse, catch-all checks, retries).
+* baseline: the way most scripts do it: smtplib, one connection per address
+  (EHLO, MAIL, RCPT, QUIT), a thread pool as large as GLOBAL_MAX_CONCURRENCY, and,
+  to be as polite as mailprobe, the same global and per-MX rate caps (a simple
+  token bucket) and per-MX concurrency caps (semaphores). `--baseline-unthrottled`
+  drops the caps (then the servers count its violations).
+
+Printed side by side: addresses per second, RCPTs per TCP connection, the
+politeness bound (the shortest time the caps allow for this input: each MX can
+start at most `rps` sessions a second, each carrying `--rcpts-per-session` RCPTs,
+and all MX together at most GLOBAL_RPS) and each contender's time as a ratio of
+it, the cap violations the servers saw, peak RSS, and verdict accuracy against
+the world's ground truth (addresses whose truth is determinable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import smtplib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from mailprobe.sim.world import SimWorld, WorldConfig
+
+CAPS = {
+    "GLOBAL_MAX_CONCURRENCY": 12,
+    "PER_MX_MAX_CONCURRENCY_DEFAULT": 2,
+    "GLOBAL_RPS": 50,
+    "PER_MX_RPS_DEFAULT": 5,
+}
+
+
+def politeness_bound(world: SimWorld, rcpts_per_session: int) -> tuple[float, int]:
+    """Seconds the caps allow at best for this input, and the sessions that needs."""
+    per_host: Counter[str] = Counter()
+    for email in world.addresses():
+        truth = world.truth.lookup(email)
+        if truth is None or truth.dns is None or not truth.mx_hosts:
+            continue
+        reachable = [h for h in truth.mx_hosts if h not in world.unreachable]
+        if reachable:
+            per_host[reachable[0]] += 1
+    sessions = {h: math.ceil(n / rcpts_per_session) for h, n in per_host.items()}
+    per_mx = max(((s - 1) / CAPS["PER_MX_RPS_DEFAULT"] for s in sessions.values()), default=0.0)
+    total = sum(sessions.values())
+    return max(per_mx, (total - 1) / CAPS["GLOBAL_RPS"]), total
+
+
+def run_contender(name: str, world: SimWorld, addresses: Path, args: argparse.Namespace,
+                  tmp: Path) -> dict[str, Any]:  # fmt: skip
+    env = {**os.environ, **world.env(), **{k: str(v) for k, v in CAPS.items()},
+           "DATABASE_URL": f"sqlite:///{tmp}/{name}.db", "MAILPROBE_RUNS_DIR": f"{tmp}/runs",
+           "SMTP_CONNECT_TIMEOUT": "3", "SMTP_COMMAND_TIMEOUT": "3",
+           "SMTP_PROBE_DEADLINE": "20"}  # fmt: skip
+    out = tmp / f"{name}.jsonl"
+    if name == "mailprobe":
+        cmd = [sys.executable, "-m", "mailprobe.cli", "verify", str(addresses), "-o", str(out),
+               "--quiet", "--force", "--rcpts-per-session", str(args.rcpts_per_session),
+               "--greylist-delays", f"{world.config.greylist_seconds + 1:g}"]  # fmt: skip
+    else:
+        cmd = [sys.executable, __file__, "--baseline-worker", str(addresses), str(out)]
+        if args.baseline_unthrottled:
+            cmd.append("--baseline-unthrottled")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.monotonic()
+    done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    elapsed = time.monotonic() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{done.stderr}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    records = [json.loads(line) for line in out.open()]
+    right = wrong = 0
+    misses: Counter[tuple[str | None, str]] = Counter()
+    for r in records:
+        expected = world.expected_verdict(r["email"])
+        if expected is None:
+            continue
+        if r["verdict"] == expected:
+            right += 1
+        else:
+            wrong += 1
+            misses[(expected, r["verdict"])] += 1
+    stats = world.stats()
+    return {
+        "elapsed": elapsed,
+        "records": len(records),
+        "per_second": len(records) / elapsed,
+        "rcpts_per_connection": stats.rcpts_per_connection,
+        "connections": stats.connections,
+        "violations": stats.cap_violations,
+        "max_open": stats.max_open_overall,
+        "rss_mb": max(peak, before) / 1024,  # ru_maxrss of the largest child so far
+        "right": right,
+        "wrong": wrong,
+        "misses": misses,
+        "data": stats.data_received,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="mailprobe vs a naive smtplib loop")
+    p.add_argument("--addresses", type=int, default=5000)
+    p.add_argument("--domains", type=int, default=300)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--rcpts-per-session", type=int, default=20)
+    p.add_argument("--baseline-unthrottled", action="store_true")
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--baseline-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.baseline_worker:
+        return baseline(Path(args.baseline_worker[0]), Path(args.baseline_worker[1]),
+                        throttled=not args.baseline_unthrottled)  # fmt: skip
+
+    config = WorldConfig(
+        expect_max_concurrency=CAPS["PER_MX_MAX_CONCURRENCY_DEFAULT"],
+        expect_rps=CAPS["PER_MX_RPS_DEFAULT"],
+        blackhole_greeting_delay=3600.0,
+    )
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        contenders = ["mailprobe"] + ([] if args.skip_baseline else ["baseline"])
+        bound = sessions = 0.0
+        for name in contenders:
+            with SimWorld(args.domains, args.addresses, args.seed, config=config) as world:
+                addresses = tmp / "addresses.txt"
+                addresses.write_text("\n".join(world.addresses()) + "\n")
+                bound, sessions = politeness_bound(world, args.rcpts_per_session)
+                if name == contenders[0]:
+                    print(f"world: {world.describe()}")
+                results[name] = run_contender(name, world, addresses, args, tmp)
+    print(f"caps: {CAPS}; politeness bound {bound:.1f} s ({int(sessions)} sessions of "
+          f"{args.rcpts_per_session} RCPTs)\n")  # fmt: skip
+    rows = [
+        ("addresses verified", lambda r: f"{r['records']}"),
+        ("elapsed (s)", lambda r: f"{r['elapsed']:.1f}"),
+        ("addresses per second", lambda r: f"{r['per_second']:.1f}"),
+        ("TCP connections", lambda r: f"{r['connections']}"),
+        ("RCPTs per connection", lambda r: f"{r['rcpts_per_connection']:.2f}"),
+        ("bound / elapsed", lambda r: f"{bound / r['elapsed']:.2f}"),
+        ("cap violations seen by servers", lambda r: f"{r['violations']}"),
+        ("max open connections to one MX", lambda r: f"{r['max_open']}"),
+        ("peak RSS (MB)", lambda r: f"{r['rss_mb']:.0f}"),
+        ("verdicts right / determinable", lambda r: f"{r['right']}/{r['right'] + r['wrong']}"),
+        ("DATA ever sent", lambda r: "yes" if r["data"] else "never"),
+    ]
+    names = list(results)
+    print(f"{'':34}" + "".join(f"{n:>14}" for n in names))
+    for label, cell in rows:
+        print(f"{label:34}" + "".join(f"{cell(results[n]):>14}" for n in names))
+    if "baseline" in results:
+        speedup = results["mailprobe"]["per_second"] / results["baseline"]["per_second"]
+        print(f"\nmailprobe / baseline throughput: {speedup:.1f}x")
+    for name, r in results.items():
+        if r["misses"]:
+            print(f"{name} verdict misses (expected -> got): {dict(r['misses'])}")
+    return 0
+
+
+# -- the baseline (runs in its own process) -------------------------------------------
+
+
+class _Bucket:
+    """At most `rate` starts a second, burst 1; thread-safe."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval, self.next, self.lock = 1.0 / rate, 0.0, threading.Lock()
+
+    def take(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next)
+            self.next = start + self.interval
+        time.sleep(max(0.0, start - now))
+
+
+def baseline(src: Path, out: Path, *, throttled: bool) -> int:
+    import dns.resolver
+
+    port = int(os.environ["SMTP_PORT"])
+    helo, sender = os.environ["SMTP_HELO_DOMAIN"], os.environ["SMTP_MAIL_FROM"]
+    host, _, ns_port = os.environ["DNS_NAMESERVERS"].partition(":")
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port, resolver.lifetime = [host], int(ns_port), 3.0
+    global_bucket = _Bucket(CAPS["GLOBAL_RPS"])
+    buckets: dict[str, _Bucket] = defaultdict(lambda: _Bucket(CAPS["PER_MX_RPS_DEFAULT"]))
+    sems: dict[str, threading.Semaphore] = defaultdict(
+        lambda: threading.Semaphore(CAPS["PER_MX_MAX_CONCURRENCY_DEFAULT"])
+    )
+    lock = threading.Lock()
+
+    def one(email: str) -> dict[str, Any]:
+        domain = email.rsplit("@", 1)[1]
+        try:
+            answer = resolver.resolve(domain, "MX")
+            mx = str(sorted(answer, key=lambda r: r.preference)[0].exchange).rstrip(".")
+            if mx == "":
+                return {"email": email, "verdict": "undeliverable"}
+        except dns.resolver.NXDOMAIN:
+            return {"email": email, "verdict": "undeliverable"}
+        except dns.resolver.NoAnswer:
+            mx = domain
+        except Exception:
+            return {"email": email, "verdict": "unknown"}
+        try:
+            ip = str(resolver.resolve(mx, "A")[0])
+        except Exception:
+            return {"email": email, "verdict": "unknown"}
+        with lock:
+            sem, bucket = sems[mx], buckets[mx]
+        if throttled:
+            sem.acquire()
+        try:
+            if throttled:
+                bucket.take()
+                global_bucket.take()
+            with smtplib.SMTP(ip, port, local_hostname=helo, timeout=3) as smtp:
+                smtp.ehlo()
+                smtp.mail(sender)
+                code, _ = smtp.rcpt(email)
+        except Exception:
+            return {"email": email, "verdict": "unknown"}
+        finally:
+            if throttled:
+                sem.release()
+        verdict = "deliverable" if code < 300 else "undeliverable" if code >= 500 else "unknown"
+        return {"email": email, "verdict": verdict}
+
+    emails = [line.strip() for line in src.open() if line.strip()]
+    with ThreadPoolExecutor(CAPS["GLOBAL_MAX_CONCURRENCY"]) as pool, out.open("w") as fh:
+        for record in pool.map(one, emails):
+            fh.write(json.dumps(record) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
