@@ -6,6 +6,15 @@ one byte at a time (tarpits), a connection dropped at a chosen command,
 per-recipient scripted replies, and a record of every command and of how many
 connections were open at once, so a test can prove what did (and did not,
 e.g. DATA) reach the server.
+
+Beyond one scripted answer per recipient, a server can act like the real ones a
+prober meets: recipient limits per transaction and per session (Outlook's
+"452 4.5.3 Too many recipients"), a cap on concurrent connections (a 421 at the
+greeting), Gmail's one destination domain per transaction, catch-all, greylisting
+of (client IP, MAIL FROM, RCPT) triplets on an injectable clock, and a blocklist
+refusal of every RCPT. Politeness is measured by the server itself: every
+connection's start, how many were open, and `cap_violations` against the caps the
+prober was configured with (`expect_max_concurrency`, `expect_rps`).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import contextlib
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -23,7 +33,11 @@ CRLF = b"\r\n"
 
 @dataclass(frozen=True, slots=True)
 class Scripted:
-    """A reply: code and text; a text with newlines goes out as a multi-line reply."""
+    """A reply: code and text; a text with newlines goes out as a multi-line reply.
+
+    The text is a str.format template: {hostname}, {rcpt}, {domain} (of the
+    recipient) and {client} (the connecting IP) are filled in when it is sent.
+    """
 
     code: int
     text: str = ""
@@ -39,6 +53,17 @@ class Scripted:
 
 ACCEPT = Scripted(250, "2.1.5 Ok")
 USER_UNKNOWN = Scripted(550, "5.1.1 <{rcpt}>: Recipient address rejected: User unknown")
+# Defaults for the limits below; texts from tests/data/smtp_replies.jsonl where it has them.
+TOO_MANY_RECIPIENTS = Scripted(452, "4.5.3 Too many recipients")  # exchange-onprem-rcpt-452-453-*
+TOO_MANY_CONNECTIONS = Scripted(421, "4.7.0 Too many connections, try again later")
+MULTIPLE_DOMAINS = Scripted(  # gmail-rcpt-451-430-multiple-destination-domains (shortened)
+    451, "4.3.0 Multiple destination domains per transaction is unsupported. Please try again."
+)
+GREYLISTED = Scripted(  # postgrey-rcpt-450-420-greylisted-see-help
+    450,
+    "4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, "
+    "see http://postgrey.schweikert.ch/help/{domain}.html",
+)
 
 
 @dataclass
@@ -51,6 +76,11 @@ class SessionState:
     mail_from: str | None = None
     rcpts: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    client_ip: str = ""
+    txn_rcpts: int = 0  # RCPTs counted against max_rcpts_per_transaction
+    txn_domain: str | None = None  # first recipient domain (one_domain_per_transaction)
+    session_rcpts: int = 0  # RCPTs counted against max_rcpts_per_session
+    conn: ConnectionRecord | None = None  # this connection in the server's record
 
 
 RcptHandler = Callable[[str, SessionState], Scripted]
@@ -75,11 +105,49 @@ class MXBehavior:
     reply_delay: float = 0.0  # before every reply after the greeting
     dribble: float = 0.0  # seconds between bytes of every reply: a tarpit
     drop_at: str | None = None  # verb ("MAIL", "RCPT", ...) at which the server hangs up
+    # -- limits and policies (None/False: none, today's behaviour) --------------
+    # An RCPT past a limit gets the limit's reply and is not counted; RCPTs the
+    # server refuses for other reasons (unknown user, greylisting) do count.
+    max_rcpts_per_transaction: int | None = None
+    too_many_rcpts: Scripted = TOO_MANY_RECIPIENTS
+    max_rcpts_per_session: int | None = None
+    too_many_rcpts_session: Scripted = TOO_MANY_RECIPIENTS
+    max_connections: int | None = None  # concurrent; one more gets `too_many_connections`
+    too_many_connections: Scripted = TOO_MANY_CONNECTIONS  # sent instead of the banner
+    one_domain_per_transaction: bool = False  # Gmail: a second domain gets `multiple_domains`
+    multiple_domains: Scripted = MULTIPLE_DOMAINS
+    catch_all: bool = False  # a recipient not in `mailboxes` gets `catch_all_reply`
+    catch_all_reply: Scripted = ACCEPT
+    greylist_seconds: float | None = None  # (client IP, MAIL FROM, RCPT) triplets
+    greylist_reply: Scripted = GREYLISTED
+    clock: Callable[[], float] = time.monotonic  # greylisting's clock, injectable for tests
+    blocked: Scripted | None = None  # refuse every RCPT with this (a blocklist reply)
+    # -- politeness: the caps the prober promised; the server counts breaches ----
+    expect_max_concurrency: int | None = None
+    expect_rps: float | None = None  # connection starts per second (burst: rps + 1)
 
     def rcpt_reply(self, rcpt: str, state: SessionState) -> Scripted:
+        """The mailbox's answer (after limits, greylisting and blocking have passed)."""
         if self.rcpt_handler is not None:
             return self.rcpt_handler(rcpt, state)
-        return self.mailboxes.get(rcpt.lower(), self.default_rcpt)
+        reply = self.mailboxes.get(rcpt.lower())
+        if reply is not None:
+            return reply
+        return self.catch_all_reply if self.catch_all else self.default_rcpt
+
+
+@dataclass
+class ConnectionRecord:
+    """One TCP connection as the server saw it (times from time.monotonic)."""
+
+    peer: str
+    start: float
+    open_at_start: int  # connections open at that moment, this one included
+    end: float | None = None
+    refused: bool = False  # turned away at the greeting by max_connections
+    transactions: int = 0  # MAIL commands answered 2xx
+    rcpts: int = 0  # RCPT commands inside a transaction
+    violations: tuple[str, ...] = ()  # "concurrency" and/or "rps"
 
 
 @dataclass
@@ -92,9 +160,32 @@ class ServerRecord:
     connect_times: list[float] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     data_received: bool = False
+    connection_log: list[ConnectionRecord] = field(default_factory=list)
+    open_counts: list[int] = field(default_factory=list)  # open at each start, parallel to times
+    refused_connections: int = 0  # turned away by max_connections
+    transactions: int = 0
+    rcpts: int = 0
+    cap_violations: int = 0  # connections that broke expect_max_concurrency or expect_rps
+    concurrency_violations: int = 0
+    rps_violations: int = 0
 
     def verbs(self) -> list[str]:
         return [c.split(" ", 1)[0].upper() for c in self.commands]
+
+    def rcpts_per_connection(self) -> list[int]:
+        return [c.rcpts for c in self.connection_log]
+
+    def mean_rcpts_per_connection(self) -> float:
+        return self.rcpts / self.connections if self.connections else 0.0
+
+    def peak_starts_per_second(self) -> int:
+        """Most connection starts inside any sliding one-second window."""
+        times, peak, lo = sorted(self.connect_times), 0, 0
+        for hi, t in enumerate(times):
+            while t - times[lo] >= 1.0:
+                lo += 1
+            peak = max(peak, hi - lo + 1)
+        return peak
 
 
 class SimSMTPServer:
@@ -107,8 +198,11 @@ class SimSMTPServer:
         self.host = host
         self.port = port
         self.record = ServerRecord()
+        self.greylist: dict[tuple[str, str, str], float] = {}  # triplet -> first seen (clock)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._recent_starts: deque[float] = deque()
 
     async def start(self) -> SimSMTPServer:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -120,6 +214,10 @@ class SimSMTPServer:
             self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
+            for task in list(self._tasks):
+                task.cancel()  # e.g. a tarpit still sleeping before its greeting
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=2)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None
@@ -134,13 +232,29 @@ class SimSMTPServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         rec, b = self.record, self.behavior
+        now = time.monotonic()
         rec.connections += 1
         rec.open_now += 1
         rec.max_open = max(rec.max_open, rec.open_now)
-        rec.connect_times.append(time.monotonic())
+        rec.connect_times.append(now)
+        rec.open_counts.append(rec.open_now)
+        peername = writer.get_extra_info("peername")
+        conn = ConnectionRecord(peer=str(peername), start=now, open_at_start=rec.open_now)
+        rec.connection_log.append(conn)
+        self._account(conn, now)
         self._writers.add(writer)
-        state = SessionState(peer=str(writer.get_extra_info("peername")))
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        state = SessionState(peer=str(peername), conn=conn)
+        if isinstance(peername, tuple) and peername:
+            state.client_ip = str(peername[0])
         try:
+            if b.max_connections is not None and rec.open_now > b.max_connections:
+                conn.refused = True
+                rec.refused_connections += 1
+                await self._send(writer, b.too_many_connections, delay=False)
+                return
             await asyncio.sleep(b.greeting_delay)
             await self._send(writer, b.banner, delay=False)
             if b.banner.code != 220:
@@ -162,8 +276,58 @@ class SimSMTPServer:
             return  # server stopping; returning keeps 3.11's start_server callback quiet
         finally:
             rec.open_now -= 1
+            conn.end = time.monotonic()
             self._writers.discard(writer)
+            if task is not None:
+                self._tasks.discard(task)
             writer.transport.abort()
+
+    def _account(self, conn: ConnectionRecord, now: float) -> None:
+        """Count a cap violation when this connection breaks the prober's promised caps."""
+        b, rec = self.behavior, self.record
+        recent = self._recent_starts
+        recent.append(now)
+        while recent and now - recent[0] >= 1.0:
+            recent.popleft()
+        broke: list[str] = []
+        if b.expect_max_concurrency is not None and rec.open_now > b.expect_max_concurrency:
+            broke.append("concurrency")
+            rec.concurrency_violations += 1
+        if b.expect_rps is not None and len(recent) > b.expect_rps + 1:
+            broke.append("rps")
+            rec.rps_violations += 1
+        if broke:
+            conn.violations = tuple(broke)
+            rec.cap_violations += 1
+
+    def _rcpt_answer(self, rcpt: str, state: SessionState) -> Scripted:
+        """Policy first (block, limits, domains, greylisting), then the mailbox."""
+        b = self.behavior
+        if b.blocked is not None:
+            return b.blocked
+        if b.max_rcpts_per_session is not None and state.session_rcpts >= b.max_rcpts_per_session:
+            return b.too_many_rcpts_session
+        if (
+            b.max_rcpts_per_transaction is not None
+            and state.txn_rcpts >= b.max_rcpts_per_transaction
+        ):
+            return b.too_many_rcpts
+        domain = rcpt.rpartition("@")[2].lower()
+        if b.one_domain_per_transaction:
+            if state.txn_domain is None:
+                state.txn_domain = domain
+            elif domain != state.txn_domain:
+                return b.multiple_domains
+        state.txn_rcpts += 1
+        state.session_rcpts += 1
+        if b.greylist_seconds is not None:
+            sender = (state.mail_from or "").partition(":")[2].strip().split(" ")[0]
+            key = (state.client_ip, sender.strip("<>").lower(), rcpt.lower())
+            now = b.clock()
+            first = self.greylist.setdefault(key, now)
+            if now - first < b.greylist_seconds:
+                return b.greylist_reply
+        return b.rcpt_reply(rcpt, state)
 
     async def _dispatch(
         self,
@@ -203,6 +367,11 @@ class SimSMTPServer:
                 await self._send(writer, Scripted(530, "5.7.0 Must issue a STARTTLS command first"))
                 return True
             state.mail_from, state.rcpts = arg, []
+            state.txn_rcpts, state.txn_domain = 0, None
+            if 200 <= b.mail.code < 300:
+                rec.transactions += 1
+                if state.conn is not None:
+                    state.conn.transactions += 1
             await self._send(writer, b.mail)
         elif verb == "RCPT":
             if state.mail_from is None:
@@ -210,9 +379,13 @@ class SimSMTPServer:
                 return True
             rcpt = arg.partition(":")[2].strip().split(" ")[0].strip("<>")
             state.rcpts.append(rcpt)
-            await self._send(writer, b.rcpt_reply(rcpt, state), rcpt=rcpt)
+            rec.rcpts += 1
+            if state.conn is not None:
+                state.conn.rcpts += 1
+            await self._send(writer, self._rcpt_answer(rcpt, state), rcpt=rcpt)
         elif verb == "RSET":
             state.mail_from, state.rcpts = None, []
+            state.txn_rcpts, state.txn_domain = 0, None
             await self._send(writer, Scripted(250, "2.0.0 Ok"))
         elif verb == "NOOP":
             await self._send(writer, Scripted(250, "2.0.0 Ok"))
@@ -232,7 +405,10 @@ class SimSMTPServer:
         b = self.behavior
         if delay and b.reply_delay:
             await asyncio.sleep(b.reply_delay)
-        data = reply.render(hostname=b.hostname, rcpt=rcpt)
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        domain = rcpt.rpartition("@")[2]
+        data = reply.render(hostname=b.hostname, rcpt=rcpt, domain=domain, client=client)
         if b.dribble:
             for i in range(len(data)):
                 writer.write(data[i : i + 1])
