@@ -1,8 +1,9 @@
-"""The README's reason table is generated from classify.REASONS; keep them in step."""
+"""The README's tables come from the code (classify.REASONS, verdict.VERDICT_TABLE)."""
 
 from pathlib import Path
 
 from mailprobe.classify import REASONS
+from mailprobe.verdict import VERDICT_TABLE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -12,11 +13,16 @@ def test_r16_readme_lists_every_reason() -> None:
     for reason, info in REASONS.items():
         row = f"| `{reason}` | {info.signal} | {info.sisimai} | {info.meaning} |"
         assert row in text, (
-            f"README reason table is stale for {reason}: run mailprobe reasons --markdown"
+            f"README reason table is stale for {reason}: mailprobe reasons --markdown"
         )
 
 
+def test_r16_readme_lists_every_verdict_rule() -> None:
+    text = README.read_text()
+    for condition, verdict, reason in VERDICT_TABLE:
+        assert f"| {condition} | {verdict.value} | {reason} |" in text
+
+
 def test_r16_readme_starts_with_the_two_commands() -> None:
-    lines = README.read_text().splitlines()
-    head = "\n".join(lines[:6])
+    head = "\n".join(README.read_text().splitlines()[:6])
     assert "bash scripts/setup.sh" in head and "bash scripts/test.sh" in head
