@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import smtplib
 import subprocess
 import sys
@@ -81,13 +80,21 @@ def run_contender(name: str, world: SimWorld, addresses: Path, args: argparse.Na
         cmd = [sys.executable, __file__, "--baseline-worker", str(addresses), str(out)]
         if args.baseline_unthrottled:
             cmd.append("--baseline-unthrottled")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # A fresh wrapper process per contender, so its RUSAGE_CHILDREN peak is that contender's.
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "code = subprocess.run(sys.argv[1:]).returncode\n"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "print('peak-kb', peak, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
     started = time.monotonic()
-    done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", wrapper, *cmd], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)  # fmt: skip
     elapsed = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stderr}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak = int(done.stderr.rsplit("peak-kb", 1)[1].split()[0])
     records = [json.loads(line) for line in out.open()]
     right = wrong = 0
     misses: Counter[tuple[str | None, str]] = Counter()
@@ -109,7 +116,7 @@ def run_contender(name: str, world: SimWorld, addresses: Path, args: argparse.Na
         "connections": stats.connections,
         "violations": stats.cap_violations,
         "max_open": stats.max_open_overall,
-        "rss_mb": max(peak, before) / 1024,  # ru_maxrss of the largest child so far
+        "rss_mb": peak / 1024,
         "right": right,
         "wrong": wrong,
         "misses": misses,

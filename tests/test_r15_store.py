@@ -209,3 +209,31 @@ def test_r15_two_processes_write_one_sqlite_file(tmp_path: Path) -> None:
     with Store(url).session() as session:
         assert session.scalar(select(func.count()).select_from(GeneratedEmail)) == 900
         assert session.scalar(select(func.count()).select_from(VerificationResult)) == 600
+
+
+def test_r15_enqueue_path_skips_freemail(
+    store: Store, enqueued: list[tuple[int, str, str]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    engine.upsert_generated_email("jane@gmail.com", store=store)
+    engine.upsert_generated_email("jane@acme.example", store=store)
+    assert [e[1] for e in enqueued] == ["jane@acme.example"]
+    listing = tmp_path / "l.txt"
+    listing.write_text("bob@outlook.com\nbob@acme.example\n")
+    report = engine.ingest(listing, store=store, enqueue_probe=True)
+    assert (report.enqueued, report.skipped_freemail) == (1, 1)
+    monkeypatch.setenv("PROBE_FREEMAIL", "1")
+    from mailprobe import config
+
+    config.get_settings.cache_clear()
+    engine.upsert_generated_email("jane@gmail.com", store=store)
+    assert enqueued[-1][1] == "jane@gmail.com"
+
+
+def test_r15_schema_head_constant_matches_migrations(tmp_path: Path) -> None:
+    from alembic.script import ScriptDirectory
+
+    from mailprobe.store.database import SCHEMA_HEAD, alembic_config
+
+    s = Store(f"sqlite:///{tmp_path / 'h.db'}")
+    assert ScriptDirectory.from_config(alembic_config(s.engine)).get_current_head() == SCHEMA_HEAD

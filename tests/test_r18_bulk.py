@@ -336,3 +336,68 @@ def test_r18_cli_verify_formats(tmp_path: Path) -> None:
         assert {"free", "disposable", "role", "enhanced_status"} <= set(table[0])
         shown = cli(str(listing), "--format", "table")
         assert shown.returncode == 0 and "jane@acme.example" in shown.stdout
+
+
+def test_r18_demo_runs_the_whole_flow() -> None:
+    done = subprocess.run([sys.executable, "-m", "mailprobe.cli", "demo"], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "DATA never sent" in done.stdout
+    assert "expected" not in done.stdout.split("verdicts")[1]  # every verdict matched the truth
+
+
+def test_r18_interrupt_keeps_results_and_resume_continues(tmp_path: Path) -> None:
+    import signal
+
+    from mailprobe.sim.smtpd import serve_in_thread
+
+    zone = {"fast.example": DomainSpec(mx=[(10, "mx.fast.example")]),
+            "mx.fast.example": DomainSpec(a=["127.0.0.1"]),
+            "slow.example": DomainSpec(mx=[(10, "mx.slow.example")]),
+            "mx.slow.example": DomainSpec(a=["127.0.0.1"])}  # fmt: skip
+
+    def greylist_slow_domain(rcpt: str, state: SessionState) -> Scripted:
+        if rcpt.endswith("@slow.example"):
+            return GREYLIST  # keeps these addresses waiting for their retries
+        return ACCEPT
+
+    listing = tmp_path / "in.txt"
+    lines = [f"f{i}@fast.example" for i in range(20)] + [f"s{i}@slow.example" for i in range(3)]
+    listing.write_text("\n".join(lines) + "\n")
+    with (
+        SimDNSServer(zone) as dns,
+        serve_in_thread(MXBehavior(rcpt_handler=greylist_slow_domain)) as smtp,
+    ):
+        env = {**os.environ, "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(smtp.port),
+               "MAILPROBE_RUNS_DIR": str(tmp_path / "runs")}  # fmt: skip
+        base = [sys.executable, "-m", "mailprobe.cli", "verify", str(listing), "--reuse-ttl", "0"]
+        first_out = tmp_path / "first.jsonl"
+        proc = subprocess.Popen([*base, "-o", str(first_out), "--greylist-delays", "60"],
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if first_out.exists() and len(first_out.read_text().splitlines()) >= 20:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)  # let the writer store the batch
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert "--resume" in err
+        answered = [json.loads(x) for x in first_out.read_text().splitlines()]
+        assert len(answered) == 20  # the greylisted ones were still waiting
+
+        resumed = subprocess.run([*base, "--resume", "--greylist-delays", "0.2"], env=env,
+                                 text=True, capture_output=True, timeout=60,
+                                 stdin=subprocess.DEVNULL)  # fmt: skip
+        # A run without --resume (and reuse off) probes everything again.
+        fresh = subprocess.run([*base, "--greylist-delays", "0.2"], env=env, text=True,
+                               capture_output=True, timeout=60,
+                               stdin=subprocess.DEVNULL)  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr
+    assert not any(json.loads(x)["reused"] for x in fresh.stdout.splitlines())
+    assert resumed.returncode == 0, resumed.stderr
+    records = [json.loads(x) for x in resumed.stdout.splitlines()]
+    assert sorted(r["line"] for r in records) == list(range(1, 24))
+    assert sum(r["reused"] for r in records) >= 20

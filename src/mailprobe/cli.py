@@ -185,6 +185,7 @@ def ingest(
     typer.echo(
         f"added {report.added}, already present {report.existing}, "
         f"bad lines {len(report.bad)}, probes queued {report.enqueued}"
+        + (f", freemail not queued {report.skipped_freemail}" if report.skipped_freemail else "")
     )
     if probe and report.enqueued and settings.redis_url is None:
         from mailprobe.queue import run_queued

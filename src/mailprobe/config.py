@@ -76,6 +76,7 @@ class Settings:
     per_mx_rps_default: float = 1.0  # PER_MX_RPS_DEFAULT
     mx_limits: tuple[MXLimit, ...] = ()  # MX_LIMITS, "*.google.com=5:2,..." or "@file"
     throttle_wait: float = 30.0  # THROTTLE_WAIT, seconds to wait for a slot before rescheduling
+    probe_freemail: bool = False  # PROBE_FREEMAIL: queue probes of gmail.com & co. too
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,6 +114,7 @@ class Settings:
             per_mx_rps_default=_positive_float(env, "PER_MX_RPS_DEFAULT", 1.0),
             mx_limits=_mx_limits(env, "MX_LIMITS"),
             throttle_wait=_positive_float(env, "THROTTLE_WAIT", 30.0),
+            probe_freemail=_bool(env, "PROBE_FREEMAIL", False),
         )
 
     def as_env(self) -> dict[str, str]:

@@ -1,94 +1,83 @@
-"""`mailprobe demo`: the whole probe, end to end, against a simulated MX on loopback.
+"""`mailprobe demo`: the whole flow, end to end, against a simulated mail world on loopback.
 
-A newcomer sees what mailprobe does without internet access or port 25: the
-simulated server offers STARTTLS (a throwaway trustme certificate), knows a
-few mailboxes and answers the rest the way real servers do.
+A newcomer sees what mailprobe does without internet access or port 25: a small
+world of domains (plain Postfix-like servers, Gmail- and Outlook-like clusters,
+a catch-all, greylisting, a blocklisted sender, null MX, NXDOMAIN, a dead
+primary MX...) answers with real servers' reply texts, and `mailprobe verify`'s
+engine checks every address. Each verdict is compared with the world's truth.
 """
 
 from __future__ import annotations
 
-import ssl
+import dataclasses
+import tempfile
+from typing import Any
 
-import trustme
 from rich.console import Console
 from rich.table import Table
 
 from mailprobe.config import Settings
-from mailprobe.engine import probe_email
-from mailprobe.sim.smtpd import ACCEPT, MXBehavior, Scripted, SimSMTPServer
-
-# address -> (the server's scripted reply, the reason mailprobe should report)
-DEMO_MAILBOXES: dict[str, tuple[Scripted, str]] = {
-    "jane.doe@acme.example": (ACCEPT, "accepted"),
-    "john.smith@acme.example": (
-        Scripted(
-            550,
-            "5.1.1 <john.smith@acme.example>: Recipient address rejected: "
-            "User unknown in virtual mailbox table",
-        ),
-        "mailbox_not_found",
-    ),
-    "full.box@acme.example": (
-        Scripted(552, "5.2.2 <full.box@acme.example>: Mailbox full"),
-        "mailbox_full",
-    ),
-    "new.hire@acme.example": (
-        Scripted(
-            450,
-            "4.2.0 <new.hire@acme.example>: Recipient address rejected: "
-            "Greylisted, see http://postgrey.schweikert.ch/help/acme.example.html",
-        ),
-        "greylisted",
-    ),
-    "old.account@acme.example": (
-        Scripted(
-            550,
-            "5.2.1 <old.account@acme.example>: The email account that you tried "
-            "to reach is disabled",
-        ),
-        "mailbox_disabled",
-    ),
-    "sales@acme.example": (
-        Scripted(
-            554, "5.7.1 Service unavailable; Client host [127.0.0.1] blocked using zen.spamhaus.org"
-        ),
-        "policy_block",
-    ),
-}
+from mailprobe.engine.bulk import BulkOptions, verify
+from mailprobe.inputs import entry
+from mailprobe.report import VERDICT_STYLE
+from mailprobe.sim.world import SimWorld, demo_world
+from mailprobe.store import Store
 
 
 async def run_demo(settings: Settings) -> int:
-    """Probe every demo address; return 0 when each reason is the expected one."""
+    """Verify the demo world's addresses; return 0 when every verdict matches the truth."""
     console = Console(width=120) if not Console().is_terminal else Console()
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("mx.acme.example").configure_cert(server_ctx)
-    behavior = MXBehavior(
-        hostname="mx.acme.example",
-        tls_context=server_ctx,
-        mailboxes={addr: reply for addr, (reply, _) in DEMO_MAILBOXES.items()},
-    )
-    table = Table(title="mailprobe demo: a simulated MX on 127.0.0.1 (nothing leaves this machine)")
-    for column in ("address", "category", "code", "reason", "TLS", "ms", "check"):
-        table.add_column(column, no_wrap=column == "address")
-    failures = 0
-    async with SimSMTPServer(behavior) as server:
-        for addr, (_, expected) in DEMO_MAILBOXES.items():
-            result = await probe_email(
-                addr, mx_host="127.0.0.1", port=server.port, settings=settings, persist=False
+    world = demo_world()
+    records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="mailprobe-demo-") as tmp:
+        async with world:
+            demo_settings = _settings_for(world, settings, f"sqlite:///{tmp}/demo.db")
+            store = Store(demo_settings.database_url)
+            store.upgrade()
+            lines = [entry(n, raw) for n, raw in enumerate(world.addresses(True), start=1)]
+            greylist = world.config.greylist_seconds + 0.5
+            options = BulkOptions(reuse_ttl=None, greylist_delays=(greylist, greylist))
+            console.print(f"[bold]mailprobe demo[/]: {world.describe()}\n")
+            summary = await verify(
+                lines, records.append, settings=demo_settings, options=options, store=store
             )
-            good = result["reason"] == expected
-            failures += not good
-            table.add_row(
-                addr,
-                result["category"],
-                str(result["code"]),
-                result["reason"],
-                "yes" if result["tls"] else "no",
-                str(result["elapsed_ms"]),
-                "ok" if good else f"expected {expected}",
-            )
-        data_seen = server.record.data_received
+            stats = world.stats()
+            store.dispose()
+    table = Table(title="verdicts (nothing left this machine)")
+    for column in ("address", "verdict", "reason", "code", "MX", "truth"):
+        table.add_column(column, no_wrap=column in {"address", "verdict"})
+    wrong = 0
+    for r in sorted(records, key=lambda r: int(r["line"])):
+        expected = world.expected_verdict(r["email"])
+        ok = expected is None or expected == r["verdict"]
+        wrong += not ok
+        style = VERDICT_STYLE.get(r["verdict"], "")
+        table.add_row(
+            r["email"], f"[{style}]{r['verdict']}[/]", r["reason"], str(r["code"] or ""),
+            r["mx_host"] or "", "ok" if ok else f"[red]expected {expected}[/]",
+        )  # fmt: skip
     console.print(table)
-    console.print(f"DATA sent to the server: {'YES (bug!)' if data_seen else 'never'}")
-    return 1 if failures or data_seen else 0
+    console.print(
+        f"{summary.total} lines in {summary.elapsed:.1f}s; the servers saw {stats.connections} "
+        f"connections carrying {stats.rcpts} RCPTs, {stats.cap_violations} cap violations; "
+        f"DATA {'RECEIVED (bug!)' if stats.data_received else 'never sent'}."
+    )
+    return 1 if wrong or stats.data_received else 0
+
+
+def _settings_for(world: SimWorld, settings: Settings, database_url: str) -> Settings:
+    env = world.env()
+    return dataclasses.replace(
+        settings,
+        dns_nameservers=(env["DNS_NAMESERVERS"],),
+        smtp_port=int(env["SMTP_PORT"]),
+        smtp_helo_domain=env["SMTP_HELO_DOMAIN"],
+        smtp_mail_from=env["SMTP_MAIL_FROM"],
+        smtp_connect_timeout=3.0,
+        smtp_command_timeout=3.0,
+        smtp_probe_deadline=20.0,
+        database_url=database_url,
+        redis_url=None,
+        global_rps=50.0,
+        per_mx_rps_default=5.0,
+    )

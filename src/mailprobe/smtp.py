@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import ssl
@@ -128,9 +129,13 @@ def effective_timeouts(
     return Timeouts(connect_timeout, command_timeout)
 
 
+@functools.lru_cache(maxsize=8)
 def make_tls_context(verify: bool = False, cafile: str | None = None) -> ssl.SSLContext:
     """Opportunistic TLS by default (RFC 7435): MX certificates are often self-signed
-    or name another host, and refusing them would only push us back to plaintext."""
+    or name another host, and refusing them would only push us back to plaintext.
+
+    Cached: loading the system's CA store costs tens of milliseconds, and one context
+    serves every connection."""
     context = ssl.create_default_context(cafile=cafile)
     if not verify:
         context.check_hostname = False

@@ -48,10 +48,11 @@ from mailprobe.smtp import SessionError, SMTPSession, StageRefused, effective_ti
 from mailprobe.store import Store
 from mailprobe.store import queries as q
 from mailprobe.store.models import utcnow
-from mailprobe.throttle import Throttle, ThrottleError, ThrottleTimeout
+from mailprobe.throttle import Slot, Throttle, ThrottleError, ThrottleTimeout
 from mailprobe.verdict import Verdict, decide
 
 log = logging.getLogger(__name__)
+SCHEDULER_TICK = 0.02  # seconds: how late a rate token may be picked up
 Sink = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
@@ -70,7 +71,6 @@ class BulkOptions:
     wait_for_retries: bool = True
     max_in_flight: int = 5000  # jobs between reading and answering: bounds memory
     persist: bool = True
-    throttle_retry_delay: float = 1.0
     dns_concurrency: int = 32  # MX lookups at once: a burst of new domains must not flood DNS
 
 
@@ -113,7 +113,8 @@ class MXLane:
     host: str
     slow: bool
     jobs: deque[Job] = field(default_factory=deque)
-    sessions: int = 0
+    sessions: int = 0  # running now
+    started: int = 0  # in this run
     one_rcpt: bool = False  # the server refuses several RCPTs in one transaction
     ips: list[str] | None = None
 
@@ -166,6 +167,9 @@ class BulkVerifier:
         self._rows: list[tuple[dict[str, Any], str]] = []
         self._writer_wake = asyncio.Event()
         self._dns_slots = asyncio.Semaphore(self.options.dns_concurrency)
+        self._ready: set[MXLane] = set()  # lanes that may have jobs waiting
+        self._active = 0  # sessions running
+        self._wake = asyncio.Event()
         self._stopping = False
 
     # -- the run ------------------------------------------------------------
@@ -173,6 +177,7 @@ class BulkVerifier:
     async def run(self, lines: Iterable[InputLine] | AsyncIterator[InputLine]) -> Summary:
         started = time.monotonic()
         writer = asyncio.create_task(self._writer())
+        self._spawn(self._schedule())
         try:
             await self._read(lines)
             self._reading = False
@@ -288,27 +293,77 @@ class BulkVerifier:
         return lane
 
     def _kick(self, lane: MXLane) -> None:
-        """Start sessions while the lane has jobs and its cap allows (the slow lane: one)."""
-        cap = 1 if lane.slow else self.throttle.policy.limits_for(lane.host).max_concurrency
-        while lane.jobs and lane.sessions < cap and not self._stopping:
-            lane.sessions += 1
-            self._spawn(self._session(lane))
+        """The lane has work: let the scheduler look."""
+        self._ready.add(lane)
+        self._wake.set()
+
+    async def _schedule(self) -> None:
+        """Start sessions while the caps allow, busiest lane first.
+
+        The lane that needs the longest (see `_time_left`) is the run's critical path, so
+        it gets the next free slot. A lane is only asked for when the throttle can give a slot
+        right now (acquire with no wait), so no task sits on a slot it cannot use.
+        When nothing can start, wait for a session to end or a rate token to come due.
+        """
+        global_cap = self.throttle.policy.global_limits.max_concurrency
+        while not self._stopping:
+            self._wake.clear()
+            started = False
+            if self._active < global_cap:
+                lanes = sorted(
+                    (lane for lane in self._ready if lane.jobs and lane.sessions < self._cap(lane)),
+                    key=self._time_left,
+                    reverse=True,
+                )
+                self._ready = {lane for lane in self._ready if lane.jobs}
+                for lane in lanes:
+                    if self._active >= global_cap:
+                        break
+                    try:
+                        slot = await self.throttle.acquire(lane.host, wait=0)
+                    except ThrottleTimeout:
+                        continue
+                    except ThrottleError as exc:  # the shared throttle is down: never unthrottled
+                        for job in _drain(lane.jobs):
+                            self._after(job, _error_result(job, lane.host, "connection_failed",
+                                                           str(exc)))  # fmt: skip
+                        continue
+                    lane.sessions += 1
+                    lane.started += 1
+                    self._active += 1
+                    started = True
+                    self._spawn(self._session(lane, slot))
+            if not started:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), SCHEDULER_TICK)
+
+    def _time_left(self, lane: MXLane) -> float:
+        """A lower bound on how long this lane still needs: its sessions at its MX's rate,
+        plus a greylisting delay if we have never talked to it (it may greylist us)."""
+        sessions = -(-len(lane.jobs) // self.options.rcpts_per_session)
+        left = sessions / self.throttle.policy.limits_for(lane.host).rps
+        if lane.started == 0 and self.options.greylist_delays:
+            left += self.options.greylist_delays[0]
+        return left
+
+    def _cap(self, lane: MXLane) -> int:
+        return 1 if lane.slow else self.throttle.policy.limits_for(lane.host).max_concurrency
 
     # -- one SMTP session ---------------------------------------------------------
 
-    async def _session(self, lane: MXLane) -> None:
+    async def _session(self, lane: MXLane, slot: Slot) -> None:
         try:
-            async with self.throttle.slot(lane.host, wait=self.settings.throttle_wait):
-                await self._converse(lane)
-        except ThrottleTimeout:
-            self._later(self.options.throttle_retry_delay, lambda: self._kick(lane))
-        except ThrottleError as exc:  # the shared throttle is down: do not probe unthrottled
-            for job in _drain(lane.jobs):
-                self._after(job, _error_result(job, lane.host, "connection_failed", str(exc)))
+            await self._converse(lane)
         finally:
             lane.sessions -= 1
+            self._active -= 1
+            try:
+                await self.throttle.release(slot)
+            except ThrottleError as exc:  # a Redis lease frees the slot by itself anyway
+                log.warning("could not release throttle slot for %s: %s", lane.host, exc)
             if lane.jobs:
-                self._kick(lane)
+                self._ready.add(lane)
+            self._wake.set()
 
     async def _converse(self, lane: MXLane) -> None:
         batch = _take(lane.jobs, self.options.rcpts_per_session)

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mailprobe.address import InvalidAddress, parse_address
+from mailprobe.address import EmailAddress, InvalidAddress, parse_address
 from mailprobe.behavior import behavior_hint
 from mailprobe.behavior import default_cache as default_behavior
 from mailprobe.config import Settings, get_settings
 from mailprobe.dns import DNSLookupError, default_resolver, resolve_host
+from mailprobe.flags import is_freemail
 from mailprobe.inputs import read_addresses
 from mailprobe.mxcache import CachedMX, MXCache
 from mailprobe.smtp import aprobe_rcpt, make_tls_context, run_sync
@@ -99,7 +100,7 @@ def upsert_generated_email(
         email_id, _created = q.upsert_email(
             session, address, person_name=person_name, source=source
         )
-        claimed = enqueue_probe and q.claim_for_probe(session, email_id)
+        claimed = enqueue_probe and queue_worthy(address) and q.claim_for_probe(session, email_id)
     if claimed:
         try:
             enqueue_probe_email(email_id, address.normalized, address.ascii_domain)
@@ -110,11 +111,19 @@ def upsert_generated_email(
     return email_id
 
 
+def queue_worthy(address: EmailAddress) -> bool:
+    """The enqueue path skips freemail domains (as the seed's R15 does): probing gmail.com
+    & co. in bulk is rarely useful and wears out our welcome. PROBE_FREEMAIL=1 lifts
+    this; an explicit `mailprobe probe` always runs."""
+    return get_settings().probe_freemail or not is_freemail(address.ascii_domain)
+
+
 @dataclass
 class IngestReport:
     added: int = 0
     existing: int = 0
     enqueued: int = 0
+    skipped_freemail: int = 0
     bad: list[tuple[int, str, str]] = field(default_factory=list)  # (line, raw, why)
 
 
@@ -146,7 +155,9 @@ def ingest(
             )
             report.added += created
             report.existing += not created
-            if enqueue_probe and q.claim_for_probe(session, email_id):
+            if enqueue_probe and not queue_worthy(line.address):
+                report.skipped_freemail += 1
+            elif enqueue_probe and q.claim_for_probe(session, email_id):
                 to_enqueue.append((email_id, line.address.normalized, line.address.ascii_domain))
     for email_id, email, domain in to_enqueue:
         enqueue_probe_email(email_id, email, domain)
