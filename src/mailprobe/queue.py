@@ -71,7 +71,6 @@ if TYPE_CHECKING:
     from rq import Retry, Worker
     from rq.job import Job
 
-    from mailprobe.mxcache import CachedMX
     from mailprobe.store import Store
 
 log = logging.getLogger(__name__)
@@ -335,8 +334,10 @@ async def aprobe_in_slot(
     try:
         resolution = await aget_or_resolve_mx(address.ascii_domain, force)
         mx = resolution.lowest_mx
-        if mx is None:  # nothing to dial: no slot needed, and no second DNS lookup
-            result = await _no_mx(address.normalized, resolution, email_id, store, settings)
+        if mx is None:  # nothing to dial, so no slot: the engine answers from DNS
+            result = await probe_email(
+                address.normalized, email_id=email_id, settings=settings, store=store
+            )
         else:
             await asyncio.to_thread(_adopt_behavior, store, resolution.resolution.hosts)
             lease = slot_lease(settings)
@@ -384,27 +385,6 @@ async def _renewing(throttle: Throttle, slot: Slot, lease: float) -> AsyncIterat
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def _no_mx(
-    email: str, resolution: CachedMX, email_id: int | None, store: Store, settings: Settings
-) -> dict[str, Any]:
-    from mailprobe.engine import no_mx_result
-
-    result = no_mx_result(email, resolution, settings)
-    result["dns_status"] = resolution.status.value
-    result["flags"] = resolution.flags
-    await asyncio.to_thread(_save_result, store, result, email_id)
-    return result
-
-
-def _save_result(store: Store, result: dict[str, Any], email_id: int | None) -> None:
-    from mailprobe.store import queries as q
-
-    with store.session() as session:
-        q.add_result(session, result, email_id=email_id, verdict=None)
-        if email_id is not None:
-            q.set_status(session, [email_id], "probed")
 
 
 def _adopt_behavior(store: Store, hosts: Sequence[str]) -> None:

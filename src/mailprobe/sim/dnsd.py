@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import errno
 import struct
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -35,6 +34,8 @@ from dnslib import (
     DNSLabel,
     DNSRecord,
 )
+
+from mailprobe.sim.background import ThreadedServer
 
 Transport = Literal["udp", "tcp"]
 
@@ -106,13 +107,15 @@ class _UDPProtocol(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)
 
 
-class SimDNSServer:
+class SimDNSServer(ThreadedServer):
     """An authoritative-looking server for `zone` on one UDP+TCP port.
 
     `async with SimDNSServer(zone) as dns:` runs it on the current loop; `with
     SimDNSServer(zone) as dns:` runs it on a private loop in a thread, for sync
     callers. `dns.nameserver` is the "127.0.0.1:PORT" string DNS_NAMESERVERS takes.
     """
+
+    thread_name = "sim-dnsd"
 
     def __init__(
         self,
@@ -131,8 +134,6 @@ class SimDNSServer:
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -181,46 +182,6 @@ class SimDNSServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def __enter__(self) -> SimDNSServer:
-        """Serve from a private event loop in a daemon thread (for sync code)."""
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as exc:  # reported to the caller below
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        thread = threading.Thread(target=run, name="sim-dnsd", daemon=True)
-        thread.start()
-        if not ready.wait(10) or failure:
-            thread.join(5)
-            loop.close()
-            raise RuntimeError("simulated DNS server did not start") from (
-                failure[0] if failure else None
-            )
-        self._thread, self._loop = thread, loop
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(5)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(5)
-            loop.close()
-            self._loop = self._thread = None
 
     # -- helpers for tests ------------------------------------------------------
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+from mailprobe.sim.background import ThreadedServer
 
 CRLF = b"\r\n"
 
@@ -188,8 +189,11 @@ class ServerRecord:
         return peak
 
 
-class SimSMTPServer:
-    """One listening socket answering as `behavior` says. Use `async with` or start/stop."""
+class SimSMTPServer(ThreadedServer):
+    """One listening socket answering as `behavior` says: `async with` on the current loop,
+    `with` from a background thread, or start/stop."""
+
+    thread_name = "sim-smtpd"
 
     def __init__(
         self, behavior: MXBehavior | None = None, host: str = "127.0.0.1", port: int = 0
@@ -424,24 +428,5 @@ def serve_in_thread(
     behavior: MXBehavior | None = None, host: str = "127.0.0.1"
 ) -> Iterator[SimSMTPServer]:
     """Run a SimSMTPServer on its own loop in a thread, for sync callers and subprocesses."""
-    loop = asyncio.new_event_loop()
-    server = SimSMTPServer(behavior, host=host)
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, name="sim-smtpd", daemon=True)
-    thread.start()
-    if not ready.wait(10):
-        raise RuntimeError("simulated SMTP server did not start")
-    try:
+    with SimSMTPServer(behavior, host=host) as server:
         yield server
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()

@@ -55,7 +55,6 @@ import random
 import signal
 import socket
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -65,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from mailprobe.address import InvalidAddress, parse_address
+from mailprobe.sim.background import ThreadedServer
 from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
 from mailprobe.sim.smtpd import (
     MULTIPLE_DOMAINS,
@@ -926,7 +926,7 @@ class WorldStats:
         )
 
 
-class SimWorld:
+class SimWorld(ThreadedServer):
     """N domains, M addresses, their MX hosts and DNS, and the truth; see the module doc.
 
     `async with` serves on the current loop, `with` from a background thread. A
@@ -934,6 +934,8 @@ class SimWorld:
     instead of drawing them from `config.mix` (see `demo_world`). `clock` is the
     greylisting clock of every greylisting MX (tests inject one).
     """
+
+    thread_name = "sim-world"
 
     def __init__(
         self,
@@ -963,8 +965,6 @@ class SimWorld:
         self.host_ips: dict[str, str] = {}  # every MX host, the unreachable ones too
         self.unreachable: set[str] = set()  # MX hosts nobody listens on
         self._next_ip = 0
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
         rng = random.Random(seed)
         if layout is None:
@@ -1235,46 +1235,6 @@ class SimWorld:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def __enter__(self) -> SimWorld:
-        """Serve from a private event loop in a daemon thread (for sync code)."""
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as exc:  # reported to the caller below
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        thread = threading.Thread(target=run, name="sim-world", daemon=True)
-        thread.start()
-        if not ready.wait(30) or failure:
-            thread.join(5)
-            loop.close()
-            raise RuntimeError("simulated mail world did not start") from (
-                failure[0] if failure else None
-            )
-        self._thread, self._loop = thread, loop
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(10)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(5)
-            loop.close()
-            self._loop = self._thread = None
 
 
 # -- the demo ---------------------------------------------------------------------
