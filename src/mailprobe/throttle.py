@@ -75,12 +75,15 @@ class ThrottleError(Exception):
 class ThrottleTimeout(ThrottleError):
     """No slot within the allowed wait: reschedule the probe rather than drop it."""
 
-    def __init__(self, mx_host: str, waited: float, limited_by: str = "") -> None:
+    def __init__(
+        self, mx_host: str, waited: float, limited_by: str = "", retry_after: float | None = None
+    ) -> None:
         detail = f" ({limited_by} cap)" if limited_by else ""
         super().__init__(f"no throttle slot for {mx_host} within {waited:.2f}s{detail}")
         self.mx_host = mx_host
         self.waited = waited
         self.limited_by = limited_by
+        self.retry_after = retry_after  # seconds until a rate token is due; None: a full slot
 
 
 class ThrottleUnavailable(ThrottleError):
@@ -287,7 +290,8 @@ class LocalThrottle(Throttle):
                 return Slot(host, token)
             remaining = start + budget - loop.time()
             if remaining <= 0:
-                raise ThrottleTimeout(host, loop.time() - start, limited_by)
+                retry = delay if math.isfinite(delay) else None
+                raise ThrottleTimeout(host, loop.time() - start, limited_by, retry)
             if self._changed is None:
                 self._changed = asyncio.Event()
             changed = self._changed
@@ -556,10 +560,10 @@ class RedisThrottle(Throttle):
             if int(ok) == 1:
                 return Slot(host, token, float(value) / 1000.0)
             remaining = start + budget - loop.time()
+            due = float(value) / 1000.0
             if remaining <= 0:
                 reason = limited_by.decode() if isinstance(limited_by, bytes) else str(limited_by)
-                raise ThrottleTimeout(host, loop.time() - start, reason)
-            due = float(value) / 1000.0
+                raise ThrottleTimeout(host, loop.time() - start, reason, due if due >= 0 else None)
             if due >= 0:  # a rate token: sleep until it is due (a little jitter spreads waiters)
                 delay = due + random.uniform(0, 0.005)
             else:  # a full slot: poll, backing off so many waiters stay cheap for Redis

@@ -52,7 +52,8 @@ from mailprobe.throttle import Slot, Throttle, ThrottleError, ThrottleTimeout
 from mailprobe.verdict import Verdict, decide
 
 log = logging.getLogger(__name__)
-SCHEDULER_TICK = 0.02  # seconds: how late a rate token may be picked up
+SCHEDULER_TICK = 0.05  # seconds between looks when no rate token's due time is known
+BATCH_WINDOW = 1.0  # seconds a lane waits for more addresses while the input is read
 Sink = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
@@ -115,6 +116,7 @@ class MXLane:
     jobs: deque[Job] = field(default_factory=deque)
     sessions: int = 0  # running now
     started: int = 0  # in this run
+    waiting_since: float = 0.0  # when the lane last went from empty to having jobs
     one_rcpt: bool = False  # the server refuses several RCPTs in one transaction
     ips: list[str] | None = None
 
@@ -294,8 +296,22 @@ class BulkVerifier:
 
     def _kick(self, lane: MXLane) -> None:
         """The lane has work: let the scheduler look."""
+        if lane not in self._ready:
+            lane.waiting_since = time.monotonic()
         self._ready.add(lane)
         self._wake.set()
+
+    def _worth_starting(self, lane: MXLane, now: float) -> bool:
+        """While the input is still being read, a session waits (up to BATCH_WINDOW) for a
+        full load of RCPTs: a session that carries one address spends a rate token the
+        busiest MX cannot spare."""
+        if not lane.jobs or lane.sessions >= self._cap(lane):
+            return False
+        return (
+            not self._reading
+            or len(lane.jobs) >= self.options.rcpts_per_session
+            or now - lane.waiting_since >= BATCH_WINDOW
+        )
 
     async def _schedule(self) -> None:
         """Start sessions while the caps allow, busiest lane first.
@@ -309,9 +325,11 @@ class BulkVerifier:
         while not self._stopping:
             self._wake.clear()
             started = False
+            next_due = SCHEDULER_TICK
             if self._active < global_cap:
+                now = time.monotonic()
                 lanes = sorted(
-                    (lane for lane in self._ready if lane.jobs and lane.sessions < self._cap(lane)),
+                    (lane for lane in self._ready if self._worth_starting(lane, now)),
                     key=self._time_left,
                     reverse=True,
                 )
@@ -321,7 +339,9 @@ class BulkVerifier:
                         break
                     try:
                         slot = await self.throttle.acquire(lane.host, wait=0)
-                    except ThrottleTimeout:
+                    except ThrottleTimeout as exc:
+                        if exc.retry_after is not None:  # wake exactly when the token is due
+                            next_due = min(next_due, exc.retry_after)
                         continue
                     except ThrottleError as exc:  # the shared throttle is down: never unthrottled
                         for job in _drain(lane.jobs):
@@ -335,7 +355,7 @@ class BulkVerifier:
                     self._spawn(self._session(lane, slot))
             if not started:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), SCHEDULER_TICK)
+                    await asyncio.wait_for(self._wake.wait(), max(next_due, 0.001))
 
     def _time_left(self, lane: MXLane) -> float:
         """A lower bound on how long this lane still needs: its sessions at its MX's rate,
@@ -363,6 +383,7 @@ class BulkVerifier:
                 log.warning("could not release throttle slot for %s: %s", lane.host, exc)
             if lane.jobs:
                 self._ready.add(lane)
+                lane.waiting_since = 0.0  # leftovers go at once
             self._wake.set()
 
     async def _converse(self, lane: MXLane) -> None:
