@@ -258,6 +258,29 @@ def _existing_file_or_none(env: Mapping[str, str], name: str) -> str | None:
     return raw
 
 
+def parse_nameserver(entry: str) -> tuple[str, int]:
+    """ "10.0.0.53", "127.0.0.1:5353", "[::1]:53" or "::1" -> (IP, port); ValueError if not."""
+    text = entry.strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"nameserver {entry!r} is not [IPv6]:port")
+        port = rest[1:] or "53"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        address = str(ipaddress.ip_address(host))
+        port_no = int(port)
+    except ValueError:
+        raise ValueError(
+            f"nameserver {entry!r} is not an IP address with an optional :port"
+        ) from None
+    if not 1 <= port_no <= 65535:
+        raise ValueError(f"nameserver {entry!r} has no valid port")
+    return address, port_no
+
+
 def _nameservers(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     """ "10.0.0.53, 127.0.0.1:5353, [::1]:53" -> normalised "host:port" strings."""
     raw = _raw(env, name)
@@ -265,22 +288,11 @@ def _nameservers(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         return ()
     out = []
     for item in raw.replace(",", " ").split():
-        host, port = item, "53"
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            port = rest.lstrip(":") or "53"
-        elif item.count(":") == 1:
-            host, port = item.split(":")
         try:
-            ipaddress.ip_address(host)
-            port_no = int(port)
-        except ValueError:
-            raise ConfigError(
-                name, f"{item!r} is not an IP address with an optional :port"
-            ) from None
-        if not 1 <= port_no <= 65535:
-            raise ConfigError(name, f"{item!r} has no valid port")
-        out.append(f"[{host}]:{port_no}" if ":" in host else f"{host}:{port_no}")
+            host, port = parse_nameserver(item)
+        except ValueError as exc:
+            raise ConfigError(name, str(exc)) from None
+        out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     return tuple(out)
 
 

@@ -27,7 +27,7 @@ import dns.resolver
 import dns.rrset
 
 from mailprobe.address import InvalidAddress, check_hostname
-from mailprobe.config import Settings, get_settings
+from mailprobe.config import Settings, get_settings, parse_nameserver
 
 # Extra seconds the outer asyncio.timeout allows beyond the resolver's own lifetime:
 # the lifetime should always fire first; this only guards against a resolver bug.
@@ -102,26 +102,7 @@ class MXResolution:
 
 def _parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
     """ "10.0.0.53", "127.0.0.1:5353", "[::1]:53" or "::1" -> a plain-DNS nameserver."""
-    text = entry.strip()
-    host, port = text, 53
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"nameserver {entry!r} is not [IPv6]:port")
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        port = int(port_text)
-    try:
-        address = str(ipaddress.ip_address(host))
-    except ValueError:
-        raise ValueError(
-            f"nameserver {entry!r} is not an IP address with an optional :port"
-        ) from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"nameserver {entry!r} has no valid port")
-    return dns.nameserver.Do53Nameserver(address, port)
+    return dns.nameserver.Do53Nameserver(*parse_nameserver(entry))
 
 
 def make_resolver(
