@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -346,9 +347,8 @@ def test_r18_demo_runs_the_whole_flow() -> None:
     assert "expected" not in done.stdout.split("verdicts")[1]  # every verdict matched the truth
 
 
-def test_r18_interrupt_keeps_results_and_resume_continues(tmp_path: Path) -> None:
-    import signal
-
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_r18_interrupt_keeps_results_and_resume_continues(tmp_path: Path, sig: int) -> None:
     from mailprobe.sim.smtpd import serve_in_thread
 
     zone = {"fast.example": DomainSpec(mx=[(10, "mx.fast.example")]),
@@ -381,7 +381,7 @@ def test_r18_interrupt_keeps_results_and_resume_continues(tmp_path: Path) -> Non
                 break
             time.sleep(0.1)
         time.sleep(0.5)  # let the writer store the batch
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
         assert "--resume" in err

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import sys
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any
@@ -322,6 +323,8 @@ def verify(
             if output:
                 out.close()
         return
+    # SIGTERM (kill, a stopping container) ends the run like Ctrl-C: what was probed is kept.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = asyncio.run(
             run_verify(read_addresses(input_path), sink, settings=settings, options=options)

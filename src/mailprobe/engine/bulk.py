@@ -670,6 +670,9 @@ class BulkVerifier:
         self._timers.add(handle)
 
     def _finalize(self, job: Job, result: dict[str, Any]) -> None:
+        if job.probe:  # a catch-all probe is no input line: it only settles its domain
+            self._probe_answer(job, Reason.CONNECTION_FAILED)
+            return
         self._spawn(self._emit(job, result))
 
     async def _finish_invalid(self, line: InputLine) -> None:
