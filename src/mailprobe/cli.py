@@ -307,8 +307,9 @@ def verify(
     )
     out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
     writer = RecordWriter(out, fmt.value)
-    total = None if input_path == "-" else _count_lines(input_path)
-    view = ProgressView(total, enabled=not quiet and sys.stderr.isatty())
+    show = not quiet and sys.stderr.isatty()
+    total = _count_lines(input_path) if show and input_path != "-" else None
+    view = ProgressView(total, enabled=show)
 
     def sink(record: dict[str, Any]) -> None:
         writer.write(record)

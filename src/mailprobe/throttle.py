@@ -41,15 +41,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from typing import TYPE_CHECKING, Any
 
 from mailprobe.config import MXLimit, Settings
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
@@ -487,9 +484,21 @@ class RedisThrottle(Throttle):
         # One retry at most, and a hard bound per operation: a dead Redis is an error
         # within seconds, never a worker hanging on a socket.
         self._op_timeout = operation_timeout or 2 * socket_timeout + 1.0
+        # Imported here: an in-process run never needs redis-py (a tenth of a second).
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        self._errors: tuple[type[BaseException], ...] = (
+            RedisConnectionError,
+            RedisTimeoutError,
+            OSError,
+        )
         if isinstance(redis, str):
             self.url = _redact(redis)
-            self._redis = aioredis.Redis.from_url(
+            self._redis = Redis.from_url(
                 redis,
                 socket_connect_timeout=socket_timeout,
                 socket_timeout=socket_timeout,
@@ -529,7 +538,7 @@ class RedisThrottle(Throttle):
         try:
             async with asyncio.timeout(self._op_timeout):
                 return await script(keys=keys, args=args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except self._errors as exc:
             detail = str(exc) or type(exc).__name__
             raise ThrottleUnavailable(self.url, detail) from exc
 
