@@ -54,6 +54,7 @@ from mailprobe.verdict import Verdict, decide
 log = logging.getLogger(__name__)
 SCHEDULER_TICK = 0.05  # seconds between looks when no rate token's due time is known
 BATCH_WINDOW = 1.0  # seconds a lane waits for more addresses while the input is read
+BEHAVIOR_FLUSH_INTERVAL = 2.0  # seconds between writes of the MX behaviour cache
 Sink = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
@@ -756,13 +757,18 @@ class BulkVerifier:
     # -- persistence --------------------------------------------------------------
 
     async def _writer(self) -> None:
-        """Batch result rows into the store every 0.2 s (or 200 rows)."""
+        """Batch result rows into the store every 0.2 s (or 200 rows), and what the MX
+        hosts showed every few seconds, so a long run keeps both as it goes."""
+        last_behavior = time.monotonic()
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._writer_wake.wait(), 0.2)
             self._writer_wake.clear()
             if self._rows:
                 await asyncio.to_thread(self._flush_rows)
+            if time.monotonic() - last_behavior >= BEHAVIOR_FLUSH_INTERVAL:
+                last_behavior = time.monotonic()
+                await asyncio.to_thread(flush_behavior, self.store)
 
     def _flush_rows(self) -> None:
         rows, self._rows = self._rows, []
