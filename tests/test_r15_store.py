@@ -237,3 +237,40 @@ def test_r15_schema_head_constant_matches_migrations(tmp_path: Path) -> None:
 
     s = Store(f"sqlite:///{tmp_path / 'h.db'}")
     assert ScriptDirectory.from_config(alembic_config(s.engine)).get_current_head() == SCHEMA_HEAD
+
+
+def test_r15_database_failure_is_a_clear_store_error(tmp_path: Path) -> None:
+    s = Store(f"sqlite:///{tmp_path / 'broken.db'}")
+    s.upgrade()
+    with s.engine.begin() as conn:
+        conn.execute(text("DROP VIEW latest_verification_results"))
+        conn.execute(text("DROP TABLE verification_results"))
+    with pytest.raises(StoreError, match=r"broken\.db: no such table"), s.session() as session:
+        q.add_result(session, {"email": "a@b.example", "category": "accept", "reason": "accepted"},
+                     email_id=None, verdict=None)  # fmt: skip
+
+
+def test_r15_cli_probe_keeps_its_answer_when_the_database_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    from mailprobe.sim.smtpd import ACCEPT, MXBehavior, serve_in_thread
+
+    db = tmp_path / "broken.db"
+    s = Store(f"sqlite:///{db}")
+    s.upgrade()
+    with s.engine.begin() as conn:
+        conn.execute(text("DROP VIEW latest_verification_results"))
+        conn.execute(text("DROP TABLE verification_results"))
+    with serve_in_thread(MXBehavior(default_rcpt=ACCEPT)) as server:
+        env = {**__import__("os").environ, "DATABASE_URL": f"sqlite:///{db}"}
+        done = subprocess.run(
+            [sys.executable, "-m", "mailprobe.cli", "probe", "--email", "a@acme.example",
+             "--mx-host", "127.0.0.1", "--port", str(server.port)],
+            capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Result : accept (code=250" in done.stdout
+    assert "was not stored" in done.stderr

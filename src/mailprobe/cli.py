@@ -104,17 +104,20 @@ def probe(
         address = parse_address(email)
     except InvalidAddress as exc:
         raise _fail(f"bad address: {exc}") from None
-    from mailprobe.engine import probe_email
+    from mailprobe.engine.core import ResultNotStored, probe_email
 
-    result = _run_store(
-        probe_email(
-            address.normalized,
-            mx_host=mx_host,
-            force_resolve=force_resolve,
-            port=port,
-            settings=settings,
-        )
+    call = probe_email(
+        address.normalized,
+        mx_host=mx_host,
+        force_resolve=force_resolve,
+        port=port,
+        settings=settings,
     )
+    try:
+        result = _run_store(call)
+    except ResultNotStored as exc:  # the answer still counts: show it, say it was not kept
+        typer.echo(f"mailprobe: warning: {exc}", err=True)
+        result = exc.result
     if result.get("stage") == "dns":
         typer.echo(f"mailprobe: {address.domain}: {result['reason']}: {result['error']}", err=True)
         raise typer.Exit(Exit.UNKNOWN)
@@ -131,10 +134,13 @@ def probe(
 
 def _run_store(coro: Any) -> Any:
     """Run an engine call; database and input failures end in one clear line."""
+    from mailprobe.engine.core import ResultNotStored
     from mailprobe.store import StoreError
 
     try:
         return asyncio.run(coro)
+    except ResultNotStored:
+        raise
     except StoreError as exc:
         raise _fail(f"database error: {exc}") from None
     except InvalidAddress as exc:

@@ -45,7 +45,7 @@ from mailprobe.flags import flags_for
 from mailprobe.inputs import InputLine
 from mailprobe.mxcache import CachedMX, MXCache
 from mailprobe.smtp import SessionError, SMTPSession, StageRefused, effective_timeouts
-from mailprobe.store import Store
+from mailprobe.store import Store, StoreError
 from mailprobe.store import queries as q
 from mailprobe.store.models import utcnow
 from mailprobe.throttle import Slot, Throttle, ThrottleError, ThrottleTimeout
@@ -196,7 +196,7 @@ class BulkVerifier:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._writer_wake.set()
             await writer
-            await asyncio.to_thread(self._flush_rows)
+            await asyncio.to_thread(self._flush_rows, True)
             await asyncio.to_thread(flush_behavior, self.store)
             self.summary.elapsed = time.monotonic() - started
         return self.summary
@@ -768,14 +768,25 @@ class BulkVerifier:
                 await asyncio.to_thread(self._flush_rows)
             if time.monotonic() - last_behavior >= BEHAVIOR_FLUSH_INTERVAL:
                 last_behavior = time.monotonic()
-                await asyncio.to_thread(flush_behavior, self.store)
+                try:
+                    await asyncio.to_thread(flush_behavior, self.store)
+                except StoreError as exc:  # statistics: try again next time
+                    log.warning("could not store MX behaviour yet: %s", exc)
 
-    def _flush_rows(self) -> None:
+    def _flush_rows(self, final: bool = False) -> None:
+        """Store the batched rows. A failing database keeps them for the next try (the
+        records are already in the output); at the end of the run the failure is raised."""
         rows, self._rows = self._rows, []
         if not rows:
             return
-        with self.store.session() as session:
-            q.add_results(session, rows)
+        try:
+            with self.store.session() as session:
+                q.add_results(session, rows)
+        except StoreError as exc:
+            self._rows = rows + self._rows
+            if final:
+                raise
+            log.warning("could not store %d results yet (will retry): %s", len(rows), exc)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -22,7 +22,7 @@ from mailprobe.flags import is_freemail
 from mailprobe.inputs import read_addresses
 from mailprobe.mxcache import CachedMX, MXCache
 from mailprobe.smtp import aprobe_rcpt, make_tls_context, run_sync
-from mailprobe.store import Store, open_store
+from mailprobe.store import Store, StoreError, open_store
 from mailprobe.store import queries as q
 
 
@@ -220,8 +220,19 @@ async def probe_email(
         result["flags"] = resolution.flags
     if persist:
         store = store or default_store(settings)
-        await asyncio.to_thread(_save_result, store, result, email_id)
+        try:
+            await asyncio.to_thread(_save_result, store, result, email_id)
+        except StoreError as exc:
+            raise ResultNotStored(str(exc), result) from exc
     return result
+
+
+class ResultNotStored(StoreError):
+    """The probe ran but its result could not be stored; `result` still has it."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(f"{message} (the result was not stored)")
+        self.result = result
 
 
 def probe_options(

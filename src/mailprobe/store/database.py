@@ -129,11 +129,19 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A unit of work: committed on success, rolled back on error."""
+        """A unit of work: committed on success, rolled back on error.
+
+        A database failure (locked past the busy timeout, unreachable, schema missing)
+        becomes a StoreError naming the database, instead of a driver traceback."""
         with self._sessions() as session:
             try:
                 yield session
                 session.commit()
+            except exc.DBAPIError as err:
+                session.rollback()
+                raise StoreError(
+                    f"database {self.shown_url}: {str(getattr(err, 'orig', err)).strip()}"
+                ) from err
             except BaseException:
                 session.rollback()
                 raise
