@@ -274,3 +274,27 @@ def test_r15_cli_probe_keeps_its_answer_when_the_database_fails(
     assert done.returncode == 0, done.stderr
     assert "Result : accept (code=250" in done.stdout
     assert "was not stored" in done.stderr
+
+
+def test_r15_ingest_with_dead_redis_says_so_and_loses_nothing(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    listing = tmp_path / "l.txt"
+    listing.write_text("a@acme.example\nb@acme.example\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        done = subprocess.run(
+            [sys.executable, "-m", "mailprobe.cli", "ingest", str(listing), "--probe"],
+            capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert "unavailable" in done.stderr and "run again" in done.stderr
+    store = Store(os.environ["DATABASE_URL"])
+    with store.session() as session:
+        statuses = set(session.scalars(select(GeneratedEmail.status)))
+    assert statuses == {"new"}  # stored, and queueable again

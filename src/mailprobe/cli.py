@@ -181,12 +181,16 @@ def ingest(
     from mailprobe.store import StoreError
 
     settings = _settings()
+    from mailprobe.queue import QueueUnavailable
+
     try:
         report = run_ingest(path, enqueue_probe=probe, source_name=None if path == "-" else path)
     except OSError as exc:
         raise _fail(f"cannot read {path}: {exc}") from None
     except StoreError as exc:
         raise _fail(f"database error: {exc}") from None
+    except QueueUnavailable as exc:
+        raise _fail(f"{exc}; the addresses are stored, run again to queue them") from None
     for line_no, raw, why in report.bad:
         typer.echo(f"{path}:{line_no}: skipped {raw!r}: {why}", err=True)
     typer.echo(

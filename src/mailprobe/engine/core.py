@@ -159,8 +159,14 @@ def ingest(
                 report.skipped_freemail += 1
             elif enqueue_probe and q.claim_for_probe(session, email_id):
                 to_enqueue.append((email_id, line.address.normalized, line.address.ascii_domain))
-    for email_id, email, domain in to_enqueue:
-        enqueue_probe_email(email_id, email, domain)
+    for i, (email_id, email, domain) in enumerate(to_enqueue):
+        try:
+            enqueue_probe_email(email_id, email, domain)
+        except Exception:
+            # Not queued after all: back to "new", so the next ingest or upsert queues them.
+            with store.session() as session:
+                q.set_status(session, [e[0] for e in to_enqueue[i:]], "new")
+            raise
         report.enqueued += 1
     return report
 
