@@ -401,3 +401,21 @@ def test_r18_interrupt_keeps_results_and_resume_continues(tmp_path: Path, sig: i
     records = [json.loads(x) for x in resumed.stdout.splitlines()]
     assert sorted(r["line"] for r in records) == list(range(1, 24))
     assert sum(r["reused"] for r in records) >= 20
+
+
+def test_r18_verify_with_dead_redis_stops_at_once(tmp_path: Path) -> None:
+    import socket
+
+    listing = tmp_path / "in.txt"
+    listing.write_text("a@acme.example\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{s.getsockname()[1]}/0",
+               "MAILPROBE_RUNS_DIR": str(tmp_path / "runs")}  # fmt: skip
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "mailprobe.cli", "verify", str(listing)],
+                              capture_output=True, text=True, env=env, timeout=60,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == 2
+    assert "throttle error" in done.stderr and "unavailable" in done.stderr
+    assert time.monotonic() - started < 30

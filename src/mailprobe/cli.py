@@ -295,6 +295,7 @@ def verify(
     from mailprobe.report import ProgressView, RecordWriter
     from mailprobe.runs import RunState
     from mailprobe.store import StoreError
+    from mailprobe.throttle import ThrottleError
 
     settings = _settings()
     if port is not None:
@@ -349,6 +350,9 @@ def verify(
     except StoreError as exc:
         view.close()
         raise _fail(f"database error: {exc}") from None
+    except ThrottleError as exc:
+        view.close()
+        raise _fail(f"throttle error: {exc}") from None
     finally:
         writer.close()
         if output:

@@ -952,6 +952,9 @@ async def verify(
     own_throttle = throttle is None
     throttle = throttle or make_throttle(settings)
     try:
+        # A shared throttle that cannot be reached stops the run now, with its reason,
+        # rather than turning every address into a retried failure.
+        await throttle.effective_limits("mailprobe.check")
         verifier = BulkVerifier(settings, store, throttle, sink=sink, options=options)
         return await verifier.run(lines)
     finally:
