@@ -419,3 +419,15 @@ def test_r18_verify_with_dead_redis_stops_at_once(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "throttle error" in done.stderr and "unavailable" in done.stderr
     assert time.monotonic() - started < 30
+
+
+async def test_r18_small_in_flight_bound_still_finishes(world_factory) -> None:
+    world = await world_factory(
+        {"mx.acme.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT))},
+        {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")])},
+    )
+    text = "".join(f"u{i}@acme.example\n" for i in range(50))
+    records, _ = await asyncio.wait_for(
+        world.run(text, BulkOptions(reuse_ttl=None, max_in_flight=3)), 30
+    )
+    assert sorted(r["line"] for r in records) == list(range(1, 51))

@@ -203,6 +203,9 @@ class BulkVerifier:
 
     async def _read(self, lines: Iterable[InputLine] | AsyncIterator[InputLine]) -> None:
         batch: list[Job] = []
+        # Admit in batches (one store look-up each), never holding so many in-flight
+        # slots in a batch that the next line could wait for them forever.
+        batch_size = max(1, min(200, self.options.max_in_flight // 2))
         async for line in _aiter(lines):
             await self._slots.acquire()
             self._outstanding += 1
@@ -211,7 +214,7 @@ class BulkVerifier:
                 await self._finish_invalid(line)
                 continue
             batch.append(Job(line.line_no, line.raw, line.address))
-            if len(batch) >= 200:
+            if len(batch) >= batch_size:
                 await self._admit(batch)
                 batch = []
         await self._admit(batch)
