@@ -431,3 +431,20 @@ async def test_r18_small_in_flight_bound_still_finishes(world_factory) -> None:
         world.run(text, BulkOptions(reuse_ttl=None, max_in_flight=3)), 30
     )
     assert sorted(r["line"] for r in records) == list(range(1, 51))
+
+
+async def test_r18_no_wait_leaves_greylisted_pending(world_factory) -> None:
+    world = await world_factory(
+        {"mx.g.example": ("127.0.0.1", MXBehavior(default_rcpt=GREYLIST)),
+         "mx.ok.example": ("127.0.0.3", MXBehavior(default_rcpt=ACCEPT))},
+        {"g.example": DomainSpec(mx=[(10, "mx.g.example")]),
+         "ok.example": DomainSpec(mx=[(10, "mx.ok.example")])},
+    )  # fmt: skip
+    started = time.monotonic()
+    records, summary = await world.run(
+        "a@g.example\nb@g.example\nc@ok.example\n",
+        BulkOptions(reuse_ttl=None, greylist_delays=(60.0,), wait_for_retries=False),
+    )
+    assert time.monotonic() - started < 10  # did not wait the 60 s greylisting delay
+    assert [r["email"] for r in records] == ["c@ok.example"]
+    assert summary.pending == 2

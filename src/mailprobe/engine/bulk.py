@@ -172,6 +172,8 @@ class BulkVerifier:
         self._dns_slots = asyncio.Semaphore(self.options.dns_concurrency)
         self._ready: set[MXLane] = set()  # lanes that may have jobs waiting
         self._active = 0  # sessions running
+        self._retrying = 0  # input jobs waiting in a retry timer
+        self._parked: set[DomainState] = set()  # domains whose catch-all check waits to retry
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -190,7 +192,7 @@ class BulkVerifier:
             self._stopping = True
             for timer in self._timers:
                 timer.cancel()
-            self.summary.pending = len(self._timers)
+            self.summary.pending = self._outstanding
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -538,6 +540,8 @@ class BulkVerifier:
         elif reason in _RETRYABLE and probe.greylists < len(self.options.greylist_delays):
             probe.greylists += 1
             self._retry(probe, self.options.greylist_delays[probe.greylists - 1])
+            self._parked.add(state)  # its held answers now wait for a retry too
+            self._check_done()
             return
         state.probe = None
         if found is not None:
@@ -660,7 +664,22 @@ class BulkVerifier:
     def _retry(self, job: Job, delay: float) -> None:
         if self._stopping:
             return
-        self._later(delay, lambda: self._route(job))
+        if job.probe:
+
+            def probe_again() -> None:
+                self._parked.discard(self._domains[job.domain])
+                self._route(job)
+
+            self._later(delay, probe_again)
+            return
+        self._retrying += 1
+
+        def again() -> None:
+            self._retrying -= 1
+            self._route(job)
+
+        self._later(delay, again)
+        self._check_done()
 
     def _later(self, delay: float, action: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()
@@ -747,15 +766,13 @@ class BulkVerifier:
     def _check_done(self) -> None:
         if self._reading:
             return
-        if self._outstanding == 0 or (
-            not self.options.wait_for_retries
-            and self._outstanding == len(self._timers)
-            and not self._busy()
-        ):
+        # With --no-wait the run ends once every unanswered job only waits for a retry
+        # (or for its domain's catch-all check): those stay pending for --resume.
+        waiting = 0
+        if not self.options.wait_for_retries:
+            waiting = self._retrying + sum(len(state.held) for state in self._parked)
+        if self._outstanding == waiting:
             self._done.set()
-
-    def _busy(self) -> bool:
-        return any(lane.jobs or lane.sessions for lane in self._lanes.values())
 
     # -- persistence --------------------------------------------------------------
 
