@@ -27,6 +27,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument(
+        "--gone-domains",
+        type=int,
+        default=1000,
+        help="distinct non-existent domains (many: tests the per-domain state)",
+    )
+    parser.add_argument(
         "--smtp-share",
         type=float,
         default=0.01,
@@ -52,7 +58,7 @@ def main() -> int:
                 elif smtp_every and n % smtp_every == 0:
                     fh.write(f"user{n}@live{n % 50}.example\n")
                 elif n % 3 == 0:
-                    fh.write(f"user{n}@gone{n % 1000}.example\n")  # NXDOMAIN
+                    fh.write(f"user{n}@gone{n % args.gone_domains}.example\n")  # NXDOMAIN
                 else:
                     fh.write(f"user{n}@nomail{n % 50}.example\n")
         env = {

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 SCHEDULER_TICK = 0.05  # seconds between looks when no rate token's due time is known
 BATCH_WINDOW = 1.0  # seconds a lane waits for more addresses while the input is read
 BEHAVIOR_FLUSH_INTERVAL = 2.0  # seconds between writes of the MX behaviour cache
+MAX_DOMAIN_STATES = 20_000  # past this many, domains with nothing in flight are forgotten
 Sink = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
@@ -106,6 +107,7 @@ class DomainState:
     resolving: bool = False
     probe: Job | None = None  # the catch-all probe under way, if any
     held: list[tuple[Job, dict[str, Any]]] = field(default_factory=list)  # accepted, waiting
+    pending: int = 0  # input jobs of this domain not answered yet
 
 
 @dataclass(eq=False)
@@ -234,7 +236,26 @@ class BulkVerifier:
                 self.summary.reused += 1
                 await self._emit(job, row, reused=True)
             else:
+                self._domain(job.domain).pending += 1
                 self._route(job)
+
+    def _domain(self, name: str) -> DomainState:
+        state = self._domains.get(name)
+        if state is None:
+            state = self._domains[name] = DomainState(name)
+        return state
+
+    def _forget_if_idle(self, state: DomainState) -> None:
+        """Bound memory on lists with many domains: a domain with nothing left in flight is
+        dropped once there are many (its MX and catch-all finding stay in the store)."""
+        if (
+            len(self._domains) > MAX_DOMAIN_STATES
+            and state.pending == 0
+            and state.probe is None
+            and not state.waiting
+            and not state.resolving
+        ):
+            self._domains.pop(state.name, None)
 
     def _stored(self, jobs: list[Job]) -> dict[str, dict[str, Any]]:
         o = self.options
@@ -252,9 +273,7 @@ class BulkVerifier:
     # -- routing --------------------------------------------------------------
 
     def _route(self, job: Job) -> None:
-        state = self._domains.get(job.domain)
-        if state is None:
-            state = self._domains[job.domain] = DomainState(job.domain)
+        state = self._domain(job.domain)
         if state.resolution is None:
             state.waiting.append(job)
             if not state.resolving:
@@ -492,7 +511,7 @@ class BulkVerifier:
             await session.rset()
             # The catch-all check runs with the domain's first transaction, accepted or not,
             # so that a greylisting server's clock runs for the check and the real RCPTs at once.
-            await self._settle(session, self._domains[domain], accepted, mail_from)
+            await self._settle(session, self._domain(domain), accepted, mail_from)
 
     async def _settle(
         self,
@@ -530,7 +549,7 @@ class BulkVerifier:
         self._probe_answer(probe, verdict.reason)
 
     def _probe_answer(self, probe: Job, reason: str) -> None:
-        state = self._domains[probe.domain]
+        state = self._domain(probe.domain)
         found: bool | None = None
         if reason == Reason.ACCEPTED:
             found = True
@@ -667,7 +686,7 @@ class BulkVerifier:
         if job.probe:
 
             def probe_again() -> None:
-                self._parked.discard(self._domains[job.domain])
+                self._parked.discard(self._domain(job.domain))
                 self._route(job)
 
             self._later(delay, probe_again)
@@ -751,6 +770,9 @@ class BulkVerifier:
             self._rows.append(({**result, "attempts": job.attempts}, verdict.value))
             if len(self._rows) >= 200:
                 self._writer_wake.set()
+        if state is not None and not reused:
+            state.pending -= 1
+            self._forget_if_idle(state)
         await self._deliver(record)
 
     async def _deliver(self, record: dict[str, Any]) -> None:
