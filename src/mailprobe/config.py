@@ -103,13 +103,13 @@ class Settings:
             smtp_tls_cafile=_existing_file_or_none(env, "SMTP_TLS_CAFILE"),
             dns_nameservers=_nameservers(env, "DNS_NAMESERVERS"),
             dns_timeout=_positive_float(env, "DNS_TIMEOUT", 5.0),
-            mx_cache_min_ttl=_positive_int(env, "MX_CACHE_MIN_TTL", 300),
-            mx_cache_max_ttl=_positive_int(env, "MX_CACHE_MAX_TTL", 86400),
-            mx_negative_ttl=_positive_int(env, "MX_NEGATIVE_TTL", 600),
+            mx_cache_min_ttl=_int(env, "MX_CACHE_MIN_TTL", 300),
+            mx_cache_max_ttl=_int(env, "MX_CACHE_MAX_TTL", 86400),
+            mx_negative_ttl=_int(env, "MX_NEGATIVE_TTL", 600),
             database_url=_database_url(env),
             redis_url=_redis_url(env, "REDIS_URL"),
-            global_max_concurrency=_positive_int(env, "GLOBAL_MAX_CONCURRENCY", 12),
-            per_mx_max_concurrency_default=_positive_int(env, "PER_MX_MAX_CONCURRENCY_DEFAULT", 2),
+            global_max_concurrency=_int(env, "GLOBAL_MAX_CONCURRENCY", 12),
+            per_mx_max_concurrency_default=_int(env, "PER_MX_MAX_CONCURRENCY_DEFAULT", 2),
             global_rps=_positive_float(env, "GLOBAL_RPS", 6.0),
             per_mx_rps_default=_positive_float(env, "PER_MX_RPS_DEFAULT", 1.0),
             mx_limits=_mx_limits(env, "MX_LIMITS"),
@@ -178,7 +178,8 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, low: int = 1, high: int | None = None,
+         what: str = "") -> int:  # fmt: skip
     raw = _raw(env, name)
     if raw is None:
         return default
@@ -186,22 +187,14 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(name, f"{raw!r} is not a whole number") from None
-    if value < 1:
-        raise ConfigError(name, f"{value} must be at least 1")
+    if value < low or (high is not None and value > high):
+        bounds = f"{low}-{high}" if high is not None else f"at least {low}"
+        raise ConfigError(name, f"{value} is not {what or 'a whole number'} ({bounds})")
     return value
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = _raw(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(name, f"{raw!r} is not a whole number") from None
-    if not 1 <= value <= 65535:
-        raise ConfigError(name, f"{value} is not a TCP port (1-65535)")
-    return value
+    return _int(env, name, default, 1, 65535, "a TCP port")
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

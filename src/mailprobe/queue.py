@@ -324,7 +324,7 @@ async def aprobe_in_slot(
 ) -> dict[str, Any]:
     """Resolve, then probe inside a throttle slot for the lowest MX; penalize the MX when it
     pushed back (421, rate limit); persist the result and the MX behaviour."""
-    from mailprobe.engine import aget_or_resolve_mx, default_store, probe_email
+    from mailprobe.engine import aget_or_resolve_mx, default_store, load_behavior, probe_email
 
     settings = settings or get_settings()
     address = parse_address(email)
@@ -339,7 +339,8 @@ async def aprobe_in_slot(
                 address.normalized, email_id=email_id, settings=settings, store=store
             )
         else:
-            await asyncio.to_thread(_adopt_behavior, store, resolution.resolution.hosts)
+            # A forked job starts with an empty cache: adopt what the fleet knows.
+            await asyncio.to_thread(load_behavior, store, resolution.resolution.hosts)
             lease = slot_lease(settings)
             async with (
                 throttle.slot(mx, wait=settings.throttle_wait) as slot,
@@ -385,16 +386,6 @@ async def _renewing(throttle: Throttle, slot: Slot, lease: float) -> AsyncIterat
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _adopt_behavior(store: Store, hosts: Sequence[str]) -> None:
-    """Start from what the fleet knows about these MX hosts (a forked job starts empty)."""
-    from mailprobe.behavior import default_cache
-    from mailprobe.store import queries as q
-
-    if hosts:
-        with store.session() as session:
-            default_cache.load(q.load_mx_behavior(session, hosts))
 
 
 def _flush_behavior(store: Store) -> None:

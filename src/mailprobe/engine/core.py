@@ -299,10 +299,10 @@ def flush_behavior(store: Store | None = None) -> int:
     return len(snapshots)
 
 
-def load_behavior(store: Store | None = None) -> None:
-    """Start from what earlier runs (and other workers) learned about each MX."""
+def load_behavior(store: Store | None = None, hosts: Iterable[str] | None = None) -> None:
+    """Start from what earlier runs (and other workers) learned about each MX (or `hosts`)."""
     with (store or default_store()).session() as session:
-        default_behavior.load(q.load_mx_behavior(session))
+        default_behavior.load(q.load_mx_behavior(session, hosts))
 
 
 async def probe_many(emails: Iterable[tuple[int | None, str]], **kw: Any) -> list[dict[str, Any]]:
