@@ -9,6 +9,7 @@ loopback SMTP servers through one Redis, and judge the caps from what the
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import socket
@@ -18,6 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailprobe.config import MXLimit, Settings
 from mailprobe.sim.smtpd import ACCEPT, MXBehavior, SimSMTPServer
@@ -29,7 +32,9 @@ from mailprobe.throttle import (
     ThrottlePolicy,
     ThrottleTimeout,
     ThrottleUnavailable,
+    late_tolerance,
     make_throttle,
+    next_tat,
     penalty_reason,
 )
 
@@ -205,6 +210,64 @@ async def test_acquire_times_out_on_a_full_slot(make: MakeThrottle) -> None:
     assert "mx.busy.example" in str(info.value)
     await throttle.release(held)
     await throttle.release(await throttle.acquire("mx.busy.example", wait=1))
+
+
+async def _late_starts(throttle: Throttle, clock: FakeClock, n: int, late: float) -> list[float]:
+    """n starts of one MX by a waiter that always wakes `late` seconds after the token."""
+    starts: list[float] = []
+    while len(starts) < n:
+        try:
+            slot = await throttle.acquire("mx.grid.example", wait=0)
+        except ThrottleTimeout as exc:
+            assert exc.retry_after is not None and exc.retry_after > 0
+            clock.advance(exc.retry_after + late)
+            continue
+        starts.append(clock.now)
+        await throttle.release(slot)
+    return starts
+
+
+async def test_late_wake_ups_do_not_slow_the_rate(make: MakeThrottle) -> None:
+    """Waking 4 ms after each token (as a busy event loop does) keeps the 5-a-second grid:
+    50 starts take 49 intervals (plus one lateness), not 49 * 0.204 s."""
+    clock = FakeClock()
+    throttle = make(make_policy(mrps=5.0), clock=clock)
+    starts = await _late_starts(throttle, clock, 50, late=0.004)
+    assert starts[-1] - starts[0] <= 49 * 0.2 + 0.004 + 0.002  # Redis works in whole ms
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.2 - late_tolerance(0.2) - 0.002
+    assert max_in_window(starts, 1.0) <= 6  # 1 + rps: what a server counting per second sees
+
+
+async def test_a_long_pause_restarts_the_schedule(make: MakeThrottle) -> None:
+    """Lateness beyond the tolerance is not caught up: no burst after an idle spell."""
+    clock = FakeClock()
+    throttle = make(make_policy(mrps=5.0), clock=clock)
+    first = await _late_starts(throttle, clock, 3, late=0.0)
+    clock.advance(5.0)
+    later = await _late_starts(throttle, clock, 4, late=0.1)  # each wake-up 100 ms late
+    gaps = [b - a for a, b in itertools.pairwise(later)]
+    assert later[0] - first[-1] >= 5.0
+    assert min(gaps) >= 0.3 - 0.002  # 0.2 s interval + 0.1 s late, schedule restarted each time
+
+
+@given(
+    rps=st.sampled_from([0.5, 1.0, 2.0, 5.0, 10.0, 50.0]),
+    lateness=st.lists(st.floats(min_value=0.0, max_value=0.2), min_size=2, max_size=80),
+)
+def test_next_tat_never_exceeds_the_cap_in_any_window(rps: float, lateness: list[float]) -> None:
+    """Whatever the wake-up lateness, any window of 1 s holds at most 1 + rps*(1 + tol)
+    starts, and two starts are never closer than interval - tol."""
+    interval = 1.0 / rps
+    tat, now, starts = -float("inf"), 0.0, []
+    for late in lateness:
+        now = max(now, tat) + late
+        starts.append(now)
+        tat = next_tat(tat, now, interval)
+    tol = late_tolerance(interval)
+    assert max_in_window(starts, 1.0) <= int(1 + rps * (1.0 + tol) + 1e-9)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(g >= interval - tol - 1e-9 for g in gaps)
 
 
 async def test_acquire_times_out_on_rate_with_policy_default_wait(make: MakeThrottle) -> None:

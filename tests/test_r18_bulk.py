@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 
 from mailprobe.config import Settings
 from mailprobe.engine.bulk import BulkOptions, Summary, verify
-from mailprobe.inputs import read_addresses
+from mailprobe.inputs import InputLine, entry, read_addresses
 from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
 from mailprobe.sim.smtpd import ACCEPT, MXBehavior, Scripted, SessionState, SimSMTPServer
 from mailprobe.store import Store
@@ -448,3 +449,118 @@ async def test_r18_no_wait_leaves_greylisted_pending(world_factory) -> None:
     assert time.monotonic() - started < 10  # did not wait the 60 s greylisting delay
     assert [r["email"] for r in records] == ["c@ok.example"]
     assert summary.pending == 2
+
+
+async def test_r18_slow_input_is_probed_as_it_comes(world_factory) -> None:
+    """A pipe that stalls between lines must not hold back (or stall) what came before."""
+    world = await world_factory(
+        {"mx.acme.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT))},
+        {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")])},
+    )
+    answered: dict[str, float] = {}
+    started = time.monotonic()
+
+    def slow_pipe() -> Iterator[InputLine]:
+        yield entry(1, "a@acme.example")
+        time.sleep(2.0)  # a blocking read, as on a real pipe
+        yield entry(2, "b@acme.example")
+
+    def sink(record: dict[str, Any]) -> None:
+        answered[record["email"]] = time.monotonic() - started
+
+    await asyncio.wait_for(
+        verify(slow_pipe(), sink, settings=world.settings(),
+               options=BulkOptions(reuse_ttl=None), store=world.store), 30)  # fmt: skip
+    assert answered["a@acme.example"] < 1.5  # probed while the pipe was still stalled
+    assert answered["b@acme.example"] >= 2.0
+
+
+async def test_r18_input_error_ends_the_run_with_it(world_factory) -> None:
+    world = await world_factory(
+        {"mx.acme.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT))},
+        {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")])},
+    )
+
+    def broken() -> Iterator[InputLine]:
+        yield entry(1, "a@acme.example")
+        raise OSError("input device went away")
+
+    with pytest.raises(OSError, match="went away"):
+        await asyncio.wait_for(
+            verify(broken(), lambda r: None, settings=world.settings(),
+                   options=BulkOptions(reuse_ttl=None), store=world.store), 30)  # fmt: skip
+
+
+async def test_r18_mx_host_lookups_fall_back_or_answer(world_factory) -> None:
+    """An MX host without an address hands its jobs to the next MX; one whose lookup
+    fails answers them as unknown (never a hang, never a verdict on the mailbox)."""
+    world = await world_factory(
+        {"mx.ok.example": ("127.0.0.1", MXBehavior(mailboxes={"x@a.example": ACCEPT}))},
+        {"a.example": DomainSpec(mx=[(10, "mx1.gone.example"), (20, "mx.ok.example")]),
+         "b.example": DomainSpec(mx=[(10, "mx.broken.example")]),
+         "mx.broken.example": DomainSpec(servfail=True)},
+    )  # fmt: skip
+    records, _ = await asyncio.wait_for(
+        world.run("x@a.example\ny@b.example\n",
+                  BulkOptions(reuse_ttl=None, temp_delays=(0.1,))),
+        30,
+    )  # fmt: skip
+    got = by_email(records)
+    assert (got["x@a.example"]["verdict"], got["x@a.example"]["mx_host"]) == (
+        "deliverable", "mx.ok.example")  # fmt: skip
+    assert got["y@b.example"]["verdict"] == "unknown"
+    assert got["y@b.example"]["reason"] == "dns_error"
+
+
+async def test_r18_slow_lanes_keep_their_share_of_global_slots(world_factory) -> None:
+    """Tarpits retried in the slow lane hold at most a quarter of the global slots."""
+    tarpit = MXBehavior(greeting_delay=1.0, default_rcpt=ACCEPT)
+    hosts = {f"mx.t{i}.example": (f"127.0.0.{10 + i}", tarpit) for i in range(3)}
+    zone = {f"t{i}.example": DomainSpec(mx=[(10, f"mx.t{i}.example")]) for i in range(3)}
+    world = await world_factory(hosts, zone)
+    records, _ = await asyncio.wait_for(
+        world.run("".join(f"u@t{i}.example\n" for i in range(3)),
+                  BulkOptions(reuse_ttl=None, slow_timeouts=(3.0, 3.0, 10.0),
+                              catch_all_check=False),
+                  SMTP_CONNECT_TIMEOUT="0.4", GLOBAL_MAX_CONCURRENCY="4"),
+        60,
+    )  # fmt: skip
+    assert [r["code"] for r in records] == [250, 250, 250]  # all answered, slowly
+    slow = sorted(  # the slow lane's connections: the first ones gave up before RCPT
+        (c.start, c.end or c.start)
+        for s in world.servers.values()
+        for c in s.record.connection_log
+        if c.rcpts
+    )
+    assert len(slow) == 3
+    assert all(b[0] >= a[1] - 0.05 for a, b in itertools.pairwise(slow)), slow
+
+
+def test_r18_critical_lane_keeps_a_slot_only_when_it_is_the_bottleneck(tmp_path: Path) -> None:
+    from mailprobe.address import parse_address
+    from mailprobe.engine.bulk import BulkVerifier, Job, MXLane
+    from mailprobe.throttle import LocalThrottle, ThrottlePolicy, ThrottleTimeout
+
+    settings = Settings.from_env({"GLOBAL_MAX_CONCURRENCY": "12", "PER_MX_RPS_DEFAULT": "5",
+                                  "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"})  # fmt: skip
+    throttle = LocalThrottle(ThrottlePolicy.from_settings(settings))
+    verifier = BulkVerifier(settings, Store(settings.database_url), throttle, sink=lambda r: None)
+
+    def lane(host: str, jobs: int) -> MXLane:
+        made = MXLane(host, slow=False)
+        address = parse_address(f"u@{host}")
+        made.jobs.extend(Job(i, "", address) for i in range(jobs))
+        made.started = 1
+        return made
+
+    big = lane("mx.big.example", 900)  # 45 sessions at 5 a second: 9 s
+    verifier._ready = {big} | {lane(f"mx{i}.small.example", 20) for i in range(50)}
+    waiting = ThrottleTimeout(big.host, 0.0, "per-MX rate", retry_after=0.1)
+    verifier._session_seconds = 0.1  # 50 sessions of 0.1 s fit in 11 slots well within 9 s
+    assert verifier._worth_reserving(big, waiting, 12)
+    verifier._session_seconds = 5.0  # now the global cap binds: use every slot
+    assert not verifier._worth_reserving(big, waiting, 12)
+    verifier._session_seconds = 0.1
+    assert not verifier._worth_reserving(big, waiting, 3)  # too few slots to keep one back
+    glob = ThrottleTimeout(big.host, 0.0, "global rate", retry_after=0.1)
+    assert not verifier._worth_reserving(big, glob, 12)  # a slot would not help it

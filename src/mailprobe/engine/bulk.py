@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 SCHEDULER_TICK = 0.05  # seconds between looks when no rate token's due time is known
 BATCH_WINDOW = 1.0  # seconds a lane waits for more addresses while the input is read
 BEHAVIOR_FLUSH_INTERVAL = 2.0  # seconds between writes of the MX behaviour cache
+READ_CHUNK = 200  # input lines the engine takes from the reader thread at a time
+READ_AHEAD = 2000  # lines the reader thread may parse ahead of the engine
 MAX_DOMAIN_STATES = 20_000  # past this many, domains with nothing in flight are forgotten
 Sink = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -121,7 +124,7 @@ class MXLane:
     started: int = 0  # in this run
     waiting_since: float = 0.0  # when the lane last went from empty to having jobs
     one_rcpt: bool = False  # the server refuses several RCPTs in one transaction
-    ips: list[str] | None = None
+    ips: asyncio.Task[list[str]] | None = None  # the host's addresses, looked up ahead
 
 
 @dataclass
@@ -174,6 +177,8 @@ class BulkVerifier:
         self._dns_slots = asyncio.Semaphore(self.options.dns_concurrency)
         self._ready: set[MXLane] = set()  # lanes that may have jobs waiting
         self._active = 0  # sessions running
+        self._active_slow = 0  # of which in slow lanes
+        self._session_seconds = 0.5  # how long a session lasts (moving average, this run)
         self._retrying = 0  # input jobs waiting in a retry timer
         self._parked: set[DomainState] = set()  # domains whose catch-all check waits to retry
         self._wake = asyncio.Event()
@@ -206,22 +211,24 @@ class BulkVerifier:
         return self.summary
 
     async def _read(self, lines: Iterable[InputLine] | AsyncIterator[InputLine]) -> None:
-        batch: list[Job] = []
         # Admit in batches (one store look-up each), never holding so many in-flight
-        # slots in a batch that the next line could wait for them forever.
+        # slots in a batch that the next line could wait for them forever, and never
+        # sitting on lines that came in while the input is slow to deliver more.
         batch_size = max(1, min(200, self.options.max_in_flight // 2))
-        async for line in _aiter(lines):
-            await self._slots.acquire()
-            self._outstanding += 1
-            self.summary.total += 1
-            if line.address is None:
-                await self._finish_invalid(line)
-                continue
-            batch.append(Job(line.line_no, line.raw, line.address))
-            if len(batch) >= batch_size:
-                await self._admit(batch)
-                batch = []
-        await self._admit(batch)
+        async for chunk in _chunks(lines):
+            batch: list[Job] = []
+            for line in chunk:
+                await self._slots.acquire()
+                self._outstanding += 1
+                self.summary.total += 1
+                if line.address is None:
+                    await self._finish_invalid(line)
+                    continue
+                batch.append(Job(line.line_no, line.raw, line.address))
+                if len(batch) >= batch_size:
+                    await self._admit(batch)
+                    batch = []
+            await self._admit(batch)
 
     async def _admit(self, jobs: list[Job]) -> None:
         """Answer jobs from stored results where allowed; route the rest."""
@@ -317,7 +324,26 @@ class BulkVerifier:
         lane = self._lanes.get((host, slow))
         if lane is None:
             lane = self._lanes[(host, slow)] = MXLane(host, slow)
+            self._look_up(lane)
         return lane
+
+    def _look_up(self, lane: MXLane) -> None:
+        """Resolve the MX host's addresses before its first session: a session starts only
+        once they are known, so a rate token is never spent waiting on DNS, and the server
+        sees our connections as evenly spaced as the throttle gave them."""
+        task = lane.ips = asyncio.ensure_future(
+            resolve_host(lane.host, resolver=self.cache.resolver)
+        )
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[list[str]]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled():
+                task.exception()  # a failure is answered by the session that awaits it
+            if lane.jobs:
+                self._kick(lane)
+
+        task.add_done_callback(done)
 
     def _kick(self, lane: MXLane) -> None:
         """The lane has work: let the scheduler look."""
@@ -332,6 +358,8 @@ class BulkVerifier:
         busiest MX cannot spare."""
         if not lane.jobs or lane.sessions >= self._cap(lane):
             return False
+        if lane.ips is not None and not lane.ips.done():
+            return False  # its addresses are still being looked up (it is kicked when known)
         return (
             not self._reading
             or len(lane.jobs) >= self.options.rcpts_per_session
@@ -344,6 +372,9 @@ class BulkVerifier:
         The lane that needs the longest (see `_time_left`) is the run's critical path, so
         it gets the next free slot. A lane is only asked for when the throttle can give a slot
         right now (acquire with no wait), so no task sits on a slot it cannot use.
+        While that lane waits for its MX's next rate token, one global slot is kept for it
+        (see `_worth_reserving`): otherwise sessions to other MXs fill every slot in the
+        meantime and the critical lane starts late, every time, for the whole run.
         When nothing can start, wait for a session to end or a rate token to come due.
         """
         global_cap = self.throttle.policy.global_limits.max_concurrency
@@ -359,14 +390,19 @@ class BulkVerifier:
                     reverse=True,
                 )
                 self._ready = {lane for lane in self._ready if lane.jobs}
-                for lane in lanes:
-                    if self._active >= global_cap:
+                reserved = 0
+                for rank, lane in enumerate(lanes):
+                    if self._active >= global_cap - reserved:
                         break
+                    if lane.slow and self._active_slow >= _slow_share(global_cap):
+                        continue
                     try:
                         slot = await self.throttle.acquire(lane.host, wait=0)
                     except ThrottleTimeout as exc:
                         if exc.retry_after is not None:  # wake exactly when the token is due
                             next_due = min(next_due, exc.retry_after)
+                            if rank == 0 and self._worth_reserving(lane, exc, global_cap):
+                                reserved = 1
                         continue
                     except ThrottleError as exc:  # the shared throttle is down: never unthrottled
                         for job in _drain(lane.jobs):
@@ -376,11 +412,28 @@ class BulkVerifier:
                     lane.sessions += 1
                     lane.started += 1
                     self._active += 1
+                    self._active_slow += lane.slow
                     started = True
                     self._spawn(self._session(lane, slot))
             if not started:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(next_due, 0.001))
+
+    def _worth_reserving(self, lane: MXLane, refused: ThrottleTimeout, global_cap: int) -> bool:
+        """Keep a global slot for this lane until its MX's rate token is due?
+
+        Only when the lane is the bottleneck: the other lanes' sessions, at the session
+        length seen so far in this run, fit in the remaining slots within the time this
+        lane needs anyway. Then the reserved slot costs nothing; otherwise the global
+        concurrency cap is what bounds the run and every slot is worth filling."""
+        if refused.limited_by != "per-MX rate" or global_cap < 4:
+            return False
+        critical = self._time_left(lane)
+        per_session = self.options.rcpts_per_session
+        others = sum(
+            -(-len(other.jobs) // per_session) for other in self._ready if other is not lane
+        )
+        return critical >= others * self._session_seconds / (global_cap - 1)
 
     def _time_left(self, lane: MXLane) -> float:
         """A lower bound on how long this lane still needs: its sessions at its MX's rate,
@@ -397,11 +450,15 @@ class BulkVerifier:
     # -- one SMTP session ---------------------------------------------------------
 
     async def _session(self, lane: MXLane, slot: Slot) -> None:
+        started = time.monotonic()
         try:
             await self._converse(lane)
         finally:
+            if not lane.slow:  # a tarpit's minutes say nothing of a normal session
+                self._session_seconds += 0.1 * (time.monotonic() - started - self._session_seconds)
             lane.sessions -= 1
             self._active -= 1
+            self._active_slow -= lane.slow
             try:
                 await self.throttle.release(slot)
             except ThrottleError as exc:  # a Redis lease frees the slot by itself anyway
@@ -415,13 +472,18 @@ class BulkVerifier:
         batch = _take(lane.jobs, self.options.rcpts_per_session)
         if not batch:
             return
+        if lane.ips is None:
+            self._look_up(lane)
+        assert lane.ips is not None
         try:
-            ips = lane.ips = lane.ips or await resolve_host(lane.host, resolver=self.cache.resolver)
+            ips = await asyncio.shield(lane.ips)
         except DNSLookupError as exc:
+            lane.ips = None  # looked up again by the next session
             for job in batch:
                 self._after(job, _error_result(job, lane.host, "dns_error", str(exc)))
             return
         if not ips:
+            lane.ips = None
             for job in batch:
                 job.mx_index += 1
                 self._route(job)
@@ -844,15 +906,88 @@ class BulkVerifier:
 # -- helpers ----------------------------------------------------------------------
 
 
-async def _aiter(lines: Iterable[InputLine] | AsyncIterator[InputLine]) -> AsyncIterator[InputLine]:
+async def _chunks(
+    lines: Iterable[InputLine] | AsyncIterator[InputLine],
+) -> AsyncIterator[list[InputLine]]:
     if isinstance(lines, AsyncIterator):
         async for line in lines:
-            yield line
-    else:
-        for i, line in enumerate(lines):
-            yield line
-            if i % 500 == 0:
-                await asyncio.sleep(0)  # let sessions run while a big file is read
+            yield [line]
+        return
+    async for chunk in _read_ahead(lines):
+        yield chunk
+
+
+async def _read_ahead(
+    lines: Iterable[InputLine], chunk: int = READ_CHUNK, ahead: int = READ_AHEAD
+) -> AsyncIterator[list[InputLine]]:
+    """Read and parse `lines` in a thread of their own; yield what has come, in chunks.
+
+    A plain iterator would run on the event loop: a stdin that is slow to write would
+    stall every session in flight (and a server drops a silent client), and parsing a
+    big file would delay the first sessions. A daemon thread, rather than
+    asyncio.to_thread, because a read blocked on stdin must not keep the process
+    alive after Ctrl-C. The engine takes whatever lines are there whenever it asks, so
+    a line that comes before a pause (a slow pipe, a person typing) is probed at once;
+    at most `ahead` lines wait unread, so memory stays bounded.
+    """
+    loop = asyncio.get_running_loop()
+    buffer: deque[InputLine | _EndOfInput] = deque()  # appends and pops are thread-safe
+    room = threading.Semaphore(ahead)
+    stop = threading.Event()
+    wake = asyncio.Event()
+    asleep = [False]  # the engine waits for a line: the reader must wake it
+
+    def put(item: InputLine | _EndOfInput) -> None:
+        buffer.append(item)
+        if asleep[0]:
+            asleep[0] = False
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody reads
+                loop.call_soon_threadsafe(wake.set)
+
+    def produce() -> None:
+        try:
+            for line in lines:
+                while not room.acquire(timeout=0.5):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                put(line)
+            put(_EndOfInput(None))
+        except BaseException as exc:  # re-raised in the reading task, where it belongs
+            put(_EndOfInput(exc))
+
+    threading.Thread(target=produce, name="mailprobe-reader", daemon=True).start()
+    try:
+        while True:
+            if not buffer:
+                wake.clear()
+                asleep[0] = True
+                if not buffer:  # looked again after saying so: no wake-up can be missed
+                    await wake.wait()
+                asleep[0] = False
+            taken: list[InputLine] = []
+            end: _EndOfInput | None = None
+            while buffer and len(taken) < chunk:
+                item = buffer.popleft()
+                if isinstance(item, _EndOfInput):
+                    end = item
+                    break
+                taken.append(item)
+            if taken:
+                room.release(len(taken))
+                yield taken
+            if end is not None:
+                if end.error is not None:
+                    raise end.error
+                return
+    finally:
+        stop.set()
+
+
+@dataclass(frozen=True, slots=True)
+class _EndOfInput:
+    error: BaseException | None  # why the input ended early, if it did
 
 
 _RETRYABLE = {
@@ -864,6 +999,12 @@ _RETRYABLE = {
     Reason.CONNECTION_FAILED,
     Reason.TOO_MANY_RECIPIENTS,
 }
+
+
+def _slow_share(global_cap: int) -> int:
+    """Global slots the slow lanes may hold together: a list full of tarpits gets its
+    second chance without holding up the fast servers."""
+    return max(1, global_cap // 4)
 
 
 def _take(jobs: deque[Job], n: int) -> list[Job]:
