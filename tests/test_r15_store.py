@@ -61,6 +61,35 @@ def test_r15_migrations_from_empty(store: Store) -> None:
     assert "generated_emails" in inspect(store.engine).get_table_names()
 
 
+def test_r15_upgrade_from_0001_keeps_results(store: Store) -> None:
+    """An existing 0001 database gains the catch-all columns, keeps its rows, and its
+    latest-result view shows them (PostgreSQL fixes a view's columns when it is made)."""
+    from alembic import command
+
+    from mailprobe.store.database import alembic_config
+
+    config = alembic_config(store.engine)
+    command.downgrade(config, "0001")
+    with store.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO verification_results (email, category, verdict, reason, tls, attempts,"
+            " transcript, created_at) VALUES ('a@acme.example', 'accept', 'risky', 'accepted',"
+            " false, 1, '[]', CURRENT_TIMESTAMP)"
+        ))  # fmt: skip
+    store.ensure_schema()
+    with store.engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT email, verdict, verdict_reason, catch_all FROM latest_verification_results"
+        )).one()  # fmt: skip
+    assert tuple(row) == ("a@acme.example", "risky", None, None)
+    command.downgrade(config, "0001")
+    columns = {c["name"] for c in inspect(store.engine).get_columns("verification_results")}
+    assert "catch_all" not in columns and "verdict_reason" not in columns
+    with store.engine.connect() as conn:
+        count = conn.execute(text("SELECT COUNT(*) FROM latest_verification_results")).scalar()
+    assert count == 1
+
+
 def test_r15_sqlite_file_created_with_wal(tmp_path: Path) -> None:
     path = tmp_path / "new" / "dir" / "x.db"
     s = Store(f"sqlite:///{path}")

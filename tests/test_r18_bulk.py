@@ -564,3 +564,20 @@ def test_r18_critical_lane_keeps_a_slot_only_when_it_is_the_bottleneck(tmp_path:
     assert not verifier._worth_reserving(big, waiting, 3)  # too few slots to keep one back
     glob = ThrottleTimeout(big.host, 0.0, "global rate", retry_after=0.1)
     assert not verifier._worth_reserving(big, glob, 12)  # a slot would not help it
+
+
+async def test_r18_reused_result_keeps_an_inconclusive_catch_all_check(world_factory) -> None:
+    """The catch-all check got a policy refusal: the accepted address is risky with
+    catch_all_unknown, and a later run that reuses it says exactly that, not catch_all."""
+    policy = Scripted(550, "5.7.1 Service unavailable; Client host blocked using zen.spamhaus.org")
+    behavior = MXBehavior(mailboxes={"a@acme.example": ACCEPT}, default_rcpt=policy)
+    world = await world_factory(
+        {"mx.acme.example": ("127.0.0.1", behavior)},
+        {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")])},
+    )
+    first, _ = await world.run("a@acme.example\n", BulkOptions())
+    again, summary = await world.run("a@acme.example\n", BulkOptions())
+    assert summary.reused == 1
+    for record in (first[0], again[0]):
+        assert (record["verdict"], record["reason"], record["catch_all"]) == (
+            "risky", "catch_all_unknown", None)  # fmt: skip

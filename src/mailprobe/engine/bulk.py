@@ -829,7 +829,9 @@ class BulkVerifier:
             reused=reused,
         )
         if self.options.persist and not reused:
-            self._rows.append(({**result, "attempts": job.attempts}, verdict.value))
+            row = {**result, "attempts": job.attempts, "verdict_reason": shown,
+                   "catch_all": catch_all}  # fmt: skip
+            self._rows.append((row, verdict.value))
             if len(self._rows) >= 200:
                 self._writer_wake.set()
         if state is not None and not reused:
@@ -1071,8 +1073,14 @@ def _row_result(row: Any) -> dict[str, Any]:
         "stage": row.stage,
         "error": row.error,
         "verdict": row.verdict,
-        "verdict_reason": _shown_reason(row.verdict, row.reason),
-        "catch_all": True if row.verdict == "risky" and row.reason == "accepted" else None,
+        **(
+            {"verdict_reason": row.verdict_reason, "catch_all": row.catch_all}
+            if row.verdict_reason is not None
+            else {  # stored before schema 0002, which keeps both
+                "verdict_reason": _shown_reason(row.verdict, row.reason),
+                "catch_all": True if row.verdict == "risky" and row.reason == "accepted" else None,
+            }
+        ),
         "attempts": row.attempts,
         "created_at": row.created_at.isoformat(),
     }

@@ -106,6 +106,8 @@ class VerificationResult(Base):
     email: Mapped[str] = mapped_column(String(320), index=True)
     category: Mapped[str] = mapped_column(String(16))
     verdict: Mapped[str | None] = mapped_column(String(16))
+    verdict_reason: Mapped[str | None] = mapped_column(String(32))  # as shown with the verdict
+    catch_all: Mapped[bool | None] = mapped_column(Boolean)  # the domain's finding, if known
     reason: Mapped[str] = mapped_column(String(32))
     code: Mapped[int | None] = mapped_column(Integer)
     enhanced_status: Mapped[str | None] = mapped_column(String(16))
