@@ -581,3 +581,31 @@ async def test_r18_reused_result_keeps_an_inconclusive_catch_all_check(world_fac
     for record in (first[0], again[0]):
         assert (record["verdict"], record["reason"], record["catch_all"]) == (
             "risky", "catch_all_unknown", None)  # fmt: skip
+
+
+async def test_r18_one_rcpt_per_transaction_is_remembered_across_runs(world_factory) -> None:
+    """A 452 4.5.3 teaches the engine once: the next run (a new process, here a cleared
+    in-memory cache) sends that MX one RCPT per transaction from the start."""
+    from mailprobe.behavior import default_cache
+
+    refusals: list[str] = []
+
+    def outlook(rcpt: str, state: SessionState) -> Scripted:
+        if len(state.rcpts) > 1:
+            refusals.append(rcpt)
+            return OUTLOOK_TOO_MANY
+        return ACCEPT
+
+    world = await world_factory(
+        {"mx.o.example": ("127.0.0.1", MXBehavior(rcpt_handler=outlook))},
+        {"o.example": DomainSpec(mx=[(10, "mx.o.example")])},
+    )
+    text = "".join(f"u{i}@o.example\n" for i in range(6))
+    options = BulkOptions(reuse_ttl=None, catch_all_check=False)
+    first, _ = await world.run(text, options)
+    assert refusals  # learnt the hard way
+    refusals.clear()
+    default_cache.clear()  # what a new process starts with: only the store
+    again, _ = await world.run(text, options)
+    assert refusals == []
+    assert [r["verdict"] for r in again] == [r["verdict"] for r in first]

@@ -19,6 +19,10 @@ from typing import Any
 # A probe whose average latency exceeds this counts as "slow".
 SLOW_LATENCY_MS = 5000
 TARPIT_TIMEOUTS = 2  # consecutive timeouts before we call an MX a tarpit
+# How long "refuses several RCPTs per transaction" is believed: long enough that
+# later runs skip the refused batch and its retries, short enough that a server
+# whose limits changed is asked again within the week.
+ONE_RCPT_MEMORY = 7 * 86400.0
 LATENCY_WINDOW = 50  # recent latencies kept for the percentile
 
 
@@ -33,6 +37,7 @@ class MXStats:
     greylisting_seen: bool = False
     rate_limited_seen: bool = False
     catch_all_seen: bool = False
+    one_rcpt_since: float | None = None  # when it last refused a second RCPT (time.time)
     last_code: int | None = None
     last_reason: str | None = None
     last_seen: float = field(default_factory=time.time)
@@ -98,6 +103,19 @@ class BehaviorCache:
         with self._lock:
             self._stats.setdefault(key, MXStats()).catch_all_seen |= seen
             self._dirty.add(key)
+
+    def mark_one_rcpt(self, mx_host: str) -> None:
+        """The MX refused a second RCPT in one transaction (452 4.5.3 and the like)."""
+        key = mx_host.lower()
+        with self._lock:
+            self._stats.setdefault(key, MXStats()).one_rcpt_since = time.time()
+            self._dirty.add(key)
+
+    def one_rcpt(self, mx_host: str) -> bool:
+        """Send this MX one RCPT per transaction (it refused more, not long ago)?"""
+        stats = self.stats(mx_host)
+        since = stats.one_rcpt_since if stats is not None else None
+        return since is not None and time.time() - since < ONE_RCPT_MEMORY
 
     def stats(self, mx_host: str) -> MXStats | None:
         with self._lock:

@@ -13,11 +13,12 @@ How a list flows:
    domain's real RCPTs, one RCPT for a random local part tells whether the
    domain is catch-all, without spoiling the real answers.
 4. Replies about our batching (452 4.5.3, "one domain per transaction") are
-   retried alone and the MX is remembered as one-RCPT-per-transaction; 421 and
-   rate limits penalise the MX's throttle; greylisting and other temporary
-   failures are retried on their schedules; a timeout is retried once in a
-   slow lane (one session at a time, RFC 5321-sized budgets) so a tarpit never
-   holds up the fast servers; an unreachable MX hands its jobs to the next MX.
+   retried alone and the MX is remembered (for a week, in the behaviour cache) as
+   one-RCPT-per-transaction; 421 and rate limits penalise the MX's throttle;
+   greylisting and other temporary failures are retried on their schedules; a
+   timeout is retried once in a slow lane (one session at a time, RFC 5321-sized
+   budgets, at most a quarter of the global slots) so a tarpit never holds up
+   the fast servers; an unreachable MX hands its jobs to the next MX.
 5. Every final answer becomes a record (sink) and a row (store, in batches).
 """
 
@@ -323,7 +324,7 @@ class BulkVerifier:
     def _lane(self, host: str, slow: bool) -> MXLane:
         lane = self._lanes.get((host, slow))
         if lane is None:
-            lane = self._lanes[(host, slow)] = MXLane(host, slow)
+            lane = self._lanes[(host, slow)] = MXLane(host, slow, one_rcpt=behaviors.one_rcpt(host))
             self._look_up(lane)
         return lane
 
@@ -568,8 +569,9 @@ class BulkVerifier:
                     accepted.append((job, result))
                 else:
                     self._after(job, result)
-                if result["reason"] == Reason.TOO_MANY_RECIPIENTS:
+                if result["reason"] == Reason.TOO_MANY_RECIPIENTS and not lane.one_rcpt:
                     lane.one_rcpt = True
+                    behaviors.mark_one_rcpt(lane.host)  # later runs (and workers) know it
             await session.rset()
             # The catch-all check runs with the domain's first transaction, accepted or not,
             # so that a greylisting server's clock runs for the check and the real RCPTs at once.
