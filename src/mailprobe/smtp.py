@@ -4,11 +4,10 @@
 (the engine reuses it for bulk work). `aprobe_rcpt` is the seed's single probe
 built on it, and `probe_rcpt` is its thin synchronous face.
 
-aiosmtplib does the wire work (reply parsing, multi-line replies, TLS
-upgrade). MAIL and RCPT are sent through `execute_command` with the address
-bytes we build ourselves, because aiosmtplib's `quote_address` re-parses the
-address with `email.utils` and could rewrite it; every byte we send has passed
-`mailprobe.address` and a last CR/LF check in `_command`.
+`mailprobe.smtp_wire` does the wire work (reply parsing, multi-line replies, TLS
+upgrade, pipelining; see there why not aiosmtplib). MAIL and RCPT carry address
+bytes we build ourselves: every byte we send has passed `mailprobe.address` and
+a last CR/LF/NUL check in `_line`.
 """
 
 from __future__ import annotations
@@ -21,12 +20,10 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
-
-import aiosmtplib
 
 from mailprobe.address import EmailAddress, InvalidAddress, check_hostname, parse_address
 from mailprobe.behavior import record_mx_probe
@@ -37,6 +34,7 @@ from mailprobe.classify import (
     classify_reply,
     parse_enhanced,
 )
+from mailprobe.smtp_wire import SMTPWire, WireError, WireFailure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -156,7 +154,8 @@ class SMTPSession:
 
     Every reply and command is kept in `transcript`, the evidence a result is
     stored with. Each command waits at most `command_timeout`; the caller bounds
-    the whole session with its own deadline.
+    the whole session with its own deadline. When the server offers PIPELINING,
+    `pipeline` sends a transaction's commands as one group (RFC 2920).
     """
 
     mx_host: str
@@ -171,8 +170,10 @@ class SMTPSession:
     transcript: list[str] = field(default_factory=list)
     tls: bool = False
     smtputf8: bool = False
+    pipelining: bool = False  # the server offers RFC 2920 PIPELINING
     stage: str = "connect"
-    _client: aiosmtplib.SMTP | None = field(default=None, repr=False)
+    _wire: SMTPWire | None = field(default=None, repr=False)
+    _broken: bool = field(default=False, repr=False)  # a reply is lost: no QUIT, just drop
 
     async def open(self) -> Reply:
         """Connect, read the greeting, EHLO (HELO on 5xx), STARTTLS when offered.
@@ -182,78 +183,55 @@ class SMTPSession:
         """
         self.stage = "connect"
         self.helo_domain = check_hostname(self.helo_domain, "helo_domain")
-        client = aiosmtplib.SMTP(
-            hostname=self.connect_to or self.mx_host,
-            port=self.port,
-            local_hostname=self.helo_domain,
-            timeout=self.command_timeout,
-            start_tls=False,
-            source_address=(self.source_address, 0) if self.source_address else None,
-        )
-        self._client = client
         target = f"{self.mx_host} ({self.connect_to})" if self.connect_to else self.mx_host
         self._log(f"* connect {target} port {self.port}")
-        greeting: Reply
-        try:
-            response = await client.connect(timeout=self.connect_timeout)
-            self.stage = "greeting"
-            greeting = self._reply("greeting", response)
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            self.stage = "greeting"
-            raise StageRefused(self._reply("greeting", exc)) from None
-        except aiosmtplib.SMTPConnectTimeoutError as exc:
-            stage = "greeting" if "ready message" in str(exc) else "connect"
-            raise SessionError(ErrorKind.TIMEOUT, stage, str(exc)) from None
-        except (aiosmtplib.SMTPConnectError, OSError) as exc:
-            raise SessionError(ErrorKind.CONNECTION_FAILED, "connect", str(exc)) from None
-
-        await self._hello()
-        if self.starttls and client.supports_extension("starttls"):
+        with self._errors():
+            self._wire = await SMTPWire.connect(
+                self.connect_to or self.mx_host,
+                self.port,
+                timeout=self.connect_timeout,
+                source_address=self.source_address,
+            )
+        self.stage = "greeting"
+        greeting = await self._read("greeting", self.connect_timeout)
+        if not 200 <= greeting.code < 300:
+            raise StageRefused(greeting)
+        extensions = await self._hello()
+        if self.starttls and "STARTTLS" in extensions:
             await self._starttls()
         return greeting
 
-    async def _hello(self) -> Reply:
-        client = self._require()
+    async def _hello(self) -> set[str]:
+        """EHLO (HELO when EHLO gets a 5xx); the extensions the server offers."""
         self.stage = "ehlo"
-        self._log(f"C: EHLO {self.helo_domain}")
-        try:
-            reply = self._reply("ehlo", await self._guard(client.ehlo()))
-        except aiosmtplib.SMTPHeloError as exc:
-            refused = self._reply("ehlo", exc)
-            if not 500 <= exc.code < 600:
-                raise StageRefused(refused) from None
-            self._log(f"C: HELO {self.helo_domain}")
-            try:
-                reply = self._reply("ehlo", await self._guard(client.helo()))
-            except aiosmtplib.SMTPHeloError as exc2:
-                raise StageRefused(self._reply("ehlo", exc2)) from None
-        self.smtputf8 = client.supports_extension("smtputf8")
-        return reply
+        reply, lines = await self._exchange("ehlo", b"EHLO", self.helo_domain.encode())
+        if 500 <= reply.code < 600:
+            reply, lines = await self._exchange("ehlo", b"HELO", self.helo_domain.encode())
+            lines = ()  # HELO offers no extensions
+        if not 200 <= reply.code < 300:
+            raise StageRefused(reply)
+        extensions = {line.split()[0].upper() for line in lines[1:] if line.split()}
+        self.smtputf8 = "SMTPUTF8" in extensions
+        self.pipelining = "PIPELINING" in extensions
+        return extensions
 
     async def _starttls(self) -> None:
-        client = self._require()
         self.stage = "starttls"
-        self._log("C: STARTTLS")
-        context = self.tls_context or make_tls_context()
-        try:
-            response = await self._guard(
-                client.starttls(tls_context=context, server_hostname=self.mx_host)
+        reply = await self._command("starttls", b"STARTTLS")
+        if reply.code != 220:
+            return  # RFC 3207: a refused STARTTLS leaves the plaintext session usable
+        wire = self._require()
+        with self._errors():
+            await wire.start_tls(
+                self.tls_context or make_tls_context(), self.mx_host, self.command_timeout
             )
-        except aiosmtplib.SMTPResponseException as exc:
-            # RFC 3207: a refused STARTTLS leaves the plaintext session usable.
-            self._reply("starttls", exc)
-            return
-        except ssl.SSLError as exc:
-            raise SessionError(ErrorKind.TLS_FAILED, "starttls", str(exc)) from None
-        self._reply("starttls", response)
         self.tls = True
         await self._hello()
 
     async def mail(self, mail_from: str) -> Reply:
         """MAIL FROM. A refusal raises StageRefused: RCPT cannot follow it."""
         self.stage = "mail"
-        params = [b"SMTPUTF8"] if self.smtputf8 else []
-        reply = await self._command("mail", b"MAIL", b"FROM:<" + mail_from.encode() + b">", *params)
+        reply = await self._command("mail", *self.mail_command(mail_from))
         if not reply.ok:
             raise StageRefused(reply)
         return reply
@@ -261,68 +239,125 @@ class SMTPSession:
     async def rcpt(self, address: EmailAddress) -> Reply:
         """RCPT TO: the answer we came for, whatever its code."""
         self.stage = "rcpt"
-        return await self._command("rcpt", b"RCPT", b"TO:<" + address.wire.encode() + b">")
+        return await self._command("rcpt", *self.rcpt_command(address))
 
     async def rset(self) -> Reply:
         self.stage = "rset"
         return await self._command("rset", b"RSET", timeout=COURTESY_TIMEOUT)
 
+    def mail_command(self, mail_from: str) -> tuple[bytes, ...]:
+        params = (b"SMTPUTF8",) if self.smtputf8 else ()
+        return (b"MAIL", b"FROM:<" + mail_from.encode() + b">", *params)
+
+    @staticmethod
+    def rcpt_command(address: EmailAddress) -> tuple[bytes, ...]:
+        return (b"RCPT", b"TO:<" + address.wire.encode() + b">")
+
+    async def pipeline(
+        self, commands: Sequence[tuple[str, tuple[bytes, ...]]]
+    ) -> AsyncGenerator[Reply, None]:
+        """Send (stage, command words) as one group and yield each reply as it comes.
+
+        RFC 2920 lets MAIL, RCPT and RSET be grouped; the replies come in order, so
+        the caller pairs them with what it sent and keeps every reply read before a
+        failure. Each reply waits at most `command_timeout`.
+        """
+        lines = [self._line(stage, words) for stage, words in commands]
+        for line in lines:
+            self._log("C: " + line.decode(errors="replace"))
+        wire = self._require()
+        self.stage = commands[0][0]
+        with self._errors():
+            await wire.send(*lines, timeout=self.command_timeout)
+        for stage, _ in commands:
+            self.stage = stage
+            yield await self._read(stage, self.command_timeout)
+
     async def close(self) -> None:
         """QUIT politely if the connection is still up, then drop it, always."""
-        client = self._client
-        if client is None:
+        wire = self._wire
+        if wire is None:
+            return
+        if self._broken:  # a timed-out or garbled exchange: the stream is out of step
+            self.close_transport()
             return
         try:
-            if client.is_connected:
-                self._log("C: QUIT")
-                await asyncio.wait_for(client.quit(), COURTESY_TIMEOUT)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            self._log("C: QUIT")
+            await wire.send(b"QUIT", timeout=COURTESY_TIMEOUT)
+            await wire.read_reply(COURTESY_TIMEOUT)
+            await wire.close(COURTESY_TIMEOUT)
+        except (WireError, OSError):
             pass
         finally:
             self.close_transport()
 
     def close_transport(self) -> None:
         """Drop the connection at once, without a word to the server."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._wire is not None:
+            self._wire.abort()
+            self._wire = None
 
     # -- plumbing ------------------------------------------------------------
 
     async def _command(self, stage: str, *words: bytes, timeout: float | None = None) -> Reply:
+        reply, _ = await self._exchange(stage, *words, timeout=timeout)
+        return reply
+
+    async def _exchange(
+        self, stage: str, *words: bytes, timeout: float | None = None
+    ) -> tuple[Reply, tuple[str, ...]]:
+        line = self._line(stage, words)
+        self._log("C: " + line.decode(errors="replace"))
+        wire = self._require()
+        with self._errors():
+            await wire.send(line, timeout=timeout or self.command_timeout)
+            raw = await wire.read_reply(timeout or self.command_timeout)
+        return self._reply(stage, raw.code, raw.message), raw.lines
+
+    def _line(self, stage: str, words: Sequence[bytes]) -> bytes:
         line = b" ".join(words)
         if any(c in line for c in b"\r\n\x00"):  # last line of defence; see address.py
             raise SessionError(ErrorKind.BAD_INPUT, stage, "command contains CR, LF or NUL")
-        self._log("C: " + line.decode(errors="replace"))
-        client = self._require()
-        response = await self._guard(
-            client.execute_command(*words, timeout=timeout or self.command_timeout)
-        )
-        return self._reply(stage, response)
+        return line
 
-    async def _guard(self, awaitable: Awaitable[T]) -> T:
-        """Turn aiosmtplib's transport errors into SessionError at the current stage."""
+    async def _read(self, stage: str, timeout: float) -> Reply:
+        wire = self._require()
+        with self._errors():
+            raw = await wire.read_reply(timeout)
+        return self._reply(stage, raw.code, raw.message)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn the wire's failures into SessionError at the current stage."""
         try:
-            return await awaitable
-        except aiosmtplib.SMTPTimeoutError as exc:
-            raise SessionError(ErrorKind.TIMEOUT, self.stage, str(exc) or "timed out") from None
-        except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
-            raise SessionError(ErrorKind.DISCONNECTED, self.stage, str(exc)) from None
+            yield
+        except WireError as exc:
+            self._broken = True
+            raise SessionError(_ERROR_KINDS[exc.failure], self.stage, str(exc)) from None
 
-    def _require(self) -> aiosmtplib.SMTP:
-        if self._client is None:
+    def _require(self) -> SMTPWire:
+        if self._wire is None:
             raise SessionError(ErrorKind.DISCONNECTED, self.stage, "session is not open")
-        return self._client
+        return self._wire
 
-    def _reply(self, stage: str, response: Any) -> Reply:
-        reply = Reply(stage, int(response.code), str(response.message))
-        for i, line in enumerate(reply.message.splitlines() or [""]):
-            sep = "-" if i < len(reply.message.splitlines()) - 1 else " "
-            self._log(f"S: {reply.code}{sep}{line}")
+    def _reply(self, stage: str, code: int, message: str) -> Reply:
+        reply = Reply(stage, code, message)
+        lines = message.splitlines() or [""]
+        for i, line in enumerate(lines):
+            self._log(f"S: {code}{'-' if i < len(lines) - 1 else ' '}{line}")
         return reply
 
     def _log(self, line: str) -> None:
         self.transcript.append(line)
+
+
+_ERROR_KINDS = {
+    WireFailure.TIMEOUT: ErrorKind.TIMEOUT,
+    WireFailure.CLOSED: ErrorKind.DISCONNECTED,
+    WireFailure.CONNECT: ErrorKind.CONNECTION_FAILED,
+    WireFailure.TLS: ErrorKind.TLS_FAILED,
+    WireFailure.PROTOCOL: ErrorKind.PROTOCOL,
+}
 
 
 # -- the seed's probe ----------------------------------------------------------
@@ -434,7 +469,7 @@ async def aprobe_rcpt(
             stage=session.stage,
             reason=Reason.TIMEOUT.value,
         )
-    except (aiosmtplib.SMTPException, OSError) as exc:
+    except OSError as exc:
         result.update(
             error=f"{type(exc).__name__} at {session.stage}: {exc}",
             error_kind=ErrorKind.PROTOCOL.value,
@@ -464,7 +499,7 @@ async def aprobe_rcpt(
 
 async def _courtesy(awaitable: Any) -> None:
     """RSET after the answer: its failure changes nothing we learned."""
-    with contextlib.suppress(SessionError, aiosmtplib.SMTPException, OSError, TimeoutError):
+    with contextlib.suppress(SessionError, OSError, TimeoutError):
         await awaitable
 
 

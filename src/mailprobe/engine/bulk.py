@@ -46,7 +46,7 @@ from mailprobe.engine.core import default_mx_cache, flush_behavior, no_mx_result
 from mailprobe.flags import flags_for
 from mailprobe.inputs import InputLine
 from mailprobe.mxcache import CachedMX, MXCache
-from mailprobe.smtp import SessionError, SMTPSession, StageRefused, effective_timeouts
+from mailprobe.smtp import Reply, SessionError, SMTPSession, StageRefused, effective_timeouts
 from mailprobe.store import Store, StoreError
 from mailprobe.store import queries as q
 from mailprobe.store.models import utcnow
@@ -543,39 +543,114 @@ class BulkVerifier:
             ):
                 txn.append(pending.popleft())
             start = len(session.transcript)
+            ask = self._pipelined if session.pipelining else self._one_by_one
+            accepted = await ask(lane, session, txn, pending, (header, start), mail_from)
+            if accepted is None:
+                continue  # MAIL refused: every RCPT got that answer, no catch-all check
+            # The catch-all check runs with the domain's first transaction, accepted or not,
+            # so that a greylisting server's clock runs for the check and the real RCPTs at once.
+            await self._settle(session, self._domain(domain), accepted, mail_from)
+
+    async def _one_by_one(
+        self,
+        lane: MXLane,
+        session: SMTPSession,
+        txn: list[Job],
+        pending: deque[Job],
+        span: tuple[int, int],
+        mail_from: str,
+    ) -> list[tuple[Job, dict[str, Any]]] | None:
+        """One transaction, each command waiting for its reply (no PIPELINING offered)."""
+        accepted: list[tuple[Job, dict[str, Any]]] = []
+        answered = 0
+        try:
             try:
                 await session.mail(mail_from)
             except StageRefused as refused:
                 for job in txn:
-                    self._after(
-                        job, self._reply_result(job, session, refused.reply, 0, header, start)
-                    )
+                    self._after(job, self._reply_result(job, session, refused.reply, 0, *span))
+                answered = len(txn)
                 await session.rset()
-                continue
-            accepted: list[tuple[Job, dict[str, Any]]] = []
-            for i, job in enumerate(txn):
+                return None
+            for job in txn:
                 sent = time.monotonic()
-                try:
-                    reply = await session.rcpt(job.address)
-                except SessionError:
-                    pending.extendleft(reversed(txn[i + 1 :]))  # never asked: not their fault
-                    pending.appendleft(job)
-                    raise
-                self.summary.rcpts += 1
-                result = self._reply_result(
-                    job, session, reply, int((time.monotonic() - sent) * 1000), header, start
-                )
-                if result["reason"] == Reason.ACCEPTED and not job.probe:
-                    accepted.append((job, result))
-                else:
-                    self._after(job, result)
-                if result["reason"] == Reason.TOO_MANY_RECIPIENTS and not lane.one_rcpt:
-                    lane.one_rcpt = True
-                    behaviors.mark_one_rcpt(lane.host)  # later runs (and workers) know it
+                reply = await session.rcpt(job.address)
+                answered += 1
+                self._rcpt_answered(lane, session, job, reply, sent, span, accepted)
             await session.rset()
-            # The catch-all check runs with the domain's first transaction, accepted or not,
-            # so that a greylisting server's clock runs for the check and the real RCPTs at once.
-            await self._settle(session, self._domain(domain), accepted, mail_from)
+        except SessionError:  # nothing is lost: unanswered jobs go back first in line
+            self._ask_again(accepted)
+            pending.extendleft(reversed(txn[answered:]))
+            raise
+        return accepted
+
+    async def _pipelined(
+        self,
+        lane: MXLane,
+        session: SMTPSession,
+        txn: list[Job],
+        pending: deque[Job],
+        span: tuple[int, int],
+        mail_from: str,
+    ) -> list[tuple[Job, dict[str, Any]]] | None:
+        """One transaction as one RFC 2920 group: MAIL, the RCPTs and RSET go out
+        together and the replies are read in order: one round trip, not len(txn) + 2."""
+        group = [("mail", session.mail_command(mail_from))]
+        group += [("rcpt", session.rcpt_command(job.address)) for job in txn]
+        group.append(("rset", (b"RSET",)))
+        sent = time.monotonic()
+        refused: Reply | None = None
+        accepted: list[tuple[Job, dict[str, Any]]] = []
+        answered = 0
+        try:
+            async with contextlib.aclosing(session.pipeline(group)) as replies:
+                async for reply in replies:
+                    if reply.stage == "mail":
+                        refused = None if reply.ok else reply
+                    elif reply.stage == "rcpt":
+                        job = txn[answered]
+                        answered += 1
+                        if refused is not None:  # "503 need MAIL": the MAIL refusal answers it
+                            self._after(job, self._reply_result(job, session, refused, 0, *span))
+                        else:
+                            self._rcpt_answered(lane, session, job, reply, sent, span, accepted)
+        except SessionError:
+            self._ask_again(accepted)
+            pending.extendleft(reversed(txn[answered:]))  # the first was being asked
+            raise
+        return None if refused is not None else accepted
+
+    def _ask_again(self, accepted: list[tuple[Job, dict[str, Any]]]) -> None:
+        """The session broke before the catch-all check could give these accepted RCPTs
+        their meaning: ask them again in a new session (a few times, then answer with
+        what we have: accepted, catch-all unknown)."""
+        for job, result in accepted:
+            job.bounces += 1
+            if job.bounces <= 2:
+                self._route(job)
+            else:
+                self._after(job, result)
+
+    def _rcpt_answered(
+        self,
+        lane: MXLane,
+        session: SMTPSession,
+        job: Job,
+        reply: Reply,
+        sent: float,
+        span: tuple[int, int],
+        accepted: list[tuple[Job, dict[str, Any]]],
+    ) -> None:
+        self.summary.rcpts += 1
+        elapsed = int((time.monotonic() - sent) * 1000)
+        result = self._reply_result(job, session, reply, elapsed, *span)
+        if result["reason"] == Reason.ACCEPTED and not job.probe:
+            accepted.append((job, result))  # waits for the catch-all check
+        else:
+            self._after(job, result)
+        if result["reason"] == Reason.TOO_MANY_RECIPIENTS and not lane.one_rcpt:
+            lane.one_rcpt = True
+            behaviors.mark_one_rcpt(lane.host)  # later runs (and workers) know it
 
     async def _settle(
         self,
@@ -601,9 +676,20 @@ class BulkVerifier:
         local = f"mp-{secrets.token_hex(8)}"
         probe = state.probe = Job(0, "", EmailAddress(local, state.name, state.name), probe=True)
         try:
-            await session.mail(mail_from)
-            reply = await session.rcpt(probe.address)
-            await session.rset()
+            if session.pipelining:
+                group = [
+                    ("mail", session.mail_command(mail_from)),
+                    ("rcpt", session.rcpt_command(probe.address)),
+                    ("rset", (b"RSET",)),
+                ]
+                async with contextlib.aclosing(session.pipeline(group)) as replies:
+                    mail, reply, _ = [r async for r in replies]
+                if not mail.ok:
+                    reply = mail
+            else:
+                await session.mail(mail_from)
+                reply = await session.rcpt(probe.address)
+                await session.rset()
         except StageRefused as refused:
             reply = refused.reply
         except SessionError:
@@ -644,16 +730,18 @@ class BulkVerifier:
         self, lane: MXLane, session: SMTPSession, pending: deque[Job], kind: str, error: str
     ) -> None:
         jobs = _drain(pending)
-        if session.stage in {"rcpt", "rset", "mail"} and len(jobs) > 1:
-            # The first was being asked when the session broke; the others never were:
-            # they go back to the lane for a new session (a few times, then as failures).
-            for job in jobs[1:]:
+        if session.stage in {"rcpt", "rset", "mail"}:
+            # At RCPT the first job was being asked when the session broke; the others
+            # (all of them, at MAIL or RSET) never were: they go back to the lane for a
+            # new session (a few times, then as failures).
+            asked = 1 if session.stage == "rcpt" else 0
+            for job in jobs[asked:]:
                 job.bounces += 1
                 if job.bounces <= 2:
                     self._route(job)
                 else:
                     self._after(job, _error_result(job, lane.host, kind, error, session.stage))
-            jobs = jobs[:1]
+            jobs = jobs[:asked]
         for job in jobs:
             result = _error_result(job, lane.host, kind, error, stage=session.stage)
             result["transcript"] = list(session.transcript)
