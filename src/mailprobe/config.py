@@ -58,6 +58,7 @@ class Settings:
     smtp_probe_deadline: float = 60.0  # SMTP_PROBE_DEADLINE, seconds for a whole probe
     smtp_source_address: str | None = None  # SMTP_SOURCE_ADDRESS, local IP to bind
     smtp_starttls: bool = True  # SMTP_STARTTLS, upgrade when the server offers it
+    smtp_pipelining: bool = True  # SMTP_PIPELINING, group a transaction when offered
     smtp_tls_verify: bool = False  # SMTP_TLS_VERIFY, check the MX certificate
     smtp_tls_cafile: str | None = None  # SMTP_TLS_CAFILE, extra CA bundle
     # DNS (R15)
@@ -99,6 +100,7 @@ class Settings:
             smtp_probe_deadline=deadline,
             smtp_source_address=_ip_or_none(env, "SMTP_SOURCE_ADDRESS"),
             smtp_starttls=_bool(env, "SMTP_STARTTLS", True),
+            smtp_pipelining=_bool(env, "SMTP_PIPELINING", True),
             smtp_tls_verify=_bool(env, "SMTP_TLS_VERIFY", False),
             smtp_tls_cafile=_existing_file_or_none(env, "SMTP_TLS_CAFILE"),
             dns_nameservers=_nameservers(env, "DNS_NAMESERVERS"),

@@ -543,7 +543,8 @@ class BulkVerifier:
             ):
                 txn.append(pending.popleft())
             start = len(session.transcript)
-            ask = self._pipelined if session.pipelining else self._one_by_one
+            grouped = session.pipelining and self.settings.smtp_pipelining
+            ask = self._pipelined if grouped else self._one_by_one
             accepted = await ask(lane, session, txn, pending, (header, start), mail_from)
             if accepted is None:
                 continue  # MAIL refused: every RCPT got that answer, no catch-all check
@@ -676,7 +677,7 @@ class BulkVerifier:
         local = f"mp-{secrets.token_hex(8)}"
         probe = state.probe = Job(0, "", EmailAddress(local, state.name, state.name), probe=True)
         try:
-            if session.pipelining:
+            if session.pipelining and self.settings.smtp_pipelining:
                 group = [
                     ("mail", session.mail_command(mail_from)),
                     ("rcpt", session.rcpt_command(probe.address)),
