@@ -150,3 +150,38 @@ async def test_r15_flags_stored_with_resolution(cache_for, dns_server) -> None:
     assert (await cache.get("mailinator.com")).flags == {"free": False, "disposable": True}
     assert (await cache.get("gmail.com")).flags == {"free": True, "disposable": False}
     assert (await make().get("gmail.com")).flags["free"] is True  # read back from the row
+
+
+async def test_r15_batched_reads_and_deferred_writes(cache_for, dns_server) -> None:
+    """The bulk engine's path: one query for many domains, DNS answers kept until flush()
+    writes them together; a catch-all finding for a domain not yet written is not lost."""
+    make, _, _ = cache_for
+    cache = make()
+    await cache.get("acme.example")  # stored the usual way
+    stored = cache.read_many(["acme.example", "long.example", "nomail.example"])
+    assert set(stored) == {"acme.example"} and cache.fresh(stored["acme.example"])
+    fresh = await cache.refresh("long.example", defer_write=True)
+    await cache.refresh("nomail.example", defer_write=True)
+    assert fresh.lowest_mx == "mx.long.example"
+    assert set(cache.read_many(["long.example", "nomail.example"])) == set()  # not yet
+    cache.save_catch_all("long.example", True)  # written with its row, at once
+    assert cache.read_many(["long.example"])["long.example"].catch_all is True
+    cache.flush()
+    again = make().read_many(["long.example", "nomail.example"])
+    assert again["nomail.example"].status is ResolutionStatus.NULL_MX
+    assert again["long.example"].catch_all is True  # the flush kept the finding
+
+
+async def test_r15_flush_keeps_answers_when_the_database_fails(cache_for, dns_server) -> None:
+    make, _, store = cache_for
+    cache = make()
+    await cache.refresh("acme.example", defer_write=True)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP VIEW latest_verification_results")
+        conn.exec_driver_sql("ALTER TABLE domain_resolutions RENAME TO gone")
+    with pytest.raises(Exception, match="domain_resolutions"):
+        cache.flush()
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE gone RENAME TO domain_resolutions")
+    cache.flush()  # the answer was kept for this one
+    assert "acme.example" in make().read_many(["acme.example"])

@@ -11,10 +11,11 @@ Concurrent callers for one domain share a single lookup.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.asyncresolver
 
@@ -25,6 +26,9 @@ from mailprobe.flags import is_disposable, is_freemail
 from mailprobe.store import Store
 from mailprobe.store import queries as q
 from mailprobe.store.models import DomainResolution, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 Clock = Callable[[], datetime]
 
@@ -97,6 +101,8 @@ class MXCache:
         self._resolver = resolver
         self.clock = clock
         self._inflight: dict[str, asyncio.Future[CachedMX]] = {}
+        self._unsaved: dict[str, CachedMX] = {}  # deferred writes, see refresh()
+        self._unsaved_lock = threading.Lock()  # flush() runs in a worker thread
 
     @property
     def resolver(self) -> dns.asyncresolver.Resolver:
@@ -107,15 +113,35 @@ class MXCache:
     async def get(self, domain: str, *, force: bool = False) -> CachedMX:
         name = check_hostname(domain, "domain")
         row = None if force else await asyncio.to_thread(self._read, name)
-        if row is not None and row.expires_at > self.clock():
+        if row is not None and self.fresh(row):
             return row
+        return await self.refresh(name, previous=row)
+
+    def fresh(self, cached: CachedMX) -> bool:
+        return cached.expires_at > self.clock()
+
+    def read_many(self, domains: list[str]) -> dict[str, CachedMX]:
+        """The stored entries of many domains, fresh or not, in one query (sync: call it in
+        a thread). A list of many domains costs one round trip per batch, not per domain."""
+        with self.store.session() as session:
+            return {row.domain: _from_row(row) for row in q.get_resolutions(session, domains)}
+
+    async def refresh(
+        self, domain: str, *, previous: CachedMX | None = None, defer_write: bool = False
+    ) -> CachedMX:
+        """Ask DNS now (one lookup per domain at a time, however many callers) and store
+        the answer; `previous` is the stored entry, served stale if DNS fails.
+
+        With `defer_write` the answer is kept for the next `flush()` rather than written
+        at once: the bulk engine writes a batch of them in one transaction."""
+        name = check_hostname(domain, "domain")
         pending = self._inflight.get(name)
         if pending is not None:
             return await asyncio.shield(pending)
         future: asyncio.Future[CachedMX] = asyncio.get_running_loop().create_future()
         self._inflight[name] = future
         try:
-            answer = await self._refresh(name, previous=row)
+            answer = await self._refresh(name, previous=previous, defer_write=defer_write)
             future.set_result(answer)
             return answer
         except BaseException as exc:
@@ -125,7 +151,7 @@ class MXCache:
         finally:
             del self._inflight[name]
 
-    async def _refresh(self, name: str, previous: CachedMX | None) -> CachedMX:
+    async def _refresh(self, name: str, previous: CachedMX | None, defer_write: bool) -> CachedMX:
         resolution = await resolve_mx(name, resolver=self.resolver)
         now = self.clock()
         if resolution.is_temporary:
@@ -139,8 +165,28 @@ class MXCache:
         else:
             ttl = s.mx_negative_ttl
         cached = CachedMX(resolution, now, now + timedelta(seconds=ttl), flags=domain_flags(name))
-        await asyncio.to_thread(self._write, cached)
+        if defer_write:
+            with self._unsaved_lock:
+                self._unsaved[name] = cached
+        else:
+            await asyncio.to_thread(self._write, cached)
         return cached
+
+    def flush(self) -> None:
+        """Write the deferred answers in one transaction (sync: call it in a thread). On a
+        database error they stay for the next flush."""
+        with self._unsaved_lock:
+            unsaved, self._unsaved = self._unsaved, {}
+        if not unsaved:
+            return
+        try:
+            with self.store.session() as session:
+                for cached in unsaved.values():
+                    self._save(session, cached)
+        except BaseException:
+            with self._unsaved_lock:
+                self._unsaved = {**unsaved, **self._unsaved}
+            raise
 
     def _read(self, name: str) -> CachedMX | None:
         with self.store.session() as session:
@@ -149,25 +195,33 @@ class MXCache:
 
     def save_catch_all(self, domain: str, catch_all: bool) -> None:
         """Remember what the catch-all probe found (sync: call it in a thread)."""
+        with self._unsaved_lock:
+            unsaved = self._unsaved.pop(domain, None)
         with self.store.session() as session:
+            if unsaved is not None:  # its row must exist before it can be updated
+                self._save(session, unsaved)
             q.save_catch_all(session, domain, catch_all, self.clock())
 
     def _write(self, cached: CachedMX) -> None:
-        r = cached.resolution
         with self.store.session() as session:
-            q.save_resolution(
-                session,
-                r.domain,
-                status=r.status.value,
-                mx_hosts=[{"preference": m.preference, "host": m.host} for m in r.records],
-                lowest_mx=r.lowest_mx,
-                implicit_mx=r.implicit,
-                ttl=r.ttl,
-                error=r.error,
-                flags=cached.flags,
-                resolved_at=cached.resolved_at,
-                expires_at=cached.expires_at,
-            )
+            self._save(session, cached)
+
+    @staticmethod
+    def _save(session: Session, cached: CachedMX) -> None:
+        r = cached.resolution
+        q.save_resolution(
+            session,
+            r.domain,
+            status=r.status.value,
+            mx_hosts=[{"preference": m.preference, "host": m.host} for m in r.records],
+            lowest_mx=r.lowest_mx,
+            implicit_mx=r.implicit,
+            ttl=r.ttl,
+            error=r.error,
+            flags=cached.flags,
+            resolved_at=cached.resolved_at,
+            expires_at=cached.expires_at,
+        )
 
 
 def _from_row(row: DomainResolution) -> CachedMX:

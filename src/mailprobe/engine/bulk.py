@@ -59,6 +59,7 @@ BATCH_WINDOW = 1.0  # seconds a lane waits for more addresses while the input is
 BEHAVIOR_FLUSH_INTERVAL = 2.0  # seconds between writes of the MX behaviour cache
 READ_CHUNK = 200  # input lines the engine takes from the reader thread at a time
 READ_AHEAD = 2000  # lines the reader thread may parse ahead of the engine
+READ_PAUSE = 0.05  # seconds of admitting lines before the loop serves everything else
 MAX_DOMAIN_STATES = 20_000  # past this many, domains with nothing in flight are forgotten
 Sink = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -182,6 +183,7 @@ class BulkVerifier:
         self._session_seconds = 0.5  # how long a session lasts (moving average, this run)
         self._retrying = 0  # input jobs waiting in a retry timer
         self._parked: set[DomainState] = set()  # domains whose catch-all check waits to retry
+        self._unresolved: list[DomainState] = []  # new domains, looked up in one batch
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -207,6 +209,7 @@ class BulkVerifier:
             self._writer_wake.set()
             await writer
             await asyncio.to_thread(self._flush_rows, True)
+            await asyncio.to_thread(self._flush_mx_cache)
             await asyncio.to_thread(flush_behavior, self.store)
             self.summary.elapsed = time.monotonic() - started
         return self.summary
@@ -286,17 +289,45 @@ class BulkVerifier:
             state.waiting.append(job)
             if not state.resolving:
                 state.resolving = True
-                self._spawn(self._resolve(state))
+                if not self._unresolved:  # the first of this batch: look them up together
+                    asyncio.get_running_loop().call_soon(self._resolve_batch)
+                self._unresolved.append(state)
             return
         self._dispatch(job, state)
 
-    async def _resolve(self, state: DomainState) -> None:
+    def _resolve_batch(self) -> None:
+        states, self._unresolved = self._unresolved, []
+        if states:
+            self._spawn(self._look_up_domains(states))
+
+    async def _look_up_domains(self, states: list[DomainState]) -> None:
+        """The stored MX of a batch of new domains in one query; DNS for the rest, whose
+        answers are written in batches too (see `_writer`): a list of many domains must not
+        cost a database round trip, let alone a commit, per domain."""
+        try:
+            stored = await asyncio.to_thread(self.cache.read_many, [s.name for s in states])
+        except Exception as exc:  # the database is down: DNS still answers, without a cache
+            log.warning("could not read the MX cache: %s", exc)
+            stored = {}
+        for state in states:
+            cached = stored.get(state.name)
+            if cached is not None and self.cache.fresh(cached):
+                self._resolved(state, cached)
+            else:
+                self._spawn(self._resolve(state, cached))
+
+    async def _resolve(self, state: DomainState, previous: CachedMX | None) -> None:
         try:
             async with self._dns_slots:
-                resolution = await self.cache.get(state.name)
+                resolution = await self.cache.refresh(
+                    state.name, previous=previous, defer_write=True
+                )
         except Exception as exc:  # an unexpected failure still answers every job
             log.exception("resolving %s failed", state.name)
             resolution = _failed_resolution(state.name, exc)
+        self._resolved(state, resolution)
+
+    def _resolved(self, state: DomainState, resolution: CachedMX) -> None:
         state.resolving = False
         state.resolution = resolution
         state.catch_all = resolution.catch_all_fresh(utcnow(), self.options.catch_all_ttl)
@@ -963,12 +994,20 @@ class BulkVerifier:
             self._writer_wake.clear()
             if self._rows:
                 await asyncio.to_thread(self._flush_rows)
+            await asyncio.to_thread(self._flush_mx_cache)
             if time.monotonic() - last_behavior >= BEHAVIOR_FLUSH_INTERVAL:
                 last_behavior = time.monotonic()
                 try:
                     await asyncio.to_thread(flush_behavior, self.store)
                 except StoreError as exc:  # statistics: try again next time
                     log.warning("could not store MX behaviour yet: %s", exc)
+
+    def _flush_mx_cache(self) -> None:
+        """Write the MX answers DNS gave since the last flush, in one transaction."""
+        try:
+            self.cache.flush()
+        except StoreError as exc:  # a cache: the next flush (or the next run) tries again
+            log.warning("could not store MX answers yet: %s", exc)
 
     def _flush_rows(self, final: bool = False) -> None:
         """Store the batched rows. A failing database keeps them for the next try (the
@@ -1051,6 +1090,7 @@ async def _read_ahead(
             put(_EndOfInput(exc))
 
     threading.Thread(target=produce, name="mailprobe-reader", daemon=True).start()
+    last_pause = time.monotonic()
     try:
         while True:
             if not buffer:
@@ -1070,6 +1110,9 @@ async def _read_ahead(
             if taken:
                 room.release(len(taken))
                 yield taken
+                if time.monotonic() - last_pause >= READ_PAUSE:  # replies and lookups too
+                    await asyncio.sleep(0)
+                    last_pause = time.monotonic()
             if end is not None:
                 if end.error is not None:
                     raise end.error

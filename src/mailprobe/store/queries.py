@@ -97,6 +97,15 @@ def get_resolution(session: Session, domain: str) -> DomainResolution | None:
     return session.scalar(select(DomainResolution).where(DomainResolution.domain == domain))
 
 
+def get_resolutions(session: Session, domains: list[str]) -> list[DomainResolution]:
+    """Many domains' rows in one query (the bulk engine reads a batch at a time)."""
+    if not domains:
+        return []
+    return list(
+        session.scalars(select(DomainResolution).where(DomainResolution.domain.in_(domains)))
+    )
+
+
 def save_resolution(
     session: Session,
     domain: str,
