@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GREYLIST = Scripted(450, "4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, see "
                          "http://postgrey.schweikert.ch/help/x.html")  # fmt: skip
 OUTLOOK_TOO_MANY = Scripted(452, "4.5.3 Too many recipients")
+UNUSED_MX = {"mx.unused.example": ("127.0.0.1", MXBehavior())}  # a world needs one SMTP port
 
 
 @dataclass
@@ -609,3 +610,47 @@ async def test_r18_one_rcpt_per_transaction_is_remembered_across_runs(world_fact
     again, _ = await world.run(text, options)
     assert refusals == []
     assert [r["verdict"] for r in again] == [r["verdict"] for r in first]
+
+
+async def test_r18_slow_database_holds_reading_back(world_factory, monkeypatch) -> None:
+    """Results wait for the database in a bounded queue: reading waits when it is full,
+    so a database slower than the servers cannot make memory grow with the input."""
+    from mailprobe.engine import bulk
+
+    world = await world_factory(
+        UNUSED_MX, {f"n{i}.example": DomainSpec(null_mx=True) for i in range(5)}
+    )
+    monkeypatch.setattr(bulk, "MAX_UNSTORED_ROWS", 20)
+    stored: list[int] = []
+    waiting: list[int] = []
+    real = bulk.BulkVerifier._store_rows
+
+    def slow_store(self: Any, rows: list[Any]) -> None:
+        waiting.append(len(self._rows) + len(rows))
+        time.sleep(0.02)
+        real(self, rows)
+        stored.append(len(rows))
+
+    monkeypatch.setattr(bulk.BulkVerifier, "_store_rows", slow_store)
+    text = "".join(f"u{i}@n{i % 5}.example\n" for i in range(600))
+    records, _ = await asyncio.wait_for(
+        world.run(text, BulkOptions(reuse_ttl=None, max_in_flight=40)), 60
+    )
+    assert len(records) == 600 and sum(stored) == 600
+    assert max(waiting) <= 20 + 40 + 40  # the bound, what was in flight, one admitted batch
+
+
+async def test_r18_database_down_for_good_stops_the_run(world_factory, monkeypatch) -> None:
+    from mailprobe.engine import bulk
+    from mailprobe.store import StoreError
+
+    world = await world_factory(UNUSED_MX, {"n.example": DomainSpec(null_mx=True)})
+    monkeypatch.setattr(bulk, "MAX_UNSTORED_ROWS", 20)
+
+    def broken(self: Any, rows: list[Any]) -> None:
+        raise StoreError("database sqlite:///x.db: disk I/O error")
+
+    monkeypatch.setattr(bulk.BulkVerifier, "_store_rows", broken)
+    text = "".join(f"u{i}@n.example\n" for i in range(600))
+    with pytest.raises(StoreError, match="disk I/O error"):
+        await asyncio.wait_for(world.run(text, BulkOptions(reuse_ttl=None, max_in_flight=40)), 60)

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 SCHEDULER_TICK = 0.05  # seconds between looks when no rate token's due time is known
 BATCH_WINDOW = 1.0  # seconds a lane waits for more addresses while the input is read
 BEHAVIOR_FLUSH_INTERVAL = 2.0  # seconds between writes of the MX behaviour cache
+MAX_UNSTORED_ROWS = 2000  # results waiting for the database before reading waits
 READ_CHUNK = 200  # input lines the engine takes from the reader thread at a time
 READ_AHEAD = 2000  # lines the reader thread may parse ahead of the engine
 READ_PAUSE = 0.05  # seconds of admitting lines before the loop serves everything else
@@ -176,6 +177,8 @@ class BulkVerifier:
         self._timers: set[asyncio.TimerHandle] = set()
         self._rows: list[tuple[dict[str, Any], str]] = []
         self._writer_wake = asyncio.Event()
+        self._rows_stored = asyncio.Event()  # the writer finished a flush (or failed one)
+        self._store_failure: StoreError | None = None  # results could not be stored, for good
         self._dns_slots = asyncio.Semaphore(self.options.dns_concurrency)
         self._ready: set[MXLane] = set()  # lanes that may have jobs waiting
         self._active = 0  # sessions running
@@ -207,8 +210,9 @@ class BulkVerifier:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._writer_wake.set()
-            await writer
-            await asyncio.to_thread(self._flush_rows, True)
+            with contextlib.suppress(StoreError):  # raised again by the last flush below
+                await writer
+            await self._flush_rows(final=True)
             await asyncio.to_thread(self._flush_mx_cache)
             await asyncio.to_thread(flush_behavior, self.store)
             self.summary.elapsed = time.monotonic() - started
@@ -222,6 +226,8 @@ class BulkVerifier:
         async for chunk in _chunks(lines):
             batch: list[Job] = []
             for line in chunk:
+                if len(self._rows) >= MAX_UNSTORED_ROWS:
+                    await self._room_for_rows()
                 await self._slots.acquire()
                 self._outstanding += 1
                 self.summary.total += 1
@@ -993,7 +999,7 @@ class BulkVerifier:
                 await asyncio.wait_for(self._writer_wake.wait(), 0.2)
             self._writer_wake.clear()
             if self._rows:
-                await asyncio.to_thread(self._flush_rows)
+                await self._flush_rows()
             await asyncio.to_thread(self._flush_mx_cache)
             if time.monotonic() - last_behavior >= BEHAVIOR_FLUSH_INTERVAL:
                 last_behavior = time.monotonic()
@@ -1009,20 +1015,36 @@ class BulkVerifier:
         except StoreError as exc:  # a cache: the next flush (or the next run) tries again
             log.warning("could not store MX answers yet: %s", exc)
 
-    def _flush_rows(self, final: bool = False) -> None:
+    async def _flush_rows(self, final: bool = False) -> None:
         """Store the batched rows. A failing database keeps them for the next try (the
-        records are already in the output); at the end of the run the failure is raised."""
+        records are already in the output); at the end of the run, or once too many wait,
+        the failure is raised: the run stops with the database's reason."""
         rows, self._rows = self._rows, []
-        if not rows:
-            return
         try:
-            with self.store.session() as session:
-                q.add_results(session, rows)
+            if rows:
+                await asyncio.to_thread(self._store_rows, rows)
         except StoreError as exc:
             self._rows = rows + self._rows
-            if final:
+            if final or len(self._rows) >= MAX_UNSTORED_ROWS:
+                self._store_failure = exc
                 raise
             log.warning("could not store %d results yet (will retry): %s", len(rows), exc)
+        finally:
+            self._rows_stored.set()
+
+    def _store_rows(self, rows: list[tuple[dict[str, Any], str]]) -> None:
+        with self.store.session() as session:
+            q.add_results(session, rows)
+
+    async def _room_for_rows(self) -> None:
+        """Backpressure: when the database writes slower than the servers answer, reading
+        waits, so the results waiting to be stored (and memory) stay bounded."""
+        while len(self._rows) >= MAX_UNSTORED_ROWS:
+            if self._store_failure is not None:
+                raise self._store_failure
+            self._rows_stored.clear()
+            self._writer_wake.set()
+            await self._rows_stored.wait()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
