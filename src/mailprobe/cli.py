@@ -8,19 +8,23 @@ storage logic lives here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from enum import IntEnum, StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from mailprobe.address import InvalidAddress, parse_address
 from mailprobe.classify import REASONS
 from mailprobe.config import ConfigError, Settings, get_settings
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Tell whether an email address exists by asking its mail server (never sends mail).",
@@ -335,13 +339,13 @@ def verify(
             if output:
                 out.close()
         return
-    # SIGTERM (kill, a stopping container) ends the run like Ctrl-C: what was probed is kept.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = asyncio.run(
-            run_verify(read_addresses(input_path), sink, settings=settings, options=options)
+            _stop_on_sigterm(
+                run_verify(read_addresses(input_path), sink, settings=settings, options=options)
+            )
         )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         view.close()
         typer.echo(
             "mailprobe: interrupted; what was probed is stored: rerun with --resume", err=True
@@ -365,6 +369,22 @@ def verify(
         )
     else:
         run.finish()
+
+
+async def _stop_on_sigterm(work: Coroutine[Any, Any, T]) -> T:
+    """SIGTERM (kill, a stopping container) ends the run like Ctrl-C: the run is cancelled
+    at an await, so its clean-up stores what was probed. (A KeyboardInterrupt raised by
+    a plain signal handler could land anywhere, even inside the event loop's own code.)"""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    with contextlib.suppress(NotImplementedError):  # no loop signal handlers on Windows
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await work
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _verify_enqueued(input_path: str, sink: Any, *, force: bool) -> None:
