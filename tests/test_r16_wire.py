@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -189,6 +190,29 @@ async def test_r16_pipeline_keeps_replies_read_before_a_drop(raw_server) -> None
     assert (info.value.kind.value, info.value.stage) == ("disconnected", "rcpt")
 
 
+async def verify_acme(
+    port: int, tmp_path: Path, text: str, options: BulkOptions, **env: str
+) -> list[dict[str, Any]]:
+    """`verify` over acme.example, whose one MX is the raw server on `port`."""
+    dns = SimDNSServer({"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
+                        "mx.acme.example": DomainSpec(a=["127.0.0.1"])})  # fmt: skip
+    await dns.start()
+    try:
+        store = Store(f"sqlite:///{tmp_path / 'acme.db'}")
+        store.upgrade()
+        settings = Settings.from_env({
+            "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(port),
+            "GLOBAL_RPS": "100", "PER_MX_RPS_DEFAULT": "100", "DATABASE_URL": store.url,
+            **env})  # fmt: skip
+        records: list[dict[str, Any]] = []
+        await asyncio.wait_for(
+            verify(read_addresses(io.StringIO(text)), records.append, settings=settings,
+                   options=options, store=store), 30)  # fmt: skip
+    finally:
+        await dns.stop()
+    return records
+
+
 @pytest.mark.parametrize(("offered", "enabled"), [(True, True), (False, True), (True, False)])
 async def test_r18_bulk_pipelines_only_when_offered(raw_server, tmp_path, offered, enabled) -> None:
     """Against the buffering server the whole list is answered only by pipelining;
@@ -196,26 +220,12 @@ async def test_r18_bulk_pipelines_only_when_offered(raw_server, tmp_path, offere
     reply, so the same server never answers (an honest timeout), and nothing is grouped."""
     seen: list[list[str]] = []
     port = await raw_server(buffering_server(["PIPELINING"] if offered else [], seen))
-    dns = SimDNSServer({"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
-                        "mx.acme.example": DomainSpec(a=["127.0.0.1"])})  # fmt: skip
-    await dns.start()
-    try:
-        store = Store(f"sqlite:///{tmp_path / 'p.db'}")
-        store.upgrade()
-        settings = Settings.from_env({
-            "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(port),
-            "SMTP_COMMAND_TIMEOUT": "1", "SMTP_CONNECT_TIMEOUT": "1",
-            "GLOBAL_RPS": "100", "PER_MX_RPS_DEFAULT": "100",
-            "SMTP_PIPELINING": "1" if enabled else "0",
-            "DATABASE_URL": store.url})  # fmt: skip
-        records: list[dict[str, Any]] = []
-        text = "jane@acme.example\nnobody@acme.example\n"
-        await asyncio.wait_for(
-            verify(read_addresses(io.StringIO(text)), records.append, settings=settings,
-                   options=BulkOptions(reuse_ttl=None, slow_retry=False, temp_delays=()),
-                   store=store), 20)  # fmt: skip
-    finally:
-        await dns.stop()
+    records = await verify_acme(
+        port, tmp_path, "jane@acme.example\nnobody@acme.example\n",
+        BulkOptions(reuse_ttl=None, slow_retry=False, temp_delays=()),
+        SMTP_COMMAND_TIMEOUT="1", SMTP_CONNECT_TIMEOUT="1",
+        SMTP_PIPELINING="1" if enabled else "0",
+    )  # fmt: skip
     got = {r["email"]: r["reason"] for r in records}
     if offered and enabled:  # the catch-all check's random local part is accepted too
         assert got == {"jane@acme.example": "catch_all", "nobody@acme.example": "mailbox_not_found"}
@@ -251,24 +261,10 @@ async def test_r18_bulk_session_broken_after_an_accept_loses_nothing(raw_server,
             await writer.drain()
 
     port = await raw_server(flaky)
-    dns = SimDNSServer({"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
-                        "mx.acme.example": DomainSpec(a=["127.0.0.1"])})  # fmt: skip
-    await dns.start()
-    try:
-        store = Store(f"sqlite:///{tmp_path / 'f.db'}")
-        store.upgrade()
-        settings = Settings.from_env({
-            "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(port),
-            "GLOBAL_RPS": "100", "PER_MX_RPS_DEFAULT": "100",
-            "DATABASE_URL": store.url})  # fmt: skip
-        records: list[dict[str, Any]] = []
-        text = "jane@acme.example\nnobody@acme.example\njohn@acme.example\n"
-        await asyncio.wait_for(
-            verify(read_addresses(io.StringIO(text)), records.append, settings=settings,
-                   options=BulkOptions(reuse_ttl=None, temp_delays=(0.1,)), store=store),
-            30)  # fmt: skip
-    finally:
-        await dns.stop()
+    text = "jane@acme.example\nnobody@acme.example\njohn@acme.example\n"
+    records = await verify_acme(
+        port, tmp_path, text, BulkOptions(reuse_ttl=None, temp_delays=(0.1,))
+    )
     got = {r["email"]: (r["verdict"], r["reason"]) for r in records}
     assert got == {
         "jane@acme.example": ("deliverable", "accepted"),
