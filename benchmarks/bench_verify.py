@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,9 @@ def run_contender(name: str, world: SimWorld, addresses: Path, args: argparse.Na
            "SMTP_CONNECT_TIMEOUT": "3", "SMTP_COMMAND_TIMEOUT": "3",
            "SMTP_PROBE_DEADLINE": "20"}  # fmt: skip
     out = tmp / f"{name}.jsonl"
-    if name == "mailprobe":
+    if name == "no-pipelining":
+        env["SMTP_PIPELINING"] = "0"
+    if name in {"mailprobe", "no-pipelining"}:
         cmd = [sys.executable, "-m", "mailprobe.cli", "verify", str(addresses), "-o", str(out),
                "--quiet", "--force", "--rcpts-per-session", str(args.rcpts_per_session),
                "--greylist-delays", f"{world.config.greylist_seconds + 1:g}"]  # fmt: skip
@@ -132,6 +135,17 @@ def main() -> int:
     p.add_argument("--rcpts-per-session", type=int, default=20)
     p.add_argument("--baseline-unthrottled", action="store_true")
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument(
+        "--rtt",
+        type=float,
+        default=0.0,
+        help="network round-trip time to every MX, in seconds (e.g. 0.05)",
+    )
+    p.add_argument(
+        "--without-pipelining",
+        action="store_true",
+        help="also run mailprobe with SMTP_PIPELINING=0, side by side",
+    )
     p.add_argument("--baseline-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.baseline_worker:
@@ -142,11 +156,13 @@ def main() -> int:
         expect_max_concurrency=CAPS["PER_MX_MAX_CONCURRENCY_DEFAULT"],
         expect_rps=CAPS["PER_MX_RPS_DEFAULT"],
         blackhole_greeting_delay=3600.0,
+        rtt=args.rtt,
     )
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        contenders = ["mailprobe"] + ([] if args.skip_baseline else ["baseline"])
+        contenders = ["mailprobe"] + (["no-pipelining"] if args.without_pipelining else [])
+        contenders += [] if args.skip_baseline else ["baseline"]
         bound = sessions = 0.0
         for name in contenders:
             with SimWorld(args.domains, args.addresses, args.seed, config=config) as world:
@@ -156,9 +172,11 @@ def main() -> int:
                 if name == contenders[0]:
                     print(f"world: {world.describe()}")
                 results[name] = run_contender(name, world, addresses, args, tmp)
+    if args.rtt:
+        print(f"network round-trip time to every MX: {args.rtt * 1000:g} ms")
     print(f"caps: {CAPS}; politeness bound {bound:.1f} s ({int(sessions)} sessions of "
           f"{args.rcpts_per_session} RCPTs)\n")  # fmt: skip
-    rows = [
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("addresses verified", lambda r: f"{r['records']}"),
         ("elapsed (s)", lambda r: f"{r['elapsed']:.1f}"),
         ("addresses per second", lambda r: f"{r['per_second']:.1f}"),

@@ -272,3 +272,36 @@ async def test_r18_bulk_session_broken_after_an_accept_loses_nothing(raw_server,
         "john@acme.example": ("deliverable", "accepted"),
     }
     assert connections[0] >= 2
+
+
+async def test_r16_sim_round_trip_time_is_paid_once_per_group() -> None:
+    """The simulated network (MXBehavior.rtt) charges a round trip per reply waited for:
+    one command at a time pays it per command, a pipelined group once."""
+    import time
+
+    from mailprobe.sim.smtpd import ACCEPT, MXBehavior, SimSMTPServer
+
+    rtt = 0.3
+    server = await SimSMTPServer(MXBehavior(default_rcpt=ACCEPT, rtt=rtt)).start()
+    try:
+        session = SMTPSession("127.0.0.1", "probe.example", port=server.port, command_timeout=5)
+        await session.open()  # greeting and EHLO: two round trips
+        addresses = [parse_address(f"u{i}@acme.example") for i in range(4)]
+        group = [("mail", session.mail_command("p@probe.example"))]
+        group += [("rcpt", session.rcpt_command(a)) for a in addresses]
+        group.append(("rset", (b"RSET",)))
+        started = time.monotonic()
+        replies = [r.code async for r in session.pipeline(group)]
+        grouped = time.monotonic() - started
+        started = time.monotonic()
+        await session.mail("p@probe.example")
+        for address in addresses:
+            await session.rcpt(address)
+        await session.rset()
+        one_by_one = time.monotonic() - started
+        await session.close()
+    finally:
+        await server.stop()
+    assert replies == [250, 250, 250, 250, 250, 250]
+    assert one_by_one >= 6 * rtt  # six round trips, each waited for
+    assert rtt <= grouped < 3 * rtt  # one round trip (generous bound for a loaded machine)

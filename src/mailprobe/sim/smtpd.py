@@ -105,6 +105,10 @@ class MXBehavior:
     greeting_delay: float = 0.0
     reply_delay: float = 0.0  # before every reply after the greeting
     dribble: float = 0.0  # seconds between bytes of every reply: a tarpit
+    # Network round-trip time: each reply reaches the client this long after the command
+    # that asked for it, without holding up the commands behind it (see _Outbox), so a
+    # client that waits for every reply pays it per command, and a pipelined group once.
+    rtt: float = 0.0
     drop_at: str | None = None  # verb ("MAIL", "RCPT", ...) at which the server hangs up
     # -- limits and policies (None/False: none, today's behaviour) --------------
     # An RCPT past a limit gets the limit's reply and is not counted; RCPTs the
@@ -205,6 +209,7 @@ class SimSMTPServer(ThreadedServer):
         self.greylist: dict[tuple[str, str, str], float] = {}  # triplet -> first seen (clock)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._outboxes: dict[asyncio.StreamWriter, _Outbox] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._recent_starts: deque[float] = deque()
 
@@ -247,6 +252,8 @@ class SimSMTPServer(ThreadedServer):
         rec.connection_log.append(conn)
         self._account(conn, now)
         self._writers.add(writer)
+        if b.rtt:
+            self._outboxes[writer] = _Outbox(writer, b.rtt)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -258,6 +265,7 @@ class SimSMTPServer(ThreadedServer):
                 conn.refused = True
                 rec.refused_connections += 1
                 await self._send(writer, b.too_many_connections, delay=False)
+                await self._delivered(writer)
                 return
             await asyncio.sleep(b.greeting_delay)
             await self._send(writer, b.banner, delay=False)
@@ -269,6 +277,7 @@ class SimSMTPServer(ThreadedServer):
                     return
                 if not line.endswith(b"\n") or len(line) > 4096:
                     await self._send(writer, Scripted(500, "5.5.2 Line too long"))
+                    await self._delivered(writer)
                     return
                 if not await self._dispatch(
                     line.rstrip(b"\r\n").decode("utf-8", "replace"), state, reader, writer
@@ -282,6 +291,7 @@ class SimSMTPServer(ThreadedServer):
             rec.open_now -= 1
             conn.end = time.monotonic()
             self._writers.discard(writer)
+            self._outboxes.pop(writer, None)
             if task is not None:
                 self._tasks.discard(task)
             writer.transport.abort()
@@ -364,6 +374,7 @@ class SimSMTPServer(ThreadedServer):
             await self._send(writer, Scripted(250, b.hostname))
         elif verb == "STARTTLS" and b.tls_context is not None and not state.tls:
             await self._send(writer, Scripted(220, "2.0.0 Ready to start TLS"))
+            await self._delivered(writer)
             await writer.start_tls(b.tls_context)
             state.tls, state.helo = True, None
         elif verb == "MAIL":
@@ -395,6 +406,7 @@ class SimSMTPServer(ThreadedServer):
             await self._send(writer, Scripted(250, "2.0.0 Ok"))
         elif verb == "QUIT":
             await self._send(writer, Scripted(221, "2.0.0 Bye"))
+            await self._delivered(writer)
             return False
         elif verb in {"DATA", "BDAT"}:
             rec.data_received = True  # a test asserts this never happens
@@ -413,7 +425,10 @@ class SimSMTPServer(ThreadedServer):
         client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         domain = rcpt.rpartition("@")[2]
         data = reply.render(hostname=b.hostname, rcpt=rcpt, domain=domain, client=client)
-        if b.dribble:
+        outbox = self._outboxes.get(writer)
+        if outbox is not None:
+            outbox.send(data)
+        elif b.dribble:
             for i in range(len(data)):
                 writer.write(data[i : i + 1])
                 await writer.drain()
@@ -421,6 +436,34 @@ class SimSMTPServer(ThreadedServer):
         else:
             writer.write(data)
             await writer.drain()
+
+    async def _delivered(self, writer: asyncio.StreamWriter) -> None:
+        """Wait until every reply sent so far has reached the client (see `rtt`)."""
+        outbox = self._outboxes.get(writer)
+        if outbox is not None:
+            await outbox.delivered()
+
+
+class _Outbox:
+    """Replies in flight on a connection with a round-trip time: each is written `rtt`
+    after it was sent (in order), while the server goes on reading commands."""
+
+    def __init__(self, writer: asyncio.StreamWriter, rtt: float) -> None:
+        self.writer, self.rtt = writer, rtt
+        self.last = 0.0  # when the latest reply reaches the client (loop time)
+
+    def send(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self.last = max(loop.time() + self.rtt, self.last)
+        loop.call_at(self.last, self._write, data)
+
+    def _write(self, data: bytes) -> None:
+        if not self.writer.transport.is_closing():
+            self.writer.write(data)
+
+    async def delivered(self) -> None:
+        await asyncio.sleep(max(0.0, self.last - asyncio.get_running_loop().time()))
+        await self.writer.drain()
 
 
 @contextlib.contextmanager

@@ -639,6 +639,7 @@ class WorldConfig:
     helo_domain: str = "probe.mailprobe.example"
     mail_from: str = "bounce@probe.mailprobe.example"
     dns_ttl: int = 300
+    rtt: float = 0.0  # network round-trip time to every MX (see MXBehavior.rtt)
 
 
 # -- ground truth ---------------------------------------------------------------
@@ -1049,6 +1050,7 @@ class SimWorld(ThreadedServer):
             clock=self.clock,
             expect_max_concurrency=cfg.expect_max_concurrency,
             expect_rps=cfg.expect_rps,
+            rtt=cfg.rtt,
             **kw,
         )
 
