@@ -198,6 +198,7 @@ async def verify_acme(
                         "mx.acme.example": DomainSpec(a=["127.0.0.1"])})  # fmt: skip
     await dns.start()
     try:
+        tmp_path.mkdir(parents=True, exist_ok=True)
         store = Store(f"sqlite:///{tmp_path / 'acme.db'}")
         store.upgrade()
         settings = Settings.from_env({
@@ -235,9 +236,13 @@ async def test_r18_bulk_pipelines_only_when_offered(raw_server, tmp_path, offere
         assert seen == []
 
 
-async def test_r18_bulk_session_broken_after_an_accept_loses_nothing(raw_server, tmp_path) -> None:
+@pytest.mark.parametrize("pipelining", [False, True])
+async def test_r18_bulk_session_broken_after_an_accept_loses_nothing(
+    raw_server, tmp_path, pipelining
+) -> None:
     """The first connection accepts one RCPT, then hangs up at the next, before the
-    catch-all check: the accepted address is asked again, and every line is answered."""
+    catch-all check: the accepted address is asked again, and every line is answered,
+    whether the session went command by command or as one pipelined group."""
     connections = [0]
 
     async def flaky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -256,6 +261,8 @@ async def test_r18_bulk_session_broken_after_an_accept_loses_nothing(raw_server,
             elif verb == "QUIT":
                 writer.write(b"221 bye\r\n")
                 return
+            elif verb == "EHLO" and pipelining:
+                writer.write(b"250-flaky.example\r\n250 PIPELINING\r\n")
             else:
                 writer.write(b"250 OK\r\n")
             await writer.drain()
@@ -305,3 +312,34 @@ async def test_r16_sim_round_trip_time_is_paid_once_per_group() -> None:
     assert replies == [250, 250, 250, 250, 250, 250]
     assert one_by_one >= 6 * rtt  # six round trips, each waited for
     assert rtt <= grouped < 3 * rtt  # one round trip (generous bound for a loaded machine)
+
+
+async def test_r18_bulk_session_is_one_group_at_network_latency(tmp_path) -> None:
+    """With a 100 ms round trip, a session of two transactions and a catch-all check
+    costs greeting, EHLO and one group pipelined, against a round trip per command one
+    command at a time (here at least 12); the answers are the same."""
+    import time
+
+    from mailprobe.sim.smtpd import ACCEPT, MXBehavior, SimSMTPServer
+
+    behavior = MXBehavior(rtt=0.1, mailboxes={f"u{i}@acme.example": ACCEPT for i in range(3)})
+    server = await SimSMTPServer(behavior).start()
+    text = "".join(f"u{i}@acme.example\n" for i in range(6))
+    took: dict[str, float] = {}
+    answers: dict[str, dict[str, str]] = {}
+    try:
+        for mode in ("1", "0"):
+            started = time.monotonic()
+            options = BulkOptions(reuse_ttl=None)
+            records = await verify_acme(
+                server.port, tmp_path / mode, text, options, SMTP_PIPELINING=mode
+            )
+            took[mode] = time.monotonic() - started
+            answers[mode] = {r["email"]: r["verdict"] for r in records}
+    finally:
+        await server.stop()
+    assert answers["1"] == answers["0"]
+    assert answers["1"]["u0@acme.example"] == "deliverable"
+    assert answers["1"]["u5@acme.example"] == "undeliverable"
+    assert took["0"] >= 12 * 0.1, took
+    assert took["1"] * 2 < took["0"], took

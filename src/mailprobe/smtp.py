@@ -174,6 +174,7 @@ class SMTPSession:
     stage: str = "connect"
     _wire: SMTPWire | None = field(default=None, repr=False)
     _broken: bool = field(default=False, repr=False)  # a reply is lost: no QUIT, just drop
+    _quit_sent: bool = field(default=False, repr=False)  # QUIT went out in a pipelined group
 
     async def open(self) -> Reply:
         """Connect, read the greeting, EHLO (HELO on 5xx), STARTTLS when offered.
@@ -265,6 +266,7 @@ class SMTPSession:
         lines = [self._line(stage, words) for stage, words in commands]
         for line in lines:
             self._log("C: " + line.decode(errors="replace"))
+        self._quit_sent |= any(stage == "quit" for stage, _ in commands)
         wire = self._require()
         self.stage = commands[0][0]
         with self._errors():
@@ -282,9 +284,10 @@ class SMTPSession:
             self.close_transport()
             return
         try:
-            self._log("C: QUIT")
-            await wire.send(b"QUIT", timeout=COURTESY_TIMEOUT)
-            await wire.read_reply(COURTESY_TIMEOUT)
+            if not self._quit_sent:
+                self._log("C: QUIT")
+                await wire.send(b"QUIT", timeout=COURTESY_TIMEOUT)
+                await wire.read_reply(COURTESY_TIMEOUT)
             await wire.close(COURTESY_TIMEOUT)
         except (WireError, OSError):
             pass

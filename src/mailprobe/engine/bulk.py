@@ -571,23 +571,29 @@ class BulkVerifier:
     async def _transactions(
         self, lane: MXLane, session: SMTPSession, pending: deque[Job], header: int, mail_from: str
     ) -> None:
+        if session.pipelining and self.settings.smtp_pipelining:
+            await self._grouped(lane, session, pending, header, mail_from)
+            return
         while pending:
             domain = pending[0].domain
-            size = 1 if lane.one_rcpt or pending[0].alone else self.options.rcpts_per_transaction
-            txn = [pending.popleft()]
-            while (
-                pending and len(txn) < size and pending[0].domain == domain and not pending[0].alone
-            ):
-                txn.append(pending.popleft())
-            start = len(session.transcript)
-            grouped = session.pipelining and self.settings.smtp_pipelining
-            ask = self._pipelined if grouped else self._one_by_one
-            accepted = await ask(lane, session, txn, pending, (header, start), mail_from)
+            txn = self._next_transaction(lane, pending)
+            span = (header, len(session.transcript))
+            accepted = await self._one_by_one(lane, session, txn, pending, span, mail_from)
             if accepted is None:
                 continue  # MAIL refused: every RCPT got that answer, no catch-all check
             # The catch-all check runs with the domain's first transaction, accepted or not,
             # so that a greylisting server's clock runs for the check and the real RCPTs at once.
             await self._settle(session, self._domain(domain), accepted, mail_from)
+
+    def _next_transaction(self, lane: MXLane, pending: deque[Job]) -> list[Job]:
+        """The next transaction's jobs: one domain, up to rcpts_per_transaction (one for an
+        MX that refuses more, or for a job that must be asked alone)."""
+        domain = pending[0].domain
+        size = 1 if lane.one_rcpt or pending[0].alone else self.options.rcpts_per_transaction
+        txn = [pending.popleft()]
+        while pending and len(txn) < size and pending[0].domain == domain and not pending[0].alone:
+            txn.append(pending.popleft())
+        return txn
 
     async def _one_by_one(
         self,
@@ -622,41 +628,95 @@ class BulkVerifier:
             raise
         return accepted
 
-    async def _pipelined(
-        self,
-        lane: MXLane,
-        session: SMTPSession,
-        txn: list[Job],
-        pending: deque[Job],
-        span: tuple[int, int],
-        mail_from: str,
-    ) -> list[tuple[Job, dict[str, Any]]] | None:
-        """One transaction as one RFC 2920 group: MAIL, the RCPTs and RSET go out
-        together and the replies are read in order: one round trip, not len(txn) + 2."""
-        group = [("mail", session.mail_command(mail_from))]
-        group += [("rcpt", session.rcpt_command(job.address)) for job in txn]
-        group.append(("rset", (b"RSET",)))
+    async def _grouped(
+        self, lane: MXLane, session: SMTPSession, pending: deque[Job], header: int, mail_from: str
+    ) -> None:
+        """The whole session as one RFC 2920 group: every transaction (MAIL, its RCPTs,
+        RSET), each new domain's catch-all check right after its first transaction, and
+        QUIT. Replies are read in order and paired with the plan: the session costs one
+        round trip after EHLO, not one per command."""
+        txns: list[list[Job]] = []
+        while pending:
+            txns.append(self._next_transaction(lane, pending))
+        group: list[tuple[str, tuple[bytes, ...]]] = []
+        plan: list[tuple[str, int, Job | None]] = []  # (step, transaction, job) per command
+        probes: list[Job] = []
+        for t, txn in enumerate(txns):
+            group.append(("mail", session.mail_command(mail_from)))
+            group += [("rcpt", session.rcpt_command(job.address)) for job in txn]
+            group.append(("rset", (b"RSET",)))
+            plan += [("mail", t, None), *(("rcpt", t, job) for job in txn), ("end", t, None)]
+            state = self._domain(txn[0].domain)
+            if self.options.catch_all_check and state.catch_all is None and state.probe is None:
+                probe = state.probe = self._probe_job(state)
+                probes.append(probe)
+                group.append(("mail", session.mail_command(mail_from)))
+                group.append(("rcpt", session.rcpt_command(probe.address)))
+                group.append(("rset", (b"RSET",)))
+                plan += [("probe-mail", t, probe), ("probe", t, probe), ("probe-end", t, probe)]
+        group.append(("quit", (b"QUIT",)))
+        plan.append(("quit", -1, None))
+
+        span = (header, len(session.transcript))
         sent = time.monotonic()
-        refused: Reply | None = None
-        accepted: list[tuple[Job, dict[str, Any]]] = []
-        answered = 0
+        refused: dict[int, Reply | None] = {}  # per transaction: its MAIL's refusal
+        accepted: dict[int, list[tuple[Job, dict[str, Any]]]] = {}
+        asked: set[int] = set()  # ids of jobs and probes that got their answer
+        step = 0
         try:
             async with contextlib.aclosing(session.pipeline(group)) as replies:
                 async for reply in replies:
-                    if reply.stage == "mail":
-                        refused = None if reply.ok else reply
-                    elif reply.stage == "rcpt":
-                        job = txn[answered]
-                        answered += 1
-                        if refused is not None:  # "503 need MAIL": the MAIL refusal answers it
-                            self._after(job, self._reply_result(job, session, refused, 0, *span))
+                    kind, t, job = plan[step]
+                    step += 1
+                    if kind in {"mail", "probe-mail"}:
+                        refused[t if kind == "mail" else -2 - t] = None if reply.ok else reply
+                    elif kind == "rcpt" and job is not None:
+                        asked.add(id(job))
+                        refusal = refused.get(t)
+                        if refusal is not None:  # "503 need MAIL": the refusal answers it
+                            self._after(job, self._reply_result(job, session, refusal, 0, *span))
                         else:
-                            self._rcpt_answered(lane, session, job, reply, sent, span, accepted)
+                            got = accepted.setdefault(t, [])
+                            self._rcpt_answered(lane, session, job, reply, sent, span, got)
+                    elif kind == "end":
+                        self._release(self._domain(txns[t][0].domain), accepted.pop(t, []))
+                    elif kind == "probe" and job is not None:
+                        asked.add(id(job))
+                        answer = refused.get(-2 - t) or reply
+                        verdict = classify_reply(answer.stage, answer.code, answer.message,
+                                                 mx_host=session.mx_host)  # fmt: skip
+                        self._probe_answer(job, verdict.reason)
         except SessionError:
-            self._ask_again(accepted)
-            pending.extendleft(reversed(txn[answered:]))  # the first was being asked
-            raise
-        return None if refused is not None else accepted
+            for got in accepted.values():
+                self._ask_again(got)
+            for probe in probes:
+                if id(probe) not in asked:  # never answered: the next session checks again
+                    state = self._domain(probe.domain)
+                    state.probe = None
+                    held, state.held = state.held, []
+                    self._ask_again(held)
+            unanswered = [job for txn in txns for job in txn if id(job) not in asked]
+            pending.extendleft(reversed(unanswered))  # the first was being asked
+            if unanswered or step < len(plan) - 1:
+                raise
+            # only QUIT's reply went missing: every answer is in
+
+    def _release(self, state: DomainState, accepted: list[tuple[Job, dict[str, Any]]]) -> None:
+        """Accepted answers of a transaction, once its domain's catch-all status is known or
+        a check under way will tell (then they wait for it)."""
+        if state.catch_all is not None or not self.options.catch_all_check:
+            for job, result in accepted:
+                self._after(job, result)
+        elif state.probe is not None:
+            state.held.extend(accepted)
+        else:  # the check already ended without an answer: accepted, catch-all unknown
+            for job, result in accepted:
+                self._after(job, result)
+
+    @staticmethod
+    def _probe_job(state: DomainState) -> Job:
+        local = f"mp-{secrets.token_hex(8)}"
+        return Job(0, "", EmailAddress(local, state.name, state.name), probe=True)
 
     def _ask_again(self, accepted: list[tuple[Job, dict[str, Any]]]) -> None:
         """The session broke before the catch-all check could give these accepted RCPTs
@@ -711,23 +771,11 @@ class BulkVerifier:
         state.held.extend(accepted)
         if state.probe is not None:
             return  # a probe is under way: its answer releases these too
-        local = f"mp-{secrets.token_hex(8)}"
-        probe = state.probe = Job(0, "", EmailAddress(local, state.name, state.name), probe=True)
+        probe = state.probe = self._probe_job(state)
         try:
-            if session.pipelining and self.settings.smtp_pipelining:
-                group = [
-                    ("mail", session.mail_command(mail_from)),
-                    ("rcpt", session.rcpt_command(probe.address)),
-                    ("rset", (b"RSET",)),
-                ]
-                async with contextlib.aclosing(session.pipeline(group)) as replies:
-                    mail, reply, _ = [r async for r in replies]
-                if not mail.ok:
-                    reply = mail
-            else:
-                await session.mail(mail_from)
-                reply = await session.rcpt(probe.address)
-                await session.rset()
+            await session.mail(mail_from)
+            reply = await session.rcpt(probe.address)
+            await session.rset()
         except StageRefused as refused:
             reply = refused.reply
         except SessionError:
