@@ -4,7 +4,7 @@ Hand-written on asyncio streams, in place of aiosmtplib, for one gap: aiosmtplib
 cannot pipeline (RFC 2920). Its protocol keeps one parsed reply at a time and drops
 the bytes that arrive while that reply waits to be read (`SMTPProtocol.data_received`),
 so a group of commands written at once loses replies. Pipelining turns a session of
-20 RCPTs from about 25 round trips into 3, which on a real network is most of a
+20 RCPTs from about 32 round trips into 3, which on a real network is most of a
 session's time (and a per-MX concurrency cap makes session time throughput).
 
 What it guarantees, so the session layer can rely on it:

@@ -11,7 +11,8 @@ How a list flows:
    session opens one connection and carries up to `rcpts_per_session` RCPTs,
    grouped by domain into transactions (MAIL FROM, RCPT..., RSET). After a
    domain's real RCPTs, one RCPT for a random local part tells whether the
-   domain is catch-all, without spoiling the real answers.
+   domain is catch-all, without spoiling the real answers. When the server
+   offers PIPELINING, all of it, QUIT included, goes out as one group.
 4. Replies about our batching (452 4.5.3, "one domain per transaction") are
    retried alone and the MX is remembered (for a week, in the behaviour cache) as
    one-RCPT-per-transaction; 421 and rate limits penalise the MX's throttle;
