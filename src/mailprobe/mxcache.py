@@ -189,9 +189,7 @@ class MXCache:
             raise
 
     def _read(self, name: str) -> CachedMX | None:
-        with self.store.session() as session:
-            row = q.get_resolution(session, name)
-            return None if row is None else _from_row(row)
+        return self.read_many([name]).get(name)
 
     def save_catch_all(self, domain: str, catch_all: bool) -> None:
         """Remember what the catch-all probe found (sync: call it in a thread)."""

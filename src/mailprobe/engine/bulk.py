@@ -648,7 +648,7 @@ class BulkVerifier:
             group.append(("rset", (b"RSET",)))
             plan += [("mail", t, None), *(("rcpt", t, job) for job in txn), ("end", t, None)]
             state = self._domain(txn[0].domain)
-            if self.options.catch_all_check and state.catch_all is None and state.probe is None:
+            if self._needs_check(state):
                 probe = state.probe = self._probe_job(state)
                 probes.append(probe)
                 group.append(("mail", session.mail_command(mail_from)))
@@ -661,6 +661,7 @@ class BulkVerifier:
         span = (header, len(session.transcript))
         sent = time.monotonic()
         refused: dict[int, Reply | None] = {}  # per transaction: its MAIL's refusal
+        probe_refused: Reply | None = None  # the check's MAIL, read just before its RCPT
         accepted: dict[int, list[tuple[Job, dict[str, Any]]]] = {}
         asked: set[int] = set()  # ids of jobs and probes that got their answer
         step = 0
@@ -669,8 +670,10 @@ class BulkVerifier:
                 async for reply in replies:
                     kind, t, job = plan[step]
                     step += 1
-                    if kind in {"mail", "probe-mail"}:
-                        refused[t if kind == "mail" else -2 - t] = None if reply.ok else reply
+                    if kind == "mail":
+                        refused[t] = None if reply.ok else reply
+                    elif kind == "probe-mail":
+                        probe_refused = None if reply.ok else reply
                     elif kind == "rcpt" and job is not None:
                         asked.add(id(job))
                         refusal = refused.get(t)
@@ -683,7 +686,7 @@ class BulkVerifier:
                         self._release(self._domain(txns[t][0].domain), accepted.pop(t, []))
                     elif kind == "probe" and job is not None:
                         asked.add(id(job))
-                        answer = refused.get(-2 - t) or reply
+                        answer = probe_refused or reply
                         verdict = classify_reply(answer.stage, answer.code, answer.message,
                                                  mx_host=session.mx_host)  # fmt: skip
                         self._probe_answer(job, verdict.reason)
@@ -702,15 +705,16 @@ class BulkVerifier:
                 raise
             # only QUIT's reply went missing: every answer is in
 
+    def _needs_check(self, state: DomainState) -> bool:
+        """No catch-all finding for this domain and no check under way: ask in this session."""
+        return self.options.catch_all_check and state.catch_all is None and state.probe is None
+
     def _release(self, state: DomainState, accepted: list[tuple[Job, dict[str, Any]]]) -> None:
-        """Accepted answers of a transaction, once its domain's catch-all status is known or
-        a check under way will tell (then they wait for it)."""
-        if state.catch_all is not None or not self.options.catch_all_check:
-            for job, result in accepted:
-                self._after(job, result)
-        elif state.probe is not None:
+        """Accepted answers of a transaction: they wait for a catch-all check under way;
+        otherwise they go, with the finding if there is one (else catch-all unknown)."""
+        if self.options.catch_all_check and state.catch_all is None and state.probe is not None:
             state.held.extend(accepted)
-        else:  # the check already ended without an answer: accepted, catch-all unknown
+        else:
             for job, result in accepted:
                 self._after(job, result)
 
@@ -765,13 +769,10 @@ class BulkVerifier:
         limits RCPTs per transaction, or greylists each new triplet). Accepted answers wait
         for its outcome; a greylisted probe is retried like any greylisted address.
         """
-        if not self.options.catch_all_check or state.catch_all is not None:
-            for job, result in accepted:
-                self._after(job, result)
+        if not self._needs_check(state):
+            self._release(state, accepted)  # known, or a check under way releases them
             return
         state.held.extend(accepted)
-        if state.probe is not None:
-            return  # a probe is under way: its answer releases these too
         probe = state.probe = self._probe_job(state)
         try:
             await session.mail(mail_from)
@@ -1267,6 +1268,10 @@ def _failed_resolution(domain: str, exc: BaseException) -> CachedMX:
 
 
 def _row_result(row: Any) -> dict[str, Any]:
+    shown, catch_all = row.verdict_reason, row.catch_all
+    if shown is None:  # stored before schema 0002, which keeps both
+        shown = _shown_reason(row.verdict, row.reason)
+        catch_all = True if row.verdict == "risky" and row.reason == "accepted" else None
     return {
         "category": row.category,
         "code": row.code,
@@ -1278,14 +1283,8 @@ def _row_result(row: Any) -> dict[str, Any]:
         "stage": row.stage,
         "error": row.error,
         "verdict": row.verdict,
-        **(
-            {"verdict_reason": row.verdict_reason, "catch_all": row.catch_all}
-            if row.verdict_reason is not None
-            else {  # stored before schema 0002, which keeps both
-                "verdict_reason": _shown_reason(row.verdict, row.reason),
-                "catch_all": True if row.verdict == "risky" and row.reason == "accepted" else None,
-            }
-        ),
+        "verdict_reason": shown,
+        "catch_all": catch_all,
         "attempts": row.attempts,
         "created_at": row.created_at.isoformat(),
     }

@@ -93,10 +93,6 @@ def set_status(session: Session, email_ids: Iterable[int], status: str) -> None:
     )
 
 
-def get_resolution(session: Session, domain: str) -> DomainResolution | None:
-    return session.scalar(select(DomainResolution).where(DomainResolution.domain == domain))
-
-
 def get_resolutions(session: Session, domains: list[str]) -> list[DomainResolution]:
     """Many domains' rows in one query (the bulk engine reads a batch at a time)."""
     if not domains:
