@@ -7,6 +7,7 @@ come from the `disposable-email-domains` package.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -53,3 +54,13 @@ class Flags:
 
 def flags_for(local_part: str, domain: str) -> Flags:
     return Flags(is_freemail(domain), is_disposable(domain), is_role(local_part))
+
+
+def flags_for_email(email: str) -> Flags | None:
+    """Flags of a stored (normalised) address; None for a string that is no address."""
+    local, at, domain = email.rpartition("@")
+    if not at or not local:
+        return None
+    with contextlib.suppress(UnicodeError):
+        domain = domain.encode("idna").decode("ascii")
+    return flags_for(local, domain.lower())

@@ -23,6 +23,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from mailprobe.results import LineAnswer
+
 CSV_FIELDS = (
     "line", "email", "verdict", "reason", "category", "code", "enhanced_status", "message",
     "mx_host", "catch_all", "free", "disposable", "role", "attempts", "elapsed_ms", "reused",
@@ -33,6 +35,27 @@ VERDICT_STYLE = {
     "risky": "yellow",
     "unknown": "dim",
 }
+
+
+def render_record(line: LineAnswer) -> dict[str, Any]:
+    """The one rendering of an input line's answer as an output record (JSON line, CSV row)."""
+    a, o = line.answer, line.answer.outcome
+    return {
+        "line": line.line_no,
+        "email": line.raw,
+        "verdict": a.verdict.value,
+        "reason": a.reason,
+        "category": o.category,
+        "code": o.code,
+        "enhanced_status": o.enhanced_status,
+        "message": o.message or "",
+        "mx_host": o.mx_host,
+        "catch_all": a.catch_all,
+        "flags": a.flags.as_dict() if a.flags else {},
+        "attempts": a.attempts,
+        "elapsed_ms": o.elapsed_ms,
+        "reused": a.reused,
+    }
 
 
 class RecordWriter:

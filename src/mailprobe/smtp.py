@@ -27,19 +27,13 @@ from typing import Any, TypeVar
 
 from mailprobe.address import EmailAddress, InvalidAddress, check_hostname, parse_address
 from mailprobe.behavior import record_mx_probe
-from mailprobe.classify import (
-    Reason,
-    category_for_code,
-    classify_error,
-    classify_reply,
-    parse_enhanced,
-)
+from mailprobe.classify import Reason, classify_error, parse_enhanced
+from mailprobe.results import Outcome
 from mailprobe.smtp_wire import SMTPWire, WireError, WireFailure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MAX_MESSAGE_CHARS = 1000
 # QUIT and RSET are courtesy: never let them hold a finished probe for long.
 COURTESY_TIMEOUT = 5.0
 
@@ -368,7 +362,7 @@ _ERROR_KINDS = {
 Recorder = Callable[..., Any]
 
 
-async def aprobe_rcpt(
+async def probe_address(
     email: str,
     mx_host: str,
     *,
@@ -384,47 +378,27 @@ async def aprobe_rcpt(
     tls_context: ssl.SSLContext | None = None,
     recorder: Recorder | None = None,
     connect_to: str | None = None,
-) -> dict[str, Any]:
-    """Probe one address at one MX and return the seed's result dict (plus evidence).
+) -> Outcome:
+    """Probe one address at one MX: one connection, one RCPT, the typed outcome.
 
     Never raises for a server's behaviour: every outcome, a refusal, a timeout
-    or a dropped connection, is a result. Bad input is a result too (ok=False,
-    error_kind bad_input) and nothing is sent. `connect_to` is the IP to dial when
-    the caller resolved `mx_host` itself; `mx_host` still names the server.
+    or a dropped connection, is an Outcome. Bad input is one too (error_kind
+    bad_input) and nothing is sent. `connect_to` is the IP to dial when the
+    caller resolved `mx_host` itself; `mx_host` still names the server.
     """
     started = time.monotonic()
-    result: dict[str, Any] = {
-        "ok": False,
-        "category": "unknown",
-        "code": None,
-        "message": "",
-        "mx_host": mx_host,
-        "helo_domain": helo_domain,
-        "elapsed_ms": 0,
-        "error": None,
-        "email": email,
-        "port": port,
-        "stage": "input",
-        "enhanced_status": None,
-        "reason": Reason.UNKNOWN.value,
-        "rule": None,
-        "error_kind": None,
-        "tls": False,
-        "transcript": [],
-    }
     try:
         address = parse_address(email)
-        result["email"] = address.normalized
-        result["mx_host"] = mx_host = _check_host(mx_host)
-        result["helo_domain"] = helo_domain = check_hostname(helo_domain, "helo_domain")
+        email = address.normalized
+        mx_host = _check_host(mx_host)
+        helo_domain = check_hostname(helo_domain, "helo_domain")
         if connect_to is not None:
             connect_to = _check_host(connect_to)
         sender = parse_address(mail_from).wire
     except (InvalidAddress, AttributeError, TypeError) as exc:
-        result.update(
-            error=str(exc), error_kind=ErrorKind.BAD_INPUT.value, reason=Reason.INVALID_SYNTAX.value
+        return Outcome.bad_input(
+            email, str(exc), mx_host=mx_host, helo_domain=helo_domain, port=port
         )
-        return result
 
     timeouts = effective_timeouts(connect_timeout, command_timeout, behavior_hint)
     budget = deadline or (timeouts.connect + 6 * timeouts.command)
@@ -440,16 +414,17 @@ async def aprobe_rcpt(
         tls_context=tls_context,
     )
     reply: Reply | None = None
+    failure: dict[str, Any] = {}  # why there is no reply: Outcome fields
     try:
         async with asyncio.timeout(budget):
             try:
                 await session.open()
                 if address.needs_smtputf8 and not session.smtputf8:
-                    result.update(
-                        stage="ehlo",
-                        reason=Reason.SMTPUTF8_UNSUPPORTED.value,
-                        error="address needs SMTPUTF8 and the server does not offer it",
-                    )
+                    failure = {
+                        "stage": "ehlo",
+                        "reason": Reason.SMTPUTF8_UNSUPPORTED.value,
+                        "error": "address needs SMTPUTF8 and the server does not offer it",
+                    }
                 else:
                     await session.mail(sender)
                     reply = await session.rcpt(address)
@@ -459,45 +434,76 @@ async def aprobe_rcpt(
             finally:
                 await session.close()
     except SessionError as exc:
-        result.update(
-            error=str(exc),
-            error_kind=exc.kind.value,
-            stage=exc.stage,
-            reason=classify_error(exc.kind.value).value,
-        )
+        failure = {
+            "error": str(exc),
+            "error_kind": exc.kind.value,
+            "stage": exc.stage,
+            "reason": classify_error(exc.kind.value).value,
+        }
     except TimeoutError:
-        result.update(
-            error=f"timeout at {session.stage}: probe deadline of {budget:g}s exceeded",
-            error_kind=ErrorKind.TIMEOUT.value,
-            stage=session.stage,
-            reason=Reason.TIMEOUT.value,
-        )
+        failure = {
+            "error": f"timeout at {session.stage}: probe deadline of {budget:g}s exceeded",
+            "error_kind": ErrorKind.TIMEOUT.value,
+            "stage": session.stage,
+            "reason": Reason.TIMEOUT.value,
+        }
     except OSError as exc:
-        result.update(
-            error=f"{type(exc).__name__} at {session.stage}: {exc}",
-            error_kind=ErrorKind.PROTOCOL.value,
-            stage=session.stage,
-        )
+        failure = {
+            "error": f"{type(exc).__name__} at {session.stage}: {exc}",
+            "error_kind": ErrorKind.PROTOCOL.value,
+            "stage": session.stage,
+            "reason": Reason.UNKNOWN.value,
+        }
     finally:
         session.close_transport()  # in case the deadline cut a QUIT short
 
+    evidence: dict[str, Any] = {
+        "helo_domain": helo_domain,
+        "tls": session.tls,
+        "port": port,
+        "transcript": tuple(session.transcript),
+        "elapsed_ms": int((time.monotonic() - started) * 1000),
+    }
     if reply is not None:
-        verdict = classify_reply(reply.stage, reply.code, reply.message, mx_host=mx_host)
-        result.update(
-            ok=True,
-            code=reply.code,
-            message=reply.message[:MAX_MESSAGE_CHARS],
+        outcome = Outcome.from_reply(
+            email,
             stage=reply.stage,
+            code=reply.code,
+            message=reply.message,
+            mx_host=mx_host,
             enhanced_status=reply.enhanced,
-            category=category_for_code(reply.code).value,
-            reason=verdict.reason.value,
-            rule=verdict.rule,
+            **evidence,
         )
-    result["tls"] = session.tls
-    result["transcript"] = session.transcript
-    result["elapsed_ms"] = int((time.monotonic() - started) * 1000)
-    _record(recorder or record_mx_probe, result)
-    return result
+    else:
+        failure = {"reason": Reason.UNKNOWN.value, "stage": session.stage, **failure}
+        outcome = Outcome(email=email, mx_host=mx_host, **failure, **evidence)
+    _record(recorder or record_mx_probe, outcome)
+    return outcome
+
+
+async def aprobe_rcpt(
+    email: str,
+    mx_host: str,
+    *,
+    helo_domain: str,
+    mail_from: str,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 10.0,
+    behavior_hint: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """The seed's probe, async: `probe_address` rendered as the seed's result dict."""
+    outcome = await probe_address(
+        email,
+        mx_host,
+        helo_domain=helo_domain,
+        mail_from=mail_from,
+        connect_timeout=connect_timeout,
+        command_timeout=command_timeout,
+        behavior_hint=behavior_hint,
+        **options,
+    )
+    return outcome.as_seed_dict()
 
 
 async def _courtesy(awaitable: Any) -> None:
@@ -506,19 +512,19 @@ async def _courtesy(awaitable: Any) -> None:
         await awaitable
 
 
-def _record(recorder: Recorder, result: Mapping[str, Any]) -> None:
+def _record(recorder: Recorder, outcome: Outcome) -> None:
     """The O06 hook: what this MX did, for later probes. Never fails the probe."""
     try:
         recorder(
-            result["mx_host"],
-            latency_ms=result["elapsed_ms"],
-            error_kind=result["error_kind"],
-            code=result["code"],
-            reason=result["reason"],
-            stage=result["stage"],
+            outcome.mx_host,
+            latency_ms=outcome.elapsed_ms,
+            error_kind=outcome.error_kind,
+            code=outcome.code,
+            reason=outcome.reason,
+            stage=outcome.stage,
         )
     except Exception:  # a broken hook must not lose the result
-        log.exception("record_mx_probe failed for %s", result["mx_host"])
+        log.exception("record_mx_probe failed for %s", outcome.mx_host)
 
 
 def probe_rcpt(

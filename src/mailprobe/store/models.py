@@ -108,6 +108,7 @@ class VerificationResult(Base):
     verdict: Mapped[str | None] = mapped_column(String(16))
     verdict_reason: Mapped[str | None] = mapped_column(String(32))  # as shown with the verdict
     catch_all: Mapped[bool | None] = mapped_column(Boolean)  # the domain's finding, if known
+    dns_status: Mapped[str | None] = mapped_column(String(32))  # what DNS said of the domain
     reason: Mapped[str] = mapped_column(String(32))
     code: Mapped[int | None] = mapped_column(Integer)
     enhanced_status: Mapped[str | None] = mapped_column(String(16))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -11,6 +12,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mailprobe.address import EmailAddress
+from mailprobe.flags import flags_for_email
+from mailprobe.results import Answer, Outcome, answer_for
 from mailprobe.store.models import (
     DomainResolution,
     GeneratedEmail,
@@ -18,6 +21,7 @@ from mailprobe.store.models import (
     VerificationResult,
     utcnow,
 )
+from mailprobe.verdict import Verdict
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -156,63 +160,86 @@ def latest_results(
     return {row.email: row for row in rows}  # later ids overwrite earlier ones
 
 
-def add_result(
-    session: Session, result: Mapping[str, Any], *, email_id: int | None, verdict: str | None
-) -> int:
-    """Append one probe result with its evidence; results are never updated in place."""
-    row = VerificationResult(
-        email_id=email_id,
-        email=result["email"],
-        category=result["category"],
-        verdict=verdict,
-        verdict_reason=result.get("verdict_reason"),
-        catch_all=result.get("catch_all"),
-        reason=result["reason"],
-        code=result.get("code"),
-        enhanced_status=result.get("enhanced_status"),
-        message=result.get("message"),
-        mx_host=result.get("mx_host"),
-        stage=result.get("stage"),
-        elapsed_ms=result.get("elapsed_ms"),
-        tls=bool(result.get("tls")),
-        attempts=int(result.get("attempts", 1)),
-        error=result.get("error"),
-        transcript=list(result.get("transcript", [])),
-        created_at=utcnow(),
-    )
+def _row_values(answer: Answer, email_id: int | None, now: datetime) -> dict[str, Any]:
+    """The one rendering of an answer as a verification_results row."""
+    o = answer.outcome
+    return {
+        "email_id": email_id,
+        "email": answer.email,
+        "category": o.category,
+        "verdict": answer.verdict.value,
+        "verdict_reason": answer.reason,
+        "catch_all": answer.catch_all,
+        "reason": o.reason,
+        "code": o.code,
+        "enhanced_status": o.enhanced_status,
+        "message": o.message,
+        "mx_host": o.mx_host,
+        "stage": o.stage,
+        "elapsed_ms": o.elapsed_ms,
+        "tls": o.tls,
+        "attempts": answer.attempts,
+        "error": o.error,
+        "transcript": list(o.transcript),
+        "dns_status": answer.dns_status,
+        "created_at": now,
+    }
+
+
+def add_answer(session: Session, answer: Answer, *, email_id: int | None = None) -> int:
+    """Append one answer with its evidence; results are never updated in place."""
+    row = VerificationResult(**_row_values(answer, email_id, utcnow()))
     session.add(row)
     session.flush()
     return row.id
 
 
-def add_results(session: Session, rows: Iterable[tuple[Mapping[str, Any], str | None]]) -> None:
-    """Append many results in one INSERT (the bulk engine's batched writes)."""
+def add_answers(session: Session, answers: Iterable[tuple[Answer, int | None]]) -> None:
+    """Append many answers in one INSERT (the bulk engine's batched writes)."""
     now = utcnow()
-    values = [
-        {
-            "email_id": None,
-            "email": r["email"],
-            "category": r["category"],
-            "verdict": verdict,
-            "verdict_reason": r.get("verdict_reason"),
-            "catch_all": r.get("catch_all"),
-            "reason": r["reason"],
-            "code": r.get("code"),
-            "enhanced_status": r.get("enhanced_status"),
-            "message": r.get("message"),
-            "mx_host": r.get("mx_host"),
-            "stage": r.get("stage"),
-            "elapsed_ms": r.get("elapsed_ms"),
-            "tls": bool(r.get("tls")),
-            "attempts": int(r.get("attempts", 1)),
-            "error": r.get("error"),
-            "transcript": list(r.get("transcript", [])),
-            "created_at": now,
-        }
-        for r, verdict in rows
-    ]
+    values = [_row_values(answer, email_id, now) for answer, email_id in answers]
     if values:
         session.execute(insert(VerificationResult), values)
+
+
+def answer_from_row(row: VerificationResult) -> Answer:
+    """The one reading of a stored row as an answer, whichever face wrote it."""
+    outcome = Outcome(
+        email=row.email,
+        reason=row.reason,
+        stage=row.stage or "rcpt",
+        category=row.category,
+        mx_host=row.mx_host,
+        code=row.code,
+        message=row.message or "",
+        enhanced_status=row.enhanced_status,
+        error=row.error,
+        tls=bool(row.tls),
+        elapsed_ms=row.elapsed_ms or 0,
+        transcript=tuple(row.transcript or ()),
+    )
+    if row.verdict is None or row.verdict_reason is None:
+        # Written before schema 0002 (or by a probe that stored no verdict): decide again.
+        catch_all = row.catch_all
+        if catch_all is None and row.verdict == "risky" and row.reason == "accepted":
+            catch_all = True
+        answer = answer_for(outcome, catch_all=catch_all, dns_status=row.dns_status)
+    else:
+        answer = Answer(
+            email=row.email,
+            verdict=Verdict(row.verdict),
+            reason=row.verdict_reason,
+            outcome=outcome,
+            catch_all=row.catch_all,
+            dns_status=row.dns_status,
+        )
+    return replace(
+        answer,
+        flags=flags_for_email(row.email),
+        attempts=row.attempts,
+        reused=True,
+        stored_at=row.created_at,
+    )
 
 
 def latest_result(session: Session, email: str) -> VerificationResult | None:
@@ -248,3 +275,15 @@ def load_mx_behavior(session: Session, hosts: Iterable[str] | None = None) -> di
     if hosts is not None:
         stmt = stmt.where(MXHost.host.in_(list(hosts)))
     return {host: behavior for host, behavior in session.execute(stmt)}
+
+
+def stored_domains(session: Session) -> list[str]:
+    """Every distinct domain of the stored addresses."""
+    stmt = select(GeneratedEmail.domain).distinct().order_by(GeneratedEmail.domain)
+    return list(session.scalars(stmt))
+
+
+def queued_emails(session: Session, limit: int | None = None) -> list[tuple[int, str]]:
+    """Addresses left "queued" (embedded mode: the database is the queue)."""
+    stmt = select(GeneratedEmail.id, GeneratedEmail.email).where(GeneratedEmail.status == "queued")
+    return [(i, e) for i, e in session.execute(stmt.order_by(GeneratedEmail.id).limit(limit))]
