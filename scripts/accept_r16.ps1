@@ -59,11 +59,11 @@ try {
     & $PyExe -c @"
 import time
 from sqlalchemy import func, select
-from mailprobe.engine import default_store
+from mailprobe.engine import Context
 from mailprobe.store import GeneratedEmail
 deadline = time.monotonic() + 120
 while True:
-    with default_store().session() as s:
+    with Context.create().store.session() as s:
         counts = dict(s.execute(select(GeneratedEmail.status, func.count()).group_by(GeneratedEmail.status)).all())
     print('statuses:', counts)
     if set(counts) == {'probed'}: break
@@ -88,9 +88,9 @@ print(good, bad)
     $out = & $PyExe -c @"
 import json
 from sqlalchemy import select
-from mailprobe.engine import default_store
+from mailprobe.engine import Context
 from mailprobe.store import DomainResolution
-with default_store().session() as s:
+with Context.create().store.session() as s:
     for row in s.scalars(select(DomainResolution).order_by(DomainResolution.domain)):
         b = row.mx_behavior or {}
         print(row.domain, row.status, row.lowest_mx, json.dumps({k: b[k] for k in ('probes', 'avg_latency_ms', 'last_code') if k in b}))

@@ -85,9 +85,9 @@ expect "probes queued $n" "$WORK/out"
 $PY - <<'EOF' || fail "not every queued probe finished"
 import time
 from sqlalchemy import func, select
-from mailprobe.engine import default_store
+from mailprobe.engine import Context
 from mailprobe.store import GeneratedEmail
-store = default_store()
+store = Context.create().store
 deadline = time.monotonic() + 120
 while True:
     with store.session() as s:
@@ -119,9 +119,9 @@ begin "domain_resolutions with mx_behavior (O06)"
 $PY - <<'EOF' | tee "$WORK/out" || fail "reading domain_resolutions"
 import json
 from sqlalchemy import select
-from mailprobe.engine import default_store
+from mailprobe.engine import Context
 from mailprobe.store import DomainResolution
-with default_store().session() as s:
+with Context.create().store.session() as s:
     for row in s.scalars(select(DomainResolution).order_by(DomainResolution.domain)):
         behavior = row.mx_behavior or {}
         snippet = {k: behavior[k] for k in ("probes", "avg_latency_ms", "last_code", "greylisting_seen") if k in behavior}

@@ -25,6 +25,8 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy import select
 
 from mailprobe import config, engine, queue
+from mailprobe.engine.probe import renewing
+from mailprobe.queue.worker import run_worker
 from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
 from mailprobe.sim.smtpd import ACCEPT, MXBehavior, SimSMTPServer, serve_in_thread
 from mailprobe.store.models import GeneratedEmail
@@ -45,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED_KEYS = {"ok", "category", "code", "message", "mx_host", "helo_domain", "elapsed_ms", "error"}
 WORKER = (
     "import sys\n"
-    "from mailprobe.queue import run_worker\n"
+    "from mailprobe.queue.worker import run_worker\n"
     "sys.exit(run_worker(sys.argv[1].split(','), burst=sys.argv[2] == '1',"
     " logging_level='WARNING', heartbeat=1, heartbeat_grace=2, maintenance_interval=1))\n"
 )
@@ -69,7 +71,7 @@ def use_env(monkeypatch: pytest.MonkeyPatch, **values: object) -> None:
 
 
 def statuses() -> dict[str, str]:
-    with engine.default_store().session() as session:
+    with engine.Context.create().store.session() as session:
         return dict(session.execute(select(GeneratedEmail.email, GeneratedEmail.status)).all())
 
 
@@ -85,7 +87,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SimDNSServer, SimSM
 
 def test_r06_task_shape_and_store(world: tuple[SimDNSServer, SimSMTPServer]) -> None:
     _, smtp = world
-    email_id = engine.upsert_generated_email("Jane@Alpha.example", enqueue_probe=False)
+    email_id = queue.upsert_generated_email("Jane@Alpha.example", enqueue_probe=False)
     result = queue.task_probe_email(email_id, "Jane@Alpha.example", "")  # domain derived
     assert result.keys() >= SEED_KEYS
     assert (result["ok"], result["category"], result["code"]) == (True, "accept", 250)
@@ -169,7 +171,7 @@ async def test_r06_live_probe_keeps_its_short_lease(redis_url: str) -> None:
     try:
         async with (
             mine.slot("mx.renew.example") as slot,
-            queue._renewing(mine, slot, 0.6),
+            renewing(mine, slot, 0.6),
         ):
             for _ in range(3):  # 2.5 leases in all
                 await asyncio.sleep(0.5)
@@ -198,8 +200,8 @@ def test_r06_enqueue_twice_is_one_job(redis_url: str, monkeypatch: pytest.Monkey
     assert job.retries_left == queue.RETRY_MAX
     assert job.timeout is not None and job.timeout > 60
     # Through the engine's seam: an upsert queues a new address once.
-    email_id = engine.upsert_generated_email("bob@alpha.example")
-    engine.upsert_generated_email("bob@alpha.example")
+    email_id = queue.upsert_generated_email("bob@alpha.example")
+    queue.upsert_generated_email("bob@alpha.example")
     assert verify.count == 2
     assert statuses()["bob@alpha.example"] == "queued" and email_id > 0
     assert queue.enqueue_resolve_mx("alpha.example") == queue.enqueue_resolve_mx("Alpha.example")
@@ -218,28 +220,28 @@ def test_r06_enqueue_without_redis_fails_clearly(monkeypatch: pytest.MonkeyPatch
     assert "unavailable" in message
     # Nothing silently dropped: the address is left unqueued, for a later upsert.
     with pytest.raises(queue.QueueUnavailable):
-        engine.upsert_generated_email("jane@alpha.example")
+        queue.upsert_generated_email("jane@alpha.example")
     assert statuses() == {"jane@alpha.example": "new"}
 
 
 def test_r06_run_worker_refuses_to_start_without_redis(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert queue.run_worker(["verify"], burst=True) == 2
+    assert run_worker(["verify"], burst=True) == 2
     assert "REDIS_URL is not set" in capsys.readouterr().err
     url = f"redis://127.0.0.1:{free_port()}/0"
     use_env(monkeypatch, REDIS_URL=url)
     t0 = time.monotonic()
-    assert queue.run_worker(["mx", "verify"], burst=True) == 2
+    assert run_worker(["mx", "verify"], burst=True) == 2
     assert time.monotonic() - t0 < 5
     assert f"Redis at {url} is unreachable" in capsys.readouterr().err
-    assert queue.run_worker(["bogus"], burst=True) == 2
+    assert run_worker(["bogus"], burst=True) == 2
     assert "unknown queue" in capsys.readouterr().err
 
 
 def test_r06_embedded_mode_probes_in_process(world: tuple[SimDNSServer, SimSMTPServer]) -> None:
     _, smtp = world
-    email_id = engine.upsert_generated_email("jane@alpha.example")
+    email_id = queue.upsert_generated_email("jane@alpha.example")
     assert queue.enqueue_probe_email(email_id, "jane@alpha.example", "") == f"local-{email_id}"
     assert statuses() == {"jane@alpha.example": "queued"}
     results = queue.run_queued()
@@ -292,7 +294,7 @@ def test_r06_exhausted_retries_land_in_failed_registry(
     use_env(monkeypatch, REDIS_URL=redis_url)
     monkeypatch.setattr(queue, "RETRY_MAX", 1)
     monkeypatch.setattr(queue, "RETRY_INTERVALS", (0,))  # no scheduler wait in a burst run
-    engine.upsert_generated_email("jane@broken.example")  # enqueues the probe
+    queue.upsert_generated_email("jane@broken.example")  # enqueues the probe
     job_id = queue.probe_job_id("jane@broken.example")
 
     async def run() -> tuple[int | None, bytes]:
@@ -387,7 +389,7 @@ async def test_r06_four_workers_hold_the_caps(
         THROTTLE_WAIT=60,
     )
     addresses = [f"user{i}@{'alpha' if i % 2 else 'beta'}.example" for i in range(200)]
-    report = engine.ingest(io.StringIO("\n".join(addresses)), enqueue_probe=True)
+    report = queue.ingest(io.StringIO("\n".join(addresses)), enqueue_probe=True)
     assert report.enqueued == 200
     t0 = time.monotonic()
     procs = [await start_worker("mx,verify", burst=True) for _ in range(4)]
@@ -457,7 +459,7 @@ async def test_r06_killed_worker_job_reruns_and_slot_frees(
         )
         lease = queue.slot_lease(config.get_settings())
         try:
-            email_id = engine.upsert_generated_email("jane@alpha.example")
+            email_id = queue.upsert_generated_email("jane@alpha.example")
             job_id = queue.probe_job_id("jane@alpha.example")
             procs.append(await start_worker("verify", burst=False))
             for _ in range(300):  # until the probe is in flight

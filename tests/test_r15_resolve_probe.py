@@ -47,7 +47,8 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_r15_probe_falls_back_to_next_mx(world) -> None:
-    result = await engine.probe_email("jane@acme.example")
+    answer = await engine.probe_email(engine.Context.create(), "jane@acme.example")
+    result = answer.as_seed_dict()
     assert (result["category"], result["mx_host"]) == ("accept", "mx2.acme.example")
     assert result["dns_status"] == "ok"
     assert any("mx2.acme.example (127.0.0.1)" in line for line in result["transcript"])

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 
 from mailprobe import engine, queue
+from mailprobe.results import Outcome, answer_for
 from mailprobe.store import GeneratedEmail, Store, StoreError, VerificationResult
 from mailprobe.store import queries as q
 from tests.pg_server import pg_server, pg_url  # noqa: F401  (fixtures)
@@ -103,9 +104,9 @@ def test_r15_sqlite_file_created_with_wal(tmp_path: Path) -> None:
 def test_r15_upsert_is_idempotent_and_enqueues_once(
     store: Store, enqueued: list[tuple[int, str, str]]
 ) -> None:
-    first = engine.upsert_generated_email("Jane.Doe@ACME.example", store=store, source="crm")
-    again = engine.upsert_generated_email(" Jane.Doe@acme.example ", store=store)
-    other = engine.upsert_generated_email("jane.doe@acme.example", store=store)  # case kept
+    first = queue.upsert_generated_email("Jane.Doe@ACME.example", store=store, source="crm")
+    again = queue.upsert_generated_email(" Jane.Doe@acme.example ", store=store)
+    other = queue.upsert_generated_email("jane.doe@acme.example", store=store)  # case kept
     assert first == again != other
     assert enqueued == [
         (first, "Jane.Doe@acme.example", "acme.example"),
@@ -126,30 +127,31 @@ def test_r15_failed_enqueue_leaves_address_retryable(
 
     monkeypatch.setattr(queue, "enqueue_probe_email", down)
     with pytest.raises(ConnectionError):
-        engine.upsert_generated_email("a@acme.example", store=store)
+        queue.upsert_generated_email("a@acme.example", store=store)
     calls: list[Any] = []
     monkeypatch.setattr(queue, "enqueue_probe_email", lambda *a: calls.append(a))
-    engine.upsert_generated_email("a@acme.example", store=store)
+    queue.upsert_generated_email("a@acme.example", store=store)
     assert len(calls) == 1
 
 
 def test_r15_results_are_appended_and_latest_view(store: Store) -> None:
-    base = {
-        "email": "a@acme.example",
-        "category": "temp_fail",
-        "reason": "greylisted",
-        "code": 451,
-        "transcript": ["S: 451 greylisted"],
-    }
+    base = Outcome(
+        email="a@acme.example",
+        category="temp_fail",
+        reason="greylisted",
+        stage="rcpt",
+        code=451,
+        transcript=("S: 451 greylisted",),
+    )
     with store.session() as session:
-        q.add_result(session, base, email_id=None, verdict=None)
-        q.add_result(
+        q.add_answer(session, answer_for(base))
+        q.add_answer(
             session,
-            {**base, "category": "accept", "reason": "accepted", "code": 250},
-            email_id=None,
-            verdict="deliverable",
+            answer_for(
+                base.with_evidence(category="accept", reason="accepted", code=250), catch_all=False
+            ),
         )
-        q.add_result(session, {**base, "email": "b@acme.example"}, email_id=None, verdict=None)
+        q.add_answer(session, answer_for(base.with_evidence(email="b@acme.example")))
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(VerificationResult)) == 3
         latest = q.latest_result(session, "a@acme.example")
@@ -210,6 +212,7 @@ def test_r15_two_processes_write_one_sqlite_file(tmp_path: Path) -> None:
         import sys
         from mailprobe.address import parse_address
         from mailprobe.store import Store
+        from mailprobe.results import Outcome, answer_for
         from mailprobe.store import queries as q
         s = Store({url!r})
         who = sys.argv[1]
@@ -217,9 +220,8 @@ def test_r15_two_processes_write_one_sqlite_file(tmp_path: Path) -> None:
             with s.session() as session:   # one transaction per address: many lock handoffs
                 q.upsert_email(session, parse_address(f"user{{i}}@shared.example"))
                 q.upsert_email(session, parse_address(f"{{who}}{{i}}@own.example"))
-                q.add_result(session, {{"email": f"{{who}}{{i}}@own.example",
-                             "category": "accept", "reason": "accepted"}},
-                             email_id=None, verdict=None)
+                q.add_answer(session, answer_for(Outcome(email=f"{{who}}{{i}}@own.example",
+                             category="accept", reason="accepted", stage="rcpt")))
         print("done")
     """)
     procs = [
@@ -244,18 +246,18 @@ def test_r15_enqueue_path_skips_freemail(
     store: Store, enqueued: list[tuple[int, str, str]], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    engine.upsert_generated_email("jane@gmail.com", store=store)
-    engine.upsert_generated_email("jane@acme.example", store=store)
+    queue.upsert_generated_email("jane@gmail.com", store=store)
+    queue.upsert_generated_email("jane@acme.example", store=store)
     assert [e[1] for e in enqueued] == ["jane@acme.example"]
     listing = tmp_path / "l.txt"
     listing.write_text("bob@outlook.com\nbob@acme.example\n")
-    report = engine.ingest(listing, store=store, enqueue_probe=True)
+    report = queue.ingest(listing, store=store, enqueue_probe=True)
     assert (report.enqueued, report.skipped_freemail) == (1, 1)
     monkeypatch.setenv("PROBE_FREEMAIL", "1")
     from mailprobe import config
 
     config.get_settings.cache_clear()
-    engine.upsert_generated_email("jane@gmail.com", store=store)
+    queue.upsert_generated_email("jane@gmail.com", store=store)
     assert enqueued[-1][1] == "jane@gmail.com"
 
 
@@ -275,8 +277,8 @@ def test_r15_database_failure_is_a_clear_store_error(tmp_path: Path) -> None:
         conn.execute(text("DROP VIEW latest_verification_results"))
         conn.execute(text("DROP TABLE verification_results"))
     with pytest.raises(StoreError, match=r"broken\.db: no such table"), s.session() as session:
-        q.add_result(session, {"email": "a@b.example", "category": "accept", "reason": "accepted"},
-                     email_id=None, verdict=None)  # fmt: skip
+        q.add_answer(session, answer_for(Outcome(email="a@b.example", category="accept",
+                                                 reason="accepted", stage="rcpt")))  # fmt: skip
 
 
 def test_r15_cli_probe_keeps_its_answer_when_the_database_fails(

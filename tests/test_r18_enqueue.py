@@ -20,7 +20,7 @@ pytest_plugins = ["tests.redis_server"]
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = (
     "import sys\n"
-    "from mailprobe.queue import run_worker\n"
+    "from mailprobe.queue.worker import run_worker\n"
     "sys.exit(run_worker(['verify'], burst=False, logging_level='WARNING'))\n"
 )
 

@@ -14,15 +14,21 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from enum import IntEnum, StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from mailprobe.address import InvalidAddress, parse_address
 from mailprobe.classify import REASONS
 from mailprobe.config import ConfigError, Settings, get_settings
+
+if TYPE_CHECKING:
+    from mailprobe.engine.bulk import BulkOptions, Summary
+    from mailprobe.inputs import InputLine
+    from mailprobe.mxcache import CachedMX
+    from mailprobe.results import Answer, LineAnswer
 
 T = TypeVar("T")
 
@@ -108,20 +114,20 @@ def probe(
         address = parse_address(email)
     except InvalidAddress as exc:
         raise _fail(f"bad address: {exc}") from None
-    from mailprobe.engine.core import ResultNotStored, probe_email
+    from mailprobe.engine import Context, ResultNotStored, probe_email
 
-    call = probe_email(
-        address.normalized,
-        mx_host=mx_host,
-        force_resolve=force_resolve,
-        port=port,
-        settings=settings,
-    )
+    async def call() -> Answer:
+        ctx = Context.create(settings)
+        return await probe_email(
+            ctx, address.normalized, mx_host=mx_host, force_resolve=force_resolve, port=port
+        )
+
     try:
-        result = _run_store(call)
+        answer: Answer = _run_store(call())
     except ResultNotStored as exc:  # the answer still counts: show it, say it was not kept
         typer.echo(f"mailprobe: warning: {exc}", err=True)
-        result = exc.result
+        answer = exc.answer
+    result = answer.as_seed_dict()
     if result.get("stage") == "dns":
         typer.echo(f"mailprobe: {address.domain}: {result['reason']}: {result['error']}", err=True)
         raise typer.Exit(Exit.UNKNOWN)
@@ -138,7 +144,7 @@ def probe(
 
 def _run_store(coro: Any) -> Any:
     """Run an engine call; database and input failures end in one clear line."""
-    from mailprobe.engine.core import ResultNotStored
+    from mailprobe.engine import ResultNotStored
     from mailprobe.store import StoreError
 
     try:
@@ -181,11 +187,11 @@ def ingest(
     ] = False,
 ) -> None:
     """Store the addresses of a list; bad lines are reported by number, good ones kept."""
-    from mailprobe.engine import ingest as run_ingest
+    from mailprobe.queue import QueueUnavailable
+    from mailprobe.queue import ingest as run_ingest
     from mailprobe.store import StoreError
 
     settings = _settings()
-    from mailprobe.queue import QueueUnavailable
 
     try:
         report = run_ingest(path, enqueue_probe=probe, source_name=None if path == "-" else path)
@@ -221,15 +227,20 @@ def resolve(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
 ) -> None:
     """Resolve MX records through the cache (domain_resolutions) and show them."""
-    from mailprobe.engine import aresolve_domains, stored_domains
+    from mailprobe.engine import Context, aresolve_domains, stored_domains
 
-    _settings()
+    settings = _settings()
     names = list(domain or [])
-    if from_db:
-        names += _run_store(stored_domains())
-    if not names:
-        raise _fail("give --domain D or --from-db")
-    for cached in _run_store(aresolve_domains(names, force=force)):
+
+    async def run() -> list[CachedMX]:
+        ctx = Context.create(settings)
+        if from_db:
+            names.extend(await stored_domains(ctx))
+        if not names:
+            raise _fail("give --domain D or --from-db")
+        return await aresolve_domains(names, force=force, ctx=ctx)
+
+    for cached in _run_store(run()):
         if as_json:
             typer.echo(json.dumps(cached.as_dict()))
         else:
@@ -294,9 +305,8 @@ def verify(
 ) -> None:
     """Verify a list: one record per input line, streamed as results arrive."""
     from mailprobe.engine.bulk import BulkOptions
-    from mailprobe.engine.bulk import verify as run_verify
     from mailprobe.inputs import read_addresses
-    from mailprobe.report import ProgressView, RecordWriter
+    from mailprobe.report import ProgressView, RecordWriter, render_record
     from mailprobe.runs import RunState
     from mailprobe.store import StoreError
     from mailprobe.throttle import ThrottleError
@@ -326,13 +336,13 @@ def verify(
     total = _count_lines(input_path) if show and input_path != "-" else None
     view = ProgressView(total, enabled=show)
 
-    def sink(record: dict[str, Any]) -> None:
+    def write(record: dict[str, Any]) -> None:
         writer.write(record)
         view.advance(record)
 
     if enqueue:
         try:
-            _verify_enqueued(input_path, sink, force=force)
+            _verify_enqueued(input_path, write, force=force)
         finally:
             writer.close()
             view.close()
@@ -342,7 +352,7 @@ def verify(
     try:
         summary = asyncio.run(
             _stop_on_sigterm(
-                run_verify(read_addresses(input_path), sink, settings=settings, options=options)
+                _run_verify(read_addresses(input_path), write, render_record, settings, options)
             )
         )
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -371,6 +381,24 @@ def verify(
         run.finish()
 
 
+async def _run_verify(
+    lines: Iterable[InputLine],
+    write: Callable[[dict[str, Any]], None],
+    render: Callable[[LineAnswer], dict[str, Any]],
+    settings: Settings,
+    options: BulkOptions,
+) -> Summary:
+    """The embedded run: this process's Context, the bulk engine, records rendered here."""
+    from mailprobe.engine import Context
+    from mailprobe.engine.bulk import verify
+
+    ctx = Context.create(settings)
+    try:
+        return await verify(lines, lambda line: write(render(line)), ctx=ctx, options=options)
+    finally:
+        await ctx.aclose()
+
+
 async def _stop_on_sigterm(work: Coroutine[Any, Any, T]) -> T:
     """SIGTERM (kill, a stopping container) ends the run like Ctrl-C: the run is cancelled
     at an await, so its clean-up stores what was probed. (A KeyboardInterrupt raised by
@@ -389,7 +417,8 @@ async def _stop_on_sigterm(work: Coroutine[Any, Any, T]) -> T:
 
 def _verify_enqueued(input_path: str, sink: Any, *, force: bool) -> None:
     from mailprobe.inputs import read_addresses
-    from mailprobe.queue import QueueUnavailable, enqueue_verify
+    from mailprobe.queue import QueueUnavailable
+    from mailprobe.queue.fleet import enqueue_verify
 
     try:
         jobs, lines = enqueue_verify(read_addresses(input_path), sink, force=force)
@@ -428,7 +457,7 @@ def worker(
     ] = None,
 ) -> None:
     """Serve probe and MX jobs from Redis (REDIS_URL), throttled across the whole fleet."""
-    from mailprobe.queue import run_worker
+    from mailprobe.queue.worker import run_worker
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     raise typer.Exit(run_worker(names, burst=burst, name=name))

@@ -1,0 +1,136 @@
+"""Bulk verification through the fleet (`mailprobe verify --enqueue`): per-domain batches as
+RQ jobs on `verify`, each run by a worker's bulk engine under the shared Redis throttle."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from mailprobe.config import get_settings
+from mailprobe.queue import (
+    FAILURE_TTL,
+    RESULT_TTL,
+    RETRY_INTERVALS,
+    RETRY_MAX,
+    VERIFY_QUEUE,
+    QueueUnavailable,
+    job_timeout,
+    make_job_throttle,
+    redis_connection,
+)
+from mailprobe.report import render_record
+from mailprobe.results import Answer, LineAnswer, Outcome, invalid_answer
+from mailprobe.smtp import run_sync
+from mailprobe.verdict import Verdict
+
+BATCH_SIZE = 50  # addresses of one domain per job: one worker reuses one session for them
+MAX_JOBS_IN_FLIGHT = 200  # bounds the memory of the enqueueing process
+
+
+def job_verify_batch(lines: list[tuple[int, str]], force: bool = False) -> list[dict[str, Any]]:
+    """A worker's job: verify one domain's batch with the bulk engine, under the fleet's
+    Redis throttle, and return one record per line."""
+    from mailprobe.engine import Context
+    from mailprobe.engine.bulk import BulkOptions, verify
+    from mailprobe.inputs import entry
+
+    settings = get_settings()
+    records: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        ctx = Context.create(settings, throttle=make_job_throttle(settings))
+        try:
+            await verify(
+                [entry(n, raw) for n, raw in lines],
+                lambda line: records.append(render_record(line)),
+                ctx=ctx,
+                options=BulkOptions(reuse_ttl=None if force else 86400.0),
+            )
+        finally:
+            await ctx.aclose()
+
+    run_sync(run())
+    return records
+
+
+def enqueue_verify(
+    lines: Any, sink: Any, *, force: bool = False, poll: float = 0.5
+) -> tuple[int, int]:
+    """Split the input into per-domain batches, queue them on `verify`, and hand every
+    record to `sink` as its batch finishes. Returns (jobs, lines). A batch whose job
+    fails is answered too (verdict unknown, reason job_failed): no line is lost."""
+    from rq import Queue, Retry
+    from rq.job import Job
+
+    settings = get_settings()
+    if settings.redis_url is None:
+        raise QueueUnavailable("(none)", "REDIS_URL is not set: --enqueue needs workers")
+    connection = redis_connection(settings.redis_url)
+    queue = Queue(VERIFY_QUEUE, connection=connection)
+    timeout = int(job_timeout(settings) + sum((60.0, 300.0, 900.0)) + 600)
+    pending: dict[str, list[tuple[int, str]]] = {}
+    groups: dict[str, list[tuple[int, str]]] = {}
+    jobs = count = 0
+
+    def submit(batch: list[tuple[int, str]]) -> None:
+        nonlocal jobs
+        try:
+            job = queue.enqueue(
+                job_verify_batch, batch, force, job_timeout=timeout, result_ttl=RESULT_TTL,
+                failure_ttl=FAILURE_TTL, retry=Retry(max=RETRY_MAX, interval=list(RETRY_INTERVALS)),
+            )  # fmt: skip
+        except Exception as exc:
+            raise QueueUnavailable(settings.redis_url or "", str(exc)) from exc
+        pending[job.id] = batch
+        jobs += 1
+
+    def collect(block: bool) -> None:
+        while pending and (block or len(pending) >= MAX_JOBS_IN_FLIGHT):
+            done = False
+            for job in Job.fetch_many(list(pending), connection=connection):
+                if job is None:
+                    continue
+                status = job.get_status(refresh=False)
+                if status == "finished":
+                    for record in job.return_value() or []:
+                        sink(record)
+                elif status in {"failed", "canceled", "stopped"}:
+                    for line_no, raw in pending[job.id]:
+                        sink(_job_failed_record(line_no, raw, job.id))
+                else:
+                    continue
+                del pending[job.id]
+                done = True
+            if not done:
+                time.sleep(poll)
+
+    for line in lines:
+        count += 1
+        if line.address is None:
+            sink(_job_failed_record(line.line_no, line.raw, None, invalid=line.error))
+            continue
+        group = groups.setdefault(line.address.ascii_domain, [])
+        group.append((line.line_no, line.raw))
+        if len(group) >= BATCH_SIZE:
+            submit(groups.pop(line.address.ascii_domain))
+            collect(block=False)
+    for batch in groups.values():
+        submit(batch)
+        collect(block=False)
+    collect(block=True)
+    return jobs, count
+
+
+def _job_failed_record(
+    line_no: int, raw: str, job_id: str | None, invalid: str | None = None
+) -> dict[str, Any]:
+    """The record of a line no worker answered (or that is no address): never lost."""
+    if invalid is not None:
+        answer = invalid_answer(raw, invalid)
+    else:
+        error = f"queue job {job_id} failed: see RQ's failed registry"
+        outcome = Outcome(email=raw, reason="job_failed", stage="queue", error=error)
+        answer = Answer(raw, Verdict.UNKNOWN, "job_failed", outcome, attempts=0)
+    shown = replace(answer, outcome=answer.outcome.with_evidence(message=answer.outcome.error))
+    return render_record(LineAnswer(line_no, raw, shown))
