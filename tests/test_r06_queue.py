@@ -25,9 +25,9 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy import select
 
 from mailprobe import config, engine, queue
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
-from mailprobe.sim.smtpd import ACCEPT, MXBehavior, SimSMTPServer, serve_in_thread
 from mailprobe.store.models import GeneratedEmail
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, SimSMTPServer, serve_in_thread
 from mailprobe.throttle import (
     KEY_PREFIX,
     Limits,
