@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
-from mailprobe.sim.smtpd import ACCEPT, MXBehavior, serve_in_thread
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, serve_in_thread
 
 
 def main() -> int:

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mailprobe.sim.world import SimWorld, WorldConfig
+from mailprobe.testing import SimWorld, WorldConfig
 
 CAPS = {
     "GLOBAL_MAX_CONCURRENCY": 12,

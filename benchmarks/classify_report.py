@@ -9,7 +9,6 @@ predicted as a reason whose signal is undetermined ("other/unknown").
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -21,14 +20,13 @@ for path in (ROOT, ROOT / "src"):
         sys.path.insert(0, str(path))
 
 from mailprobe.classify import REASONS, Reason, Signal, classify_reply  # noqa: E402
+from mailprobe.testing.corpus import corpus_entries  # noqa: E402
 from tests.test_r08_classify import PROVIDER_MX  # noqa: E402
 
-CORPUS_PATH = ROOT / "tests" / "data" / "smtp_replies.jsonl"
 
-
-def load_corpus(path: Path = CORPUS_PATH) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def load_corpus() -> list[dict[str, Any]]:
+    """The corpus shipped with mailprobe.testing (package data)."""
+    return corpus_entries()
 
 
 def predict(entry: dict[str, Any]) -> str:

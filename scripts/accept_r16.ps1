@@ -17,7 +17,7 @@ $env:MAILPROBE_RUNS_DIR = Join-Path $Work "runs"
 try {
     Begin-Step "simulated mail world"
     $worldEnv = Join-Path $Work "world.env"
-    $Procs += Start-Process $PyExe -ArgumentList "-m", "mailprobe.sim.world", "--demo",
+    $Procs += Start-Process $PyExe -ArgumentList "-m", "mailprobe.testing.world", "--demo",
         "--addresses-out", (Join-Path $Work "addresses.txt"), "--truth-out", (Join-Path $Work "truth.jsonl") `
         -RedirectStandardOutput $worldEnv -RedirectStandardError (Join-Path $Work "world.log") -PassThru -NoNewWindow
     for ($i = 0; $i -lt 100 -and -not (Select-String -Quiet -Path $worldEnv -Pattern "SMTP_PORT" -ErrorAction SilentlyContinue); $i++) { Start-Sleep -Milliseconds 100 }

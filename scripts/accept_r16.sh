@@ -29,7 +29,7 @@ export DATABASE_URL="sqlite:///$WORK/accept.db"
 export MAILPROBE_RUNS_DIR="$WORK/runs"
 
 begin "simulated mail world"
-$PY -m mailprobe.sim.world --demo --addresses-out "$WORK/addresses.txt" \
+$PY -m mailprobe.testing.world --demo --addresses-out "$WORK/addresses.txt" \
     --truth-out "$WORK/truth.jsonl" >"$WORK/world.env" 2>"$WORK/world.log" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q SMTP_PORT "$WORK/world.env" 2>/dev/null && break; sleep 0.1; done

@@ -10,7 +10,7 @@ import pytest
 import trustme
 
 from mailprobe import behavior, config
-from mailprobe.sim.smtpd import MXBehavior, SimSMTPServer
+from mailprobe.testing.smtpd import MXBehavior, SimSMTPServer
 
 HELO = "probe.mailprobe.example"
 MAIL_FROM = "bounce@mailprobe.example"

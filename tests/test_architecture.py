@@ -43,7 +43,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "mailprobe.doctor",
         "mailprobe.demo",
         "mailprobe.testing",
-        "mailprobe.sim",
+        
     ),
 )
 PURE_FORBIDDEN = ("asyncio", "socket", "ssl", "sqlalchemy", "redis", "rq", "dns")

@@ -20,8 +20,8 @@ from mailprobe.engine.bulk import BulkOptions, verify
 from mailprobe.inputs import entry
 from mailprobe.report import render_record
 from mailprobe.results import LineAnswer
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
-from mailprobe.sim.smtpd import ACCEPT, MXBehavior, serve_in_thread
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, serve_in_thread
 from mailprobe.store import queries as q
 
 ROOT = Path(__file__).resolve().parents[1]

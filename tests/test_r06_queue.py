@@ -27,9 +27,9 @@ from sqlalchemy import select
 from mailprobe import config, engine, queue
 from mailprobe.engine.probe import renewing
 from mailprobe.queue.worker import run_worker
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
-from mailprobe.sim.smtpd import ACCEPT, MXBehavior, SimSMTPServer, serve_in_thread
 from mailprobe.store.models import GeneratedEmail
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, SimSMTPServer, serve_in_thread
 from mailprobe.throttle import (
     KEY_PREFIX,
     Limits,

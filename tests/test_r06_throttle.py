@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailprobe.config import MXLimit, Settings
-from mailprobe.sim.smtpd import ACCEPT, MXBehavior, SimSMTPServer
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, SimSMTPServer
 from mailprobe.throttle import (
     Limits,
     LocalThrottle,

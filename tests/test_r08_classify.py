@@ -1,15 +1,14 @@
 """R08: reading SMTP replies as their senders mean them.
 
-The corpus (tests/data/smtp_replies.jsonl) holds real replies from public
-sources (tests/data/SOURCES.md), each with the reason and the address signal a
-careful reader gives it. Every entry must classify to its recorded reason.
+The corpus (data/smtp_replies.jsonl, package data of mailprobe.testing) holds
+real replies from public sources (data/SOURCES.md), each with the reason and the
+address signal a careful reader gives it. Every entry must classify to its recorded reason.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,10 +27,10 @@ from mailprobe.classify import (
     classify_reply,
     parse_enhanced,
 )
+from mailprobe.testing import CORPUS_FILE, SOURCES_FILE
 
-DATA = Path(__file__).parent / "data"
-CORPUS_PATH = DATA / "smtp_replies.jsonl"
-SOURCES_PATH = DATA / "SOURCES.md"
+CORPUS_PATH = CORPUS_FILE
+SOURCES_PATH = SOURCES_FILE
 
 # Providers whose replies mean something else than the words say: the rule that
 # reads them keys on the MX host, so the test passes a real MX host name of theirs.

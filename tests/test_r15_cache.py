@@ -15,8 +15,8 @@ from sqlalchemy import select
 from mailprobe.config import Settings
 from mailprobe.dns import ResolutionStatus, make_resolver
 from mailprobe.mxcache import MXCache
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
 from mailprobe.store import DomainResolution, Store
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 
 
 class Clock:

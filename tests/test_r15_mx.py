@@ -23,7 +23,7 @@ from mailprobe.dns import (
     make_resolver,
     resolve_mx,
 )
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 
 MakeDNS = Callable[..., Awaitable[SimDNSServer]]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mailprobe import engine
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
-from mailprobe.sim.smtpd import ACCEPT, MXBehavior, serve_in_thread
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -287,7 +287,7 @@ def test_r15_cli_probe_keeps_its_answer_when_the_database_fails(
     import subprocess
     import sys
 
-    from mailprobe.sim.smtpd import ACCEPT, MXBehavior, serve_in_thread
+    from mailprobe.testing.smtpd import ACCEPT, MXBehavior, serve_in_thread
 
     db = tmp_path / "broken.db"
     s = Store(f"sqlite:///{db}")

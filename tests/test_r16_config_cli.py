@@ -12,7 +12,7 @@ import pytest
 
 from mailprobe import config
 from mailprobe.config import ConfigError, Settings
-from mailprobe.sim.smtpd import ACCEPT, MXBehavior, Scripted, serve_in_thread
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, Scripted, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """R16: the RCPT-TO probe against real SMTP servers on loopback.
 
 Every integration test talks the real protocol to a scripted server
-(mailprobe.sim.smtpd) on 127.0.0.1; nothing here touches the network.
+(mailprobe.testing.smtpd) on 127.0.0.1; nothing here touches the network.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import mailprobe.smtp as smtp_mod
 from mailprobe import behavior
 from mailprobe.address import InvalidAddress, parse_address
 from mailprobe.classify import Category, category_for_code
-from mailprobe.sim.smtpd import ACCEPT, MXBehavior, Scripted, serve_in_thread
 from mailprobe.smtp import aprobe_rcpt, effective_timeouts, probe_rcpt
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, Scripted, serve_in_thread
 
 from .conftest import HELO, MAIL_FROM, MakeServer
 
@@ -506,7 +506,7 @@ def test_r16_queue_task_shape_and_throttle_hooks(
     monkeypatch: pytest.MonkeyPatch, rcpt: Scripted, category: str, penalized: bool
 ) -> None:
     from mailprobe import config, queue
-    from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
+    from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 
     zone = {
         "acme.example": DomainSpec(mx=[(20, "mx2.acme.example"), (10, "mx1.acme.example")]),

@@ -18,10 +18,10 @@ from mailprobe.address import parse_address
 from mailprobe.config import Settings
 from mailprobe.engine.bulk import BulkOptions, verify
 from mailprobe.inputs import read_addresses
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
 from mailprobe.smtp import SessionError, SMTPSession
 from mailprobe.smtp_wire import MAX_LINES, SMTPWire, WireError, WireFailure
 from mailprobe.store import Store
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -286,7 +286,7 @@ async def test_r16_sim_round_trip_time_is_paid_once_per_group() -> None:
     one command at a time pays it per command, a pipelined group once."""
     import time
 
-    from mailprobe.sim.smtpd import ACCEPT, MXBehavior, SimSMTPServer
+    from mailprobe.testing.smtpd import ACCEPT, MXBehavior, SimSMTPServer
 
     rtt = 0.3
     server = await SimSMTPServer(MXBehavior(default_rcpt=ACCEPT, rtt=rtt)).start()
@@ -320,7 +320,7 @@ async def test_r18_bulk_session_is_one_group_at_network_latency(tmp_path) -> Non
     command at a time (here at least 12); the answers are the same."""
     import time
 
-    from mailprobe.sim.smtpd import ACCEPT, MXBehavior, SimSMTPServer
+    from mailprobe.testing.smtpd import ACCEPT, MXBehavior, SimSMTPServer
 
     behavior = MXBehavior(rtt=0.1, mailboxes={f"u{i}@acme.example": ACCEPT for i in range(3)})
     server = await SimSMTPServer(behavior).start()

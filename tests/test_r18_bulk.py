@@ -22,9 +22,9 @@ import pytest
 from mailprobe.config import Settings
 from mailprobe.engine.bulk import BulkOptions, Summary, verify
 from mailprobe.inputs import InputLine, entry, read_addresses
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
-from mailprobe.sim.smtpd import ACCEPT, MXBehavior, Scripted, SessionState, SimSMTPServer
 from mailprobe.store import Store
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, Scripted, SessionState, SimSMTPServer
 
 ROOT = Path(__file__).resolve().parents[1]
 GREYLIST = Scripted(450, "4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, see "
@@ -308,7 +308,7 @@ async def test_r18_greeting_421_backs_off_and_retries(world_factory) -> None:
 def test_r18_cli_verify_formats(tmp_path: Path) -> None:
     zone = {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
             "mx.acme.example": DomainSpec(a=["127.0.0.1"])}  # fmt: skip
-    from mailprobe.sim.smtpd import serve_in_thread
+    from mailprobe.testing.smtpd import serve_in_thread
 
     listing = tmp_path / "in.csv"
     listing.write_text(
@@ -351,7 +351,7 @@ def test_r18_demo_runs_the_whole_flow() -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_r18_interrupt_keeps_results_and_resume_continues(tmp_path: Path, sig: int) -> None:
-    from mailprobe.sim.smtpd import serve_in_thread
+    from mailprobe.testing.smtpd import serve_in_thread
 
     zone = {"fast.example": DomainSpec(mx=[(10, "mx.fast.example")]),
             "mx.fast.example": DomainSpec(a=["127.0.0.1"]),

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mailprobe import config
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
-from mailprobe.sim.smtpd import ACCEPT, MXBehavior, serve_in_thread
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, serve_in_thread
 
 pytest_plugins = ["tests.redis_server"]
 

@@ -1,4 +1,4 @@
-"""R18: the simulated mail world (mailprobe.sim.world) and the SMTP server's new behaviours.
+"""R18: the simulated mail world (mailprobe.testing.world) and the SMTP server's new behaviours.
 
 Everything is checked with real protocol clients on loopback: dnspython against
 the world's DNS server, mailprobe's own RCPT probe and a raw SMTP client against
@@ -24,22 +24,22 @@ import dns.resolver
 import pytest
 
 from mailprobe.address import InvalidAddress, parse_address
-from mailprobe.sim.smtpd import MXBehavior, Scripted
-from mailprobe.sim.world import (
+from mailprobe.smtp import aprobe_rcpt
+from mailprobe.testing import (
     DEMO_LAYOUT,
-    FALLBACK_CORPUS,
     FAMILY_REPLIES,
     AddressTruth,
     DNSStatus,
     Kind,
     Mailbox,
+    MXBehavior,
+    Scripted,
     SimWorld,
     WorldConfig,
     demo_world,
     load_corpus,
     reply_families,
 )
-from mailprobe.smtp import aprobe_rcpt
 from mailprobe.verdict import decide
 
 from .conftest import MakeServer
@@ -138,14 +138,11 @@ class RawSMTP:
 # -- the corpus and the generation -----------------------------------------------
 
 
-def test_r18_fallback_corpus_is_verbatim() -> None:
-    for reply in FALLBACK_CORPUS:
-        assert CORPUS[reply.id] == reply, reply.id
-    assert len(CORPUS) > len(FALLBACK_CORPUS)
-    fallback = {r.id: r for r in FALLBACK_CORPUS}
-    assert reply_families(fallback) == reply_families(CORPUS)  # enough to build every family
+def test_r18_world_replies_are_in_the_shipped_corpus() -> None:
+    # The corpus ships once, as package data: there is no built-in fallback copy.
     used = {rid for roles in FAMILY_REPLIES.values() for rid, _ in roles.values()}
-    assert used < set(fallback)
+    assert used < set(CORPUS)
+    assert set(reply_families(CORPUS)) == set(FAMILY_REPLIES)  # enough to build every family
     with pytest.raises(FileNotFoundError):
         load_corpus("/nonexistent/smtp_replies.jsonl")
 
@@ -527,7 +524,8 @@ def test_r18_command_line_serves_until_interrupted(tmp_path: Path) -> None:
     env = os.environ | {"PYTHONPATH": str(src)}
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "mailprobe.sim.world", "--domains", "12", "--addresses", "100"),
+            *(sys.executable, "-m", "mailprobe.testing.world"),
+            *("--domains", "12", "--addresses", "100"),
             *("--seed", "1", "--invalid", "--addresses-out", str(out), "--truth-out", str(truth)),
         ],
         stdout=subprocess.PIPE,

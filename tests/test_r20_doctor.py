@@ -29,9 +29,9 @@ from mailprobe.doctor import (
     format_checks,
     run_checks,
 )
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
-from mailprobe.sim.smtpd import MXBehavior, Scripted, SimSMTPServer
 from mailprobe.store.database import Store
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.smtpd import MXBehavior, Scripted, SimSMTPServer
 
 pytest_plugins = ["tests.redis_server"]
 

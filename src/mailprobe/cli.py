@@ -507,7 +507,14 @@ def config() -> None:
 @app.command()
 def demo() -> None:
     """Probe a few addresses against a simulated mail server on loopback (no internet)."""
-    from mailprobe.demo import run_demo
+    try:  # mailprobe.testing needs the testing extra (dnslib, trustme)
+        from mailprobe.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in {"dnslib", "trustme"}:
+            raise
+        message = "mailprobe demo needs the testing extra: pip install 'mailprobe[testing]'"
+        typer.echo(message, err=True)
+        raise typer.Exit(2) from None
 
     raise typer.Exit(asyncio.run(run_demo(_settings())))
 

@@ -20,8 +20,8 @@ from mailprobe.config import Settings
 from mailprobe.engine.bulk import BulkOptions, verify
 from mailprobe.inputs import entry
 from mailprobe.report import VERDICT_STYLE
-from mailprobe.sim.world import SimWorld, demo_world
 from mailprobe.store import Store
+from mailprobe.testing.world import SimWorld, demo_world
 
 
 async def run_demo(settings: Settings) -> int:

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from mailprobe.sim.background import ThreadedServer
+from mailprobe.testing.background import ThreadedServer
 
 CRLF = b"\r\n"
 
@@ -54,7 +54,8 @@ class Scripted:
 
 ACCEPT = Scripted(250, "2.1.5 Ok")
 USER_UNKNOWN = Scripted(550, "5.1.1 <{rcpt}>: Recipient address rejected: User unknown")
-# Defaults for the limits below; texts from tests/data/smtp_replies.jsonl where it has them.
+# Defaults for the limits below; texts from the reply corpus (mailprobe.testing.corpus)
+# where it has them.
 TOO_MANY_RECIPIENTS = Scripted(452, "4.5.3 Too many recipients")  # exchange-onprem-rcpt-452-453-*
 TOO_MANY_CONNECTIONS = Scripted(421, "4.7.0 Too many connections, try again later")
 MULTIPLE_DOMAINS = Scripted(  # gmail-rcpt-451-430-multiple-destination-domains (shortened)

@@ -35,7 +35,7 @@ from dnslib import (
     DNSRecord,
 )
 
-from mailprobe.sim.background import ThreadedServer
+from mailprobe.testing.background import ThreadedServer
 
 Transport = Literal["udp", "tcp"]
 

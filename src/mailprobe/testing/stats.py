@@ -1,0 +1,66 @@
+"""Cap accounting over a whole world: every MX server's record added up.
+
+Each `SimSMTPServer` keeps a `ServerRecord` (connections, transactions, RCPTs,
+how many were open at once, and violations of the concurrency and rate caps it
+was told to expect); `WorldStats.of` adds them up for `SimWorld.stats()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mailprobe.testing.smtpd import ServerRecord
+
+
+@dataclass(frozen=True)
+class WorldStats:
+    """All servers' records, added up (see smtpd.ServerRecord)."""
+
+    servers: int
+    connections: int
+    refused_connections: int
+    transactions: int
+    rcpts: int
+    cap_violations: int
+    concurrency_violations: int
+    rps_violations: int
+    max_open: dict[str, int]  # per MX host
+    peak_starts_per_second: dict[str, int]  # per MX host
+    data_received: bool
+
+    @classmethod
+    def of(cls, recs: Mapping[str, ServerRecord]) -> WorldStats:
+        """The totals of these servers' records (by MX host name)."""
+        return cls(
+            servers=len(recs),
+            connections=sum(r.connections for r in recs.values()),
+            refused_connections=sum(r.refused_connections for r in recs.values()),
+            transactions=sum(r.transactions for r in recs.values()),
+            rcpts=sum(r.rcpts for r in recs.values()),
+            cap_violations=sum(r.cap_violations for r in recs.values()),
+            concurrency_violations=sum(r.concurrency_violations for r in recs.values()),
+            rps_violations=sum(r.rps_violations for r in recs.values()),
+            max_open={h: r.max_open for h, r in recs.items()},
+            peak_starts_per_second={h: r.peak_starts_per_second() for h, r in recs.items()},
+            data_received=any(r.data_received for r in recs.values()),
+        )
+
+    @property
+    def rcpts_per_connection(self) -> float:
+        return self.rcpts / self.connections if self.connections else 0.0
+
+    @property
+    def max_open_overall(self) -> int:
+        return max(self.max_open.values(), default=0)
+
+    def summary(self) -> str:
+        return (
+            f"{self.connections} connections ({self.refused_connections} refused) to "
+            f"{sum(1 for v in self.max_open.values() if v)}/{self.servers} MX hosts, "
+            f"{self.transactions} transactions, {self.rcpts} RCPTs "
+            f"({self.rcpts_per_connection:.2f} per connection), max open per MX "
+            f"{self.max_open_overall}, cap violations {self.cap_violations} "
+            f"(concurrency {self.concurrency_violations}, rps {self.rps_violations}), "
+            f"DATA {'RECEIVED' if self.data_received else 'never'}"
+        )
