@@ -1,4 +1,4 @@
-"""What each MX has shown us (the seed's O06 behaviour cache), to tune later probes.
+"""What each MX has shown us (the seed's behaviour cache), to tune later probes.
 
 `record_mx_probe` is the hook every probe calls; `behavior_hint` turns what
 was recorded into the hint `probe_rcpt` adapts its timeouts to. Figures are
@@ -166,7 +166,7 @@ def record_mx_probe(
     code: int | None = None,
     **details: Any,
 ) -> None:
-    """The O06 hook: called after every probe with what the MX did."""
+    """The seed's O06 hook: called after every probe with what the MX did."""
     default_cache.record(
         mx_host,
         latency_ms=latency_ms,

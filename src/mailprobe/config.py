@@ -61,7 +61,7 @@ class Settings:
     smtp_pipelining: bool = True  # SMTP_PIPELINING, group a transaction when offered
     smtp_tls_verify: bool = False  # SMTP_TLS_VERIFY, check the MX certificate
     smtp_tls_cafile: str | None = None  # SMTP_TLS_CAFILE, extra CA bundle
-    # DNS (R15)
+    # DNS
     dns_nameservers: tuple[str, ...] = ()  # DNS_NAMESERVERS, "host[:port]" list; () = resolv.conf
     dns_timeout: float = 5.0  # DNS_TIMEOUT, seconds for one lookup (all tries)
     mx_cache_min_ttl: int = 300  # MX_CACHE_MIN_TTL, seconds: floor on a record's TTL
@@ -70,7 +70,7 @@ class Settings:
     # Storage and queue
     database_url: str = DEFAULT_DATABASE_URL  # DATABASE_URL (or the seed's DATABASE_PATH)
     redis_url: str | None = None  # REDIS_URL; None = everything in-process
-    # Throttles (R06): the seed's names and defaults
+    # Throttles: the seed's names and defaults
     global_max_concurrency: int = 12  # GLOBAL_MAX_CONCURRENCY
     per_mx_max_concurrency_default: int = 2  # PER_MX_MAX_CONCURRENCY_DEFAULT
     global_rps: float = 6.0  # GLOBAL_RPS

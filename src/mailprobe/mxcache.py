@@ -1,4 +1,4 @@
-"""MX lookups through the domain_resolutions table: the seed's R15 `get_or_resolve_mx`.
+"""MX lookups through the domain_resolutions table: the seed's `get_or_resolve_mx`.
 
 A record is served from the table until it expires: positive answers live for
 their DNS TTL clamped to [MX_CACHE_MIN_TTL, MX_CACHE_MAX_TTL]; NXDOMAIN, null

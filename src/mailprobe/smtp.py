@@ -513,7 +513,7 @@ async def _courtesy(awaitable: Any) -> None:
 
 
 def _record(recorder: Recorder, outcome: Outcome) -> None:
-    """The O06 hook: what this MX did, for later probes. Never fails the probe."""
+    """The seed's behaviour hook (record_mx_probe): what this MX did, for later probes. Never fails the probe."""
     try:
         recorder(
             outcome.mx_host,
@@ -538,7 +538,7 @@ def probe_rcpt(
     behavior_hint: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """The seed's synchronous probe: `aprobe_rcpt` run to completion.
+    """The seed's R16 probe, synchronous: `aprobe_rcpt` run to completion.
 
     Inside a running event loop (a notebook, an async app) it runs on a private
     loop in a helper thread rather than deadlocking the caller's loop; async

@@ -55,7 +55,7 @@ def upsert_address(
 
 
 def queue_worthy(address: EmailAddress) -> bool:
-    """The enqueue path skips freemail domains (as the seed's R15 does): probing gmail.com
+    """The enqueue path skips freemail domains (as the seed does): probing gmail.com
     & co. in bulk is rarely useful and wears out our welcome. PROBE_FREEMAIL=1 lifts
     this; an explicit `mailprobe probe` always runs."""
     return get_settings().probe_freemail or not is_freemail(address.ascii_domain)

@@ -1,4 +1,4 @@
-"""MX resolution through the cache (the seed's R15 helpers), for one domain or many."""
+"""MX resolution through the cache, for one domain or many."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ async def aget_or_resolve_mx(
 
 
 def get_or_resolve_mx(domain: str, force: bool = False) -> dict[str, Any]:
-    """The seed's helper: the domain's resolution as a dict (lowest_mx, mx_hosts, status...)."""
+    """The seed's R15 helper: the domain's resolution as a dict (lowest_mx, mx_hosts, status...)."""
     return run_sync(aget_or_resolve_mx(domain, force)).as_dict()
 
 

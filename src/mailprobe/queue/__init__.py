@@ -1,4 +1,4 @@
-"""Queue jobs (R06/R16): probes on queue `verify`, MX lookups (`task_resolve_mx`) on `mx`.
+"""Queue jobs: probes on queue `verify`, MX lookups (`task_resolve_mx`) on `mx`.
 
 A thin face: each job calls the engine in a few lines. `worker` runs RQ workers,
 `fleet` spreads bulk verification over them.
@@ -238,7 +238,7 @@ def _enqueue_once(
 def task_probe_email(
     email_id: int | None, email: str, domain: str | None = None, force: bool = False
 ) -> dict[str, Any]:
-    """The seed's job: resolve the MX (cache unless `force`), take a throttle slot for the
+    """The seed's R16 job: resolve the MX (cache unless `force`), take a throttle slot for the
     lowest MX, probe with the MX's behaviour hint, store and return the result dict.
 
     A bad address returns {"ok": False, "error": "bad_input: ..."} rather than raising,

@@ -80,13 +80,13 @@ class DomainResolution(Base):
     ttl: Mapped[int] = mapped_column(Integer, default=0)
     resolved_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
-    mx_behavior: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # O06 snapshot, lowest MX
+    mx_behavior: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # behaviour snapshot of the lowest MX
     catch_all: Mapped[bool | None] = mapped_column(Boolean)
     catch_all_checked_at: Mapped[datetime | None] = mapped_column()
 
 
 class MXHost(Base):
-    """O06: per-MX behaviour, keyed by host because many domains share one MX."""
+    """Per-MX behaviour, keyed by host because many domains share one MX."""
 
     __tablename__ = "mx_hosts"
 
