@@ -54,8 +54,8 @@ def _read(fh: TextIO) -> Iterator[InputLine]:
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         rows = csv.reader(fh, skipinitialspace=True)
         for offset, row in enumerate(rows, start=2):
-            record = dict(zip(fields, (c.strip() for c in row), strict=False))
-            yield entry(offset, record.pop("email", ""), record)
+            cells = dict(zip(fields, (c.strip() for c in row), strict=False))
+            yield entry(offset, cells.pop("email", ""), cells)
         return
     yield entry(1, first.rstrip("\r\n"), {})
     for line_no, line in enumerate(fh, start=2):

@@ -1,6 +1,6 @@
 """MX lookups through the domain_resolutions table: the seed's `get_or_resolve_mx`.
 
-A record is served from the table until it expires: positive answers live for
+A resolution is served from the table until it expires: positive answers live for
 their DNS TTL clamped to [MX_CACHE_MIN_TTL, MX_CACHE_MAX_TTL]; NXDOMAIN, null
 MX and "no mail host" live for MX_NEGATIVE_TTL. A temporary DNS failure is
 never stored: the previous answer, even stale, is served instead, and when

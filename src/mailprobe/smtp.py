@@ -477,7 +477,7 @@ async def probe_address(
     else:
         failure = {"reason": Reason.UNKNOWN.value, "stage": session.stage, **failure}
         outcome = Outcome(email=email, mx_host=mx_host, **failure, **evidence)
-    _record(recorder or record_mx_probe, outcome)
+    _tell_behavior_hook(recorder or record_mx_probe, outcome)
     return outcome
 
 
@@ -512,7 +512,7 @@ async def _courtesy(awaitable: Any) -> None:
         await awaitable
 
 
-def _record(recorder: Recorder, outcome: Outcome) -> None:
+def _tell_behavior_hook(recorder: Recorder, outcome: Outcome) -> None:
     """The seed's behaviour hook (record_mx_probe): what this MX did, for later probes. Never fails the probe."""
     try:
         recorder(
