@@ -38,7 +38,6 @@ import socket
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import dns.asyncresolver
 import dns.exception
@@ -56,6 +55,7 @@ from mailprobe.dns import (
     resolve_host,
     resolve_mx,
 )
+from mailprobe.redact import redact_url
 
 Status = Literal["pass", "warn", "fail", "skip"]
 
@@ -804,14 +804,6 @@ async def _check_blocklist(ctx: _Context, ip: str, zone: str) -> Check:
     )
 
 
-def _hide_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 async def _check_redis(settings: Settings) -> Check:
     url = settings.redis_url
     if not url:
@@ -829,12 +821,12 @@ async def _check_redis(settings: Settings) -> Check:
         return Check(
             "redis",
             "fail",
-            f"cannot reach {_hide_password(url)}: {type(exc).__name__}: {exc}",
+            f"cannot reach {redact_url(url)}: {type(exc).__name__}: {exc}",
             "start Redis or correct REDIS_URL (unset it to run without a queue)",
         )
     finally:
         await client.aclose()
-    return Check("redis", "pass", f"{_hide_password(url)} answered PING")
+    return Check("redis", "pass", f"{redact_url(url)} answered PING")
 
 
 def _sqlite_pending(url: str) -> str | None:

@@ -48,13 +48,13 @@ import functools
 import hashlib
 import logging
 import random
-import re
 import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mailprobe.address import InvalidAddress, parse_address
 from mailprobe.config import ConfigError, Settings, get_settings
+from mailprobe.redact import redact_url as redact_url  # re-exported: callers import it from here
 from mailprobe.smtp import run_sync
 from mailprobe.throttle import (
     RedisThrottle,
@@ -112,11 +112,6 @@ class QueueUnavailable(RuntimeError):
 
 class TransientProbeError(RuntimeError):
     """A probe that may succeed later (DNS failure): raised so RQ's Retry re-runs the job."""
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, fit for messages."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def probe_job_id(email: str) -> str:

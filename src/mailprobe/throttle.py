@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import random
-import re
 import socket
 import time
 import uuid
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mailprobe.config import MXLimit, Settings
+from mailprobe.redact import redact_url
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -480,11 +480,6 @@ return level
 )
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, fit for an error message."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
 class RedisThrottle(Throttle):
     """Caps shared by every process that talks to the same Redis.
 
@@ -528,7 +523,7 @@ class RedisThrottle(Throttle):
             OSError,
         )
         if isinstance(redis, str):
-            self.url = _redact(redis)
+            self.url = redact_url(redis)
             self._redis = Redis.from_url(
                 redis,
                 socket_connect_timeout=socket_timeout,
