@@ -24,13 +24,13 @@ from mailprobe.doctor import (
     DEFAULT_BLOCKLISTS,
     FIX_PORT25,
     Check,
-    SPFEvaluator,
     doctor_exit_status,
     format_checks,
     run_checks,
 )
 from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
 from mailprobe.sim.smtpd import MXBehavior, Scripted, SimSMTPServer
+from mailprobe.spf import SPFEvaluator
 from mailprobe.store.database import Store
 
 pytest_plugins = ["tests.redis_server"]
