@@ -43,7 +43,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "mailprobe.doctor",
         "mailprobe.demo",
         "mailprobe.testing",
-        
     ),
 )
 PURE_FORBIDDEN = ("asyncio", "socket", "ssl", "sqlalchemy", "redis", "rq", "dns")

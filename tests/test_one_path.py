@@ -20,9 +20,9 @@ from mailprobe.engine.bulk import BulkOptions, verify
 from mailprobe.inputs import entry
 from mailprobe.report import render_record
 from mailprobe.results import LineAnswer
+from mailprobe.store import queries as q
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 from mailprobe.testing.smtpd import ACCEPT, MXBehavior, serve_in_thread
-from mailprobe.store import queries as q
 
 ROOT = Path(__file__).resolve().parents[1]
 ADDRESSES = (

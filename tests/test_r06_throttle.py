@@ -601,3 +601,15 @@ async def test_redis_silent_server_is_unavailable_not_a_hang() -> None:
         assert time.monotonic() - t0 < 4.0
         assert "secret" not in str(info.value)
         assert f"127.0.0.1:{port}" in str(info.value)
+
+
+def test_importing_the_throttle_package_does_not_load_redis_py() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mailprobe.throttle; "
+        "print(any(m.split('.')[0] == 'redis' for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

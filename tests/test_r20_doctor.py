@@ -24,11 +24,11 @@ from mailprobe.doctor import (
     DEFAULT_BLOCKLISTS,
     FIX_PORT25,
     Check,
-    SPFEvaluator,
     doctor_exit_status,
     format_checks,
     run_checks,
 )
+from mailprobe.spf import SPFEvaluator
 from mailprobe.store.database import Store
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 from mailprobe.testing.smtpd import MXBehavior, Scripted, SimSMTPServer

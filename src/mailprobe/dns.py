@@ -24,6 +24,7 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+import dns.reversename
 import dns.rrset
 
 from mailprobe.address import InvalidAddress, check_hostname
@@ -312,5 +313,62 @@ async def resolve_host(
     return addresses
 
 
+# -- single lookups (doctor, SPF) -------------------------------------------------
+
+
+async def lookup(
+    resolver: dns.asyncresolver.Resolver, name: str | dns.name.Name, rdtype: str
+) -> list[Any] | None:
+    """The rdatas of one query: [] for NODATA, None for NXDOMAIN.
+
+    A temporary failure (timeout, SERVFAIL, REFUSED, no server answered) raises
+    DNSLookupError; a `name` that is not a domain name raises dnspython's error
+    (bad input, not a DNS failure). Bounded by the resolver's lifetime; absolute
+    names only (no search list).
+    """
+    qname = name if isinstance(name, dns.name.Name) else dns.name.from_text(name)
+    try:
+        async with asyncio.timeout(float(resolver.lifetime) + _BELT_SLACK):
+            answer = await resolver.resolve(
+                qname, dns.rdatatype.from_text(rdtype), raise_on_no_answer=False, search=False
+            )
+    except dns.resolver.NXDOMAIN:
+        return None
+    except TimeoutError:
+        raise DNSLookupError(f"no answer within {float(resolver.lifetime):g}s") from None
+    except (dns.exception.DNSException, OSError, ValueError) as exc:
+        raise DNSLookupError(f"{type(exc).__name__}: {exc}") from None
+    return list(answer.rrset) if answer.rrset is not None else []
+
+
+async def lookup_addresses(resolver: dns.asyncresolver.Resolver, host: str) -> list[str]:
+    """Every A and AAAA address of `host` ([] when it has none or does not exist).
+
+    Unlike `resolve_host` (which stops at the first family that answers) this asks
+    both, for checks that compare addresses; DNSLookupError on a temporary failure.
+    """
+    out: list[str] = []
+    for rdtype in ("A", "AAAA"):
+        rdatas = await lookup(resolver, host, rdtype)
+        if rdatas is None:
+            return []
+        out.extend(str(r.address) for r in rdatas)
+    return out
+
+
+async def lookup_txt(resolver: dns.asyncresolver.Resolver, name: str) -> list[str]:
+    """The TXT records of `name`, each one's strings joined and decoded ([] for none);
+    DNSLookupError on a temporary failure."""
+    rdatas = await lookup(resolver, name, "TXT")
+    return [b"".join(r.strings).decode("utf-8", "replace") for r in rdatas or []]
+
+
+async def lookup_ptr(resolver: dns.asyncresolver.Resolver, ip: str) -> list[str]:
+    """The PTR names of `ip`, lowercase without the final dot ([] for none);
+    DNSLookupError on a temporary failure."""
+    rdatas = await lookup(resolver, dns.reversename.from_address(ip), "PTR")
+    return [r.target.to_text(omit_final_dot=True).lower() for r in rdatas or []]
+
+
 class DNSLookupError(Exception):
-    """A temporary failure to resolve a host name: try again later."""
+    """A temporary DNS failure (timeout, SERVFAIL, no server answered): try again later."""

@@ -513,7 +513,8 @@ async def _courtesy(awaitable: Any) -> None:
 
 
 def _tell_behavior_hook(recorder: Recorder, outcome: Outcome) -> None:
-    """The seed's behaviour hook (record_mx_probe): what this MX did, for later probes. Never fails the probe."""
+    """The seed's behaviour hook (record_mx_probe): what this MX did, for later probes.
+    Never fails the probe."""
     try:
         recorder(
             outcome.mx_host,

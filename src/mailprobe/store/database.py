@@ -17,6 +17,8 @@ from sqlalchemy import Engine, create_engine, event, exc, inspect, make_url, tex
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailprobe.redact import redact_url
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -43,7 +45,8 @@ def normalise_url(url: str) -> URL:
 
 
 def _shown(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """The URL as SQLAlchemy spells it (percent-encoded), password hidden by the one redactor."""
+    return redact_url(url.render_as_string(hide_password=False))
 
 
 def create_store_engine(url: str) -> Engine:

@@ -1,0 +1,211 @@
+"""What every throttle shares: errors, limits and policy, the slot, the `Throttle`
+interface, and the pure helpers (GCRA's `next_tat`, penalty levels) both backends use."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mailprobe.config import MXLimit, Settings
+
+log = logging.getLogger("mailprobe.throttle")
+
+KEY_PREFIX = "mailprobe:throttle:"
+DEFAULT_COOLDOWN = 600.0  # seconds a penalty lasts before one halving is undone
+DEFAULT_PENALTY_GRACE = 5.0  # penalties closer than this count once (in-flight probes)
+DEFAULT_MAX_PENALTY_LEVEL = 6  # at most 2**6 = 64 times slower
+LEASE_MARGIN = 30.0  # lease = probe deadline + this, so a live probe never loses its slot
+LATE_TOLERANCE = 0.05  # seconds a start may come after its token and keep the schedule
+
+Clock = Callable[[], float]
+
+
+# -- errors -------------------------------------------------------------------
+
+
+class ThrottleError(Exception):
+    """Base class of throttle errors."""
+
+
+class ThrottleTimeout(ThrottleError):
+    """No slot within the allowed wait: reschedule the probe rather than drop it."""
+
+    def __init__(
+        self, mx_host: str, waited: float, limited_by: str = "", retry_after: float | None = None
+    ) -> None:
+        detail = f" ({limited_by} cap)" if limited_by else ""
+        super().__init__(f"no throttle slot for {mx_host} within {waited:.2f}s{detail}")
+        self.mx_host = mx_host
+        self.waited = waited
+        self.limited_by = limited_by
+        self.retry_after = retry_after  # seconds until a rate token is due; None: a full slot
+
+
+class ThrottleUnavailable(ThrottleError):
+    """The shared throttle store cannot be reached: fail clearly, never hang."""
+
+    def __init__(self, url: str, detail: str = "") -> None:
+        super().__init__(f"throttle store {url} is unavailable" + (f": {detail}" if detail else ""))
+        self.url = url
+
+
+# -- limits and policy --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A concurrency cap and a rate cap (starts per second)."""
+
+    max_concurrency: int
+    rps: float
+
+    def penalized(self, level: int) -> Limits:
+        """These limits halved `level` times (concurrency never below 1)."""
+        if level <= 0:
+            return self
+        return Limits(max(1, self.max_concurrency >> level), self.rps / (2**level))
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    """What the caps are: global, per-MX default, and per-MX overrides by pattern."""
+
+    global_limits: Limits
+    mx_default: Limits
+    overrides: tuple[MXLimit, ...] = ()
+    wait: float = 30.0  # default bound on acquire()
+    cooldown: float = DEFAULT_COOLDOWN
+    penalty_grace: float = DEFAULT_PENALTY_GRACE
+    max_penalty_level: int = DEFAULT_MAX_PENALTY_LEVEL
+
+    def __post_init__(self) -> None:
+        for limits in (self.global_limits, self.mx_default):
+            if limits.max_concurrency < 1 or not limits.rps > 0:
+                raise ValueError(f"throttle caps must be positive: {limits}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ThrottlePolicy:
+        return cls(
+            global_limits=Limits(settings.global_max_concurrency, settings.global_rps),
+            mx_default=Limits(settings.per_mx_max_concurrency_default, settings.per_mx_rps_default),
+            overrides=settings.mx_limits,
+            wait=settings.throttle_wait,
+            **overrides,
+        )
+
+    def limits_for(self, mx_host: str) -> Limits:
+        """The configured (unpenalized) per-MX limits: the first matching override wins."""
+        host = normalize_host(mx_host)
+        for limit in self.overrides:
+            if limit.matches(host):
+                return Limits(limit.max_concurrency, limit.rps)
+        return self.mx_default
+
+
+def normalize_host(mx_host: str) -> str:
+    """One spelling per MX, so "MX.Example.COM." and "mx.example.com" share their caps."""
+    return mx_host.strip().lower().rstrip(".")
+
+
+def penalty_level(stored: int, since: float, now: float, cooldown: float) -> int:
+    """The halvings in force now: one is undone per full cool-down since the last penalty."""
+    if stored <= 0:
+        return 0
+    steps = max(0, math.floor((now - since) / cooldown))
+    return max(0, stored - steps)
+
+
+def late_tolerance(interval: float) -> float:
+    """How late a start may be and still count as on schedule (see `next_tat`)."""
+    return min(LATE_TOLERANCE, interval / 4)
+
+
+def next_tat(tat: float, now: float, interval: float) -> float:
+    """GCRA: the earliest time of the start after one taken `now` (its token was due at `tat`).
+
+    A waiter always wakes a little after its token is due (timer and event-loop latency,
+    some milliseconds). Restarting the schedule from `now` would add that lateness to every
+    interval: about 5% fewer starts than the cap allows on a busy MX, which is the run's
+    critical path. A start that is late by at most `late_tolerance` keeps the schedule
+    instead, so starts stay on a grid `interval` apart and never closer than
+    ``interval - late_tolerance``: no window of T seconds holds more than
+    ``1 + rps * (T + late_tolerance)`` starts, no burst is ever saved up, and after a
+    longer pause (an idle MX) the schedule restarts from now.
+    """
+    if 0.0 <= now - tat <= late_tolerance(interval):
+        return tat + interval
+    return max(tat, now) + interval
+
+
+def penalty_reason(result: Mapping[str, Any]) -> str | None:
+    """Why a probe result should penalize its MX (421 or a rate-limit reply), else None."""
+    if result.get("code") == 421:
+        return "421"
+    if result.get("reason") == "rate_limited":
+        return "rate_limited"
+    return None
+
+
+# -- the interface ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A held slot; give it back with `release`. `expires_at` is the lease end (Redis only,
+    server clock, seconds)."""
+
+    mx_host: str
+    token: str
+    expires_at: float | None = None
+
+
+class Throttle(abc.ABC):
+    """Global and per-MX caps; the same contract whatever holds the state."""
+
+    policy: ThrottlePolicy
+
+    @abc.abstractmethod
+    async def acquire(self, mx_host: str, *, wait: float | None = None) -> Slot:
+        """Wait (at most `wait`, default policy.wait) for concurrency and rate on both the
+        global and the MX's caps, take them together, and return the slot.
+
+        Raises ThrottleTimeout when that does not happen in time."""
+
+    @abc.abstractmethod
+    async def release(self, slot: Slot) -> None:
+        """Give the concurrency slot back (idempotent). Rate tokens are spent, not returned."""
+
+    @abc.abstractmethod
+    async def renew(self, slot: Slot, lease_seconds: float | None = None) -> bool:
+        """Extend a slot's lease; False when it was already lost (expired or released)."""
+
+    @abc.abstractmethod
+    async def penalize(self, mx_host: str, *, reason: str) -> None:
+        """The MX told us to slow down (421, rate limit): halve its limits for a while."""
+
+    @abc.abstractmethod
+    async def effective_limits(self, mx_host: str) -> Limits:
+        """The MX's limits in force now, penalties included."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to close by default
+        """Release resources (connections)."""
+
+    @contextlib.asynccontextmanager
+    async def slot(self, mx_host: str, *, wait: float | None = None) -> AsyncIterator[Slot]:
+        """`async with throttle.slot(mx): probe...` - released however the body ends.
+
+        A failed release is logged, not raised: the probe's outcome matters more,
+        and a Redis lease frees the slot by itself anyway."""
+        held = await self.acquire(mx_host, wait=wait)
+        try:
+            yield held
+        finally:
+            try:
+                await self.release(held)
+            except ThrottleError as exc:
+                log.warning("could not release throttle slot for %s: %s", held.mx_host, exc)
