@@ -17,7 +17,13 @@ MAX_LINES = 600
 # Bottom up. A module may import its own layer and the layers below, never above.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: address and configuration
-    ("mailprobe.address", "mailprobe.config", "mailprobe.flags", "mailprobe.redact"),
+    (
+        "mailprobe.address",
+        "mailprobe.config",
+        "mailprobe.flags",
+        "mailprobe.redact",
+        "mailprobe.data",
+    ),
     # 1: reply meaning and verdict: pure (no sockets, no database)
     ("mailprobe.classify", "mailprobe.verdict", "mailprobe.results"),
     # 2: the SMTP wire and session, DNS, throttles, behaviour, MX cache, store, input

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dns.exception
 import pytest
-from mailprobe.sim.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 
 from mailprobe.dns import (
     DNSLookupError,
