@@ -34,14 +34,14 @@ from typing import Any
 
 from mailprobe.engine.bulk import retry
 from mailprobe.engine.bulk.catchall import CatchAllProbe
-from mailprobe.engine.bulk.options import BulkOptions, Sink, Summary
+from mailprobe.engine.bulk.options import MAX_UNSTORED_ROWS, BulkOptions, Sink, Summary
 from mailprobe.engine.bulk.reader import Lines, read
 from mailprobe.engine.bulk.routing import Router
 from mailprobe.engine.bulk.scheduler import Ask, Scheduler, Wait
 from mailprobe.engine.bulk.session import SessionRunner
 from mailprobe.engine.bulk.state import DomainState, MXLane, drain
 from mailprobe.engine.bulk.targets import Recipient, Target
-from mailprobe.engine.bulk.writer import MAX_UNSTORED_ROWS, StoreAnswers, Writer
+from mailprobe.engine.bulk.writer import StoreAnswers, Writer
 from mailprobe.engine.context import Context
 from mailprobe.flags import flags_for
 from mailprobe.inputs import InputLine

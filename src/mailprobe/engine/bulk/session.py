@@ -5,9 +5,8 @@ first), opens one connection and groups them by domain into transactions (MAIL
 FROM, RCPT..., RSET). After a domain's first transaction comes its catch-all check,
 when one is needed (see `catchall`). Without PIPELINING each command waits for its
 reply; with it the whole session, QUIT included, is one RFC 2920 group, planned as
-a list of typed steps (`MailStep`, `RcptStep`, `RsetStep`, `CheckMailStep`,
-`CatchAllStep`, `CheckRsetStep`, `QuitStep`) whose replies are read in order and
-dispatched by type.
+a list of typed steps (see `steps`) whose replies are read in order and dispatched
+by type.
 
 Every reply becomes an `Outcome` handed to the engine (`answered`); accepted RCPTs
 go through the domain's catch-all tracker first. A broken session puts the
@@ -21,7 +20,6 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Protocol
 
 from mailprobe.classify import Reason, classify_reply
@@ -29,6 +27,17 @@ from mailprobe.dns import DNSLookupError
 from mailprobe.engine.bulk.catchall import Accepted, CatchAllProbe
 from mailprobe.engine.bulk.options import BulkOptions, Summary
 from mailprobe.engine.bulk.state import DomainState, MXLane, drain, take
+from mailprobe.engine.bulk.steps import (
+    CatchAllStep,
+    CheckMailStep,
+    CheckRsetStep,
+    MailStep,
+    QuitStep,
+    RcptStep,
+    RsetStep,
+    command,
+    plan_session,
+)
 from mailprobe.engine.bulk.targets import Recipient, Target
 from mailprobe.engine.context import Context
 from mailprobe.engine.probe import probe_options
@@ -57,63 +66,6 @@ class Engine(Protocol):
     def checked(self, probe: CatchAllProbe, reason: str) -> None: ...
 
     def look_up(self, lane: MXLane) -> None: ...
-
-
-# -- the steps of a pipelined session ----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MailStep:
-    txn: int  # the transaction's index in the session
-
-
-@dataclass(frozen=True, slots=True)
-class RcptStep:
-    txn: int
-    recipient: Recipient
-
-
-@dataclass(frozen=True, slots=True)
-class RsetStep:
-    txn: int  # ends the transaction: its accepted answers go (or wait for the check)
-
-
-@dataclass(frozen=True, slots=True)
-class CheckMailStep:
-    """The catch-all check's MAIL FROM (its own transaction)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CatchAllStep:
-    probe: CatchAllProbe
-
-
-@dataclass(frozen=True, slots=True)
-class CheckRsetStep:
-    """Ends the check's transaction."""
-
-
-@dataclass(frozen=True, slots=True)
-class QuitStep:
-    pass
-
-
-Step = MailStep | RcptStep | RsetStep | CheckMailStep | CatchAllStep | CheckRsetStep | QuitStep
-
-
-def command(step: Step, session: SMTPSession, mail_from: str) -> tuple[str, tuple[bytes, ...]]:
-    """The step's (stage, command words) for `SMTPSession.pipeline`."""
-    match step:
-        case MailStep() | CheckMailStep():
-            return "mail", session.mail_command(mail_from)
-        case RcptStep(recipient=r):
-            return "rcpt", session.rcpt_command(r.address)
-        case CatchAllStep(probe=p):
-            return "rcpt", session.rcpt_command(p.address)
-        case RsetStep() | CheckRsetStep():
-            return "rset", (b"RSET",)
-        case QuitStep():
-            return "quit", (b"QUIT",)
 
 
 class SessionRunner:
@@ -283,24 +235,6 @@ class SessionRunner:
 
     # -- with PIPELINING: the whole session is one group ------------------------------
 
-    def _plan(
-        self, lane: MXLane, pending: deque[Recipient]
-    ) -> tuple[list[list[Recipient]], list[Step]]:
-        """Every transaction (MAIL, its RCPTs, RSET), each new domain's catch-all check
-        right after its first transaction, and QUIT."""
-        txns: list[list[Recipient]] = []
-        while pending:
-            txns.append(self._next_transaction(lane, pending))
-        plan: list[Step] = []
-        for t, txn in enumerate(txns):
-            plan += [MailStep(t), *(RcptStep(t, r) for r in txn), RsetStep(t)]
-            state = self.engine.domain(txn[0].domain)
-            if state.catch_all.needs_check(self.options.catch_all_check):
-                probe = state.catch_all.start(state.name)
-                plan += [CheckMailStep(), CatchAllStep(probe), CheckRsetStep()]
-        plan.append(QuitStep())
-        return txns, plan
-
     async def _grouped(
         self,
         lane: MXLane,
@@ -311,7 +245,10 @@ class SessionRunner:
     ) -> None:
         """The session as one RFC 2920 group: replies are read in order and paired with
         the plan, so the session costs one round trip after EHLO, not one per command."""
-        txns, plan = self._plan(lane, pending)
+        txns: list[list[Recipient]] = []
+        while pending:
+            txns.append(self._next_transaction(lane, pending))
+        plan = plan_session(txns, self.engine.domain, self.options.catch_all_check)
         group = [command(step, session, mail_from) for step in plan]
         span = (header, len(session.transcript))
         sent = time.monotonic()
