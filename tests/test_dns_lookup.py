@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dns.exception
 import pytest
-from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 
 from mailprobe.dns import (
     DNSLookupError,
@@ -14,6 +13,7 @@ from mailprobe.dns import (
     lookup_txt,
     make_resolver,
 )
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 
 ZONE = {
     "both.example": DomainSpec(a=["192.0.2.1"], aaaa=["2001:db8::1"], txt=["v=spf1 -all", "x"]),

@@ -17,7 +17,9 @@ import pytest
 from mailprobe.address import parse_address
 from mailprobe.config import Settings
 from mailprobe.engine.bulk import BulkOptions, verify
+from mailprobe.engine.context import Context
 from mailprobe.inputs import read_addresses
+from mailprobe.report import render_record
 from mailprobe.smtp import SessionError, SMTPSession
 from mailprobe.smtp_wire import MAX_LINES, SMTPWire, WireError, WireFailure
 from mailprobe.store import Store
@@ -206,9 +208,14 @@ async def verify_acme(
             "GLOBAL_RPS": "100", "PER_MX_RPS_DEFAULT": "100", "DATABASE_URL": store.url,
             **env})  # fmt: skip
         records: list[dict[str, Any]] = []
-        await asyncio.wait_for(
-            verify(read_addresses(io.StringIO(text)), records.append, settings=settings,
-                   options=options, store=store), 30)  # fmt: skip
+        ctx = Context.create(settings, store=store)
+        try:
+            await asyncio.wait_for(
+                verify(read_addresses(io.StringIO(text)),
+                       lambda la: records.append(render_record(la)), ctx=ctx,
+                       options=options), 30)  # fmt: skip
+        finally:
+            await ctx.aclose()
     finally:
         await dns.stop()
     return records

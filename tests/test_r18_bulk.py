@@ -20,9 +20,13 @@ from typing import Any
 import pytest
 
 from mailprobe.config import Settings
+from mailprobe.engine import Context
 from mailprobe.engine.bulk import BulkOptions, Summary, verify
 from mailprobe.inputs import InputLine, entry, read_addresses
+from mailprobe.report import render_record
+from mailprobe.results import LineAnswer
 from mailprobe.store import Store
+from mailprobe.store.queries import add_answers
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 from mailprobe.testing.smtpd import ACCEPT, MXBehavior, Scripted, SessionState, SimSMTPServer
 
@@ -54,12 +58,24 @@ class World:
         }
         return Settings.from_env({**base, **env})
 
+    def context(self, **env: str) -> Context:
+        return Context.create(self.settings(**env), store=self.store)
+
+    async def verify(self, lines: Any, sink: Any, options: BulkOptions | None = None,
+                     **env: str) -> Summary:  # fmt: skip
+        """`verify` with a context of this world's settings (its throttle closed after)."""
+        ctx = self.context(**env)
+        try:
+            return await verify(lines, sink, ctx=ctx, options=options)
+        finally:
+            await ctx.aclose()
+
     async def run(self, text: str, options: BulkOptions | None = None, **env: str
                   ) -> tuple[list[dict[str, Any]], Summary]:  # fmt: skip
         records: list[dict[str, Any]] = []
-        summary = await verify(
-            read_addresses(io.StringIO(text)), records.append, settings=self.settings(**env),
-            options=options or BulkOptions(reuse_ttl=None), store=self.store,
+        summary = await self.verify(
+            read_addresses(io.StringIO(text)), lambda la: records.append(render_record(la)),
+            options or BulkOptions(reuse_ttl=None), **env,
         )  # fmt: skip
         return records, summary
 
@@ -233,14 +249,14 @@ async def test_r18_tarpit_does_not_hold_up_fast_servers(world_factory) -> None:
     finished: dict[str, float] = {}
     started = time.monotonic()
 
-    def sink(record: dict[str, Any]) -> None:
+    def sink(line: LineAnswer) -> None:
+        record = render_record(line)
         finished[record["email"]] = time.monotonic() - started
 
     text = "s@slow.example\n" + "".join(f"f{i}@fast.example\n" for i in range(10))
-    await verify(read_addresses(io.StringIO(text)), sink,
-                 settings=world.settings(SMTP_CONNECT_TIMEOUT="1"),
-                 options=BulkOptions(reuse_ttl=None, slow_timeouts=(5.0, 5.0, 15.0)),
-                 store=world.store)  # fmt: skip
+    await world.verify(read_addresses(io.StringIO(text)), sink,
+                       BulkOptions(reuse_ttl=None, slow_timeouts=(5.0, 5.0, 15.0)),
+                       SMTP_CONNECT_TIMEOUT="1")  # fmt: skip
     fast = max(t for e, t in finished.items() if e.startswith("f"))
     assert fast < 1.0  # the fast domain did not wait for the tarpit
     assert finished["s@slow.example"] > 2.5  # answered, after the slow-lane retry
@@ -466,12 +482,12 @@ async def test_r18_slow_input_is_probed_as_it_comes(world_factory) -> None:
         time.sleep(2.0)  # a blocking read, as on a real pipe
         yield entry(2, "b@acme.example")
 
-    def sink(record: dict[str, Any]) -> None:
+    def sink(line: LineAnswer) -> None:
+        record = render_record(line)
         answered[record["email"]] = time.monotonic() - started
 
     await asyncio.wait_for(
-        verify(slow_pipe(), sink, settings=world.settings(),
-               options=BulkOptions(reuse_ttl=None), store=world.store), 30)  # fmt: skip
+        world.verify(slow_pipe(), sink, BulkOptions(reuse_ttl=None)), 30)  # fmt: skip
     assert answered["a@acme.example"] < 1.5  # probed while the pipe was still stalled
     assert answered["b@acme.example"] >= 2.0
 
@@ -488,8 +504,7 @@ async def test_r18_input_error_ends_the_run_with_it(world_factory) -> None:
 
     with pytest.raises(OSError, match="went away"):
         await asyncio.wait_for(
-            verify(broken(), lambda r: None, settings=world.settings(),
-                   options=BulkOptions(reuse_ttl=None), store=world.store), 30)  # fmt: skip
+            world.verify(broken(), lambda r: None, BulkOptions(reuse_ttl=None)), 30)  # fmt: skip
 
 
 async def test_r18_mx_host_lookups_fall_back_or_answer(world_factory) -> None:
@@ -537,34 +552,47 @@ async def test_r18_slow_lanes_keep_their_share_of_global_slots(world_factory) ->
     assert all(b[0] >= a[1] - 0.05 for a, b in itertools.pairwise(slow)), slow
 
 
-def test_r18_critical_lane_keeps_a_slot_only_when_it_is_the_bottleneck(tmp_path: Path) -> None:
+def test_r18_critical_lane_keeps_a_slot_only_when_it_is_the_bottleneck() -> None:
+    """The scheduler's decisions after the critical lane's MX refused a slot for its rate:
+    keep a global slot for it (Wait) only when the other lanes fit in the rest anyway."""
     from mailprobe.address import parse_address
-    from mailprobe.engine.bulk import BulkVerifier, Job, MXLane
-    from mailprobe.throttle import LocalThrottle, ThrottlePolicy, ThrottleTimeout
+    from mailprobe.engine.bulk import Ask, MXLane, Scheduler, Target, Wait
+    from mailprobe.throttle import ThrottlePolicy
 
-    settings = Settings.from_env({"GLOBAL_MAX_CONCURRENCY": "12", "PER_MX_RPS_DEFAULT": "5",
-                                  "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"})  # fmt: skip
-    throttle = LocalThrottle(ThrottlePolicy.from_settings(settings))
-    verifier = BulkVerifier(settings, Store(settings.database_url), throttle, sink=lambda r: None)
-
-    def lane(host: str, jobs: int) -> MXLane:
+    def lane(host: str, targets: int) -> MXLane:
         made = MXLane(host, slow=False)
         address = parse_address(f"u@{host}")
-        made.jobs.extend(Job(i, "", address) for i in range(jobs))
+        made.recipients.extend(Target(address, line_no=i) for i in range(targets))
         made.started = 1
         return made
 
-    big = lane("mx.big.example", 900)  # 45 sessions at 5 a second: 9 s
-    verifier._ready = {big} | {lane(f"mx{i}.small.example", 20) for i in range(50)}
-    waiting = ThrottleTimeout(big.host, 0.0, "per-MX rate", retry_after=0.1)
-    verifier._session_seconds = 0.1  # 50 sessions of 0.1 s fit in 11 slots well within 9 s
-    assert verifier._worth_reserving(big, waiting, 12)
-    verifier._session_seconds = 5.0  # now the global cap binds: use every slot
-    assert not verifier._worth_reserving(big, waiting, 12)
-    verifier._session_seconds = 0.1
-    assert not verifier._worth_reserving(big, waiting, 3)  # too few slots to keep one back
-    glob = ThrottleTimeout(big.host, 0.0, "global rate", retry_after=0.1)
-    assert not verifier._worth_reserving(big, glob, 12)  # a slot would not help it
+    def after_refusal(limited_by: str, session_seconds: float, global_cap: int) -> object:
+        """What the scheduler decides once the critical lane is refused, with every
+        global slot but one busy."""
+        settings = Settings.from_env({"GLOBAL_MAX_CONCURRENCY": str(global_cap),
+                                      "PER_MX_RPS_DEFAULT": "5"})  # fmt: skip
+        scheduler = Scheduler(BulkOptions(), ThrottlePolicy.from_settings(settings))
+        scheduler.reading = False
+        big = lane("mx.big.example", 900)  # 45 sessions at 5 a second: 9 s
+        for made in [big, *(lane(f"mx{i}.small.example", 20) for i in range(50))]:
+            scheduler.kick(made, 0.0)
+        busy = MXLane("mx.busy.example", slow=False)
+        for _ in range(global_cap - 1):
+            scheduler.started(busy)
+        scheduler.session_seconds = session_seconds
+        decisions = scheduler.plan(10.0)
+        assert decisions.next() == Ask(big)  # the critical path is asked first
+        decisions.refused(big, limited_by, retry_after=0.1)
+        return decisions.next()
+
+    # 50 sessions of 0.1 s fit in 11 slots well within 9 s: the last slot waits for big
+    assert isinstance(after_refusal("per-MX rate", 0.1, 12), Wait)
+    # now the global cap binds: use every slot
+    assert isinstance(after_refusal("per-MX rate", 5.0, 12), Ask)
+    # too few slots to keep one back
+    assert isinstance(after_refusal("per-MX rate", 0.1, 3), Ask)
+    # a slot would not help it
+    assert isinstance(after_refusal("global rate", 0.1, 12), Ask)
 
 
 async def test_r18_reused_result_keeps_an_inconclusive_catch_all_check(world_factory) -> None:
@@ -612,45 +640,57 @@ async def test_r18_one_rcpt_per_transaction_is_remembered_across_runs(world_fact
     assert [r["verdict"] for r in again] == [r["verdict"] for r in first]
 
 
-async def test_r18_slow_database_holds_reading_back(world_factory, monkeypatch) -> None:
+async def test_r18_slow_database_holds_reading_back(world_factory) -> None:
     """Results wait for the database in a bounded queue: reading waits when it is full,
     so a database slower than the servers cannot make memory grow with the input."""
-    from mailprobe.engine import bulk
+    from mailprobe.engine.bulk import BulkVerifier
 
     world = await world_factory(
         UNUSED_MX, {f"n{i}.example": DomainSpec(null_mx=True) for i in range(5)}
     )
-    monkeypatch.setattr(bulk, "MAX_UNSTORED_ROWS", 20)
     stored: list[int] = []
     waiting: list[int] = []
-    real = bulk.BulkVerifier._store_rows
+    records: list[dict[str, Any]] = []
+    ctx = world.context()
 
-    def slow_store(self: Any, rows: list[Any]) -> None:
-        waiting.append(len(self._rows) + len(rows))
+    def slow_store(rows: list[Any]) -> None:
+        waiting.append(verifier.writer.backlog + len(rows))
         time.sleep(0.02)
-        real(self, rows)
+        with ctx.store.session() as session:
+            add_answers(session, rows)
         stored.append(len(rows))
 
-    monkeypatch.setattr(bulk.BulkVerifier, "_store_rows", slow_store)
+    verifier = BulkVerifier(
+        ctx, sink=lambda la: records.append(render_record(la)),
+        options=BulkOptions(reuse_ttl=None, max_in_flight=40),
+        store_answers=slow_store, max_unstored=20,
+    )  # fmt: skip
     text = "".join(f"u{i}@n{i % 5}.example\n" for i in range(600))
-    records, _ = await asyncio.wait_for(
-        world.run(text, BulkOptions(reuse_ttl=None, max_in_flight=40)), 60
-    )
+    try:
+        await asyncio.wait_for(verifier.run(read_addresses(io.StringIO(text))), 60)
+    finally:
+        await ctx.aclose()
     assert len(records) == 600 and sum(stored) == 600
     assert max(waiting) <= 20 + 40 + 40  # the bound, what was in flight, one admitted batch
 
 
-async def test_r18_database_down_for_good_stops_the_run(world_factory, monkeypatch) -> None:
-    from mailprobe.engine import bulk
+async def test_r18_database_down_for_good_stops_the_run(world_factory) -> None:
+    from mailprobe.engine.bulk import BulkVerifier
     from mailprobe.store import StoreError
 
     world = await world_factory(UNUSED_MX, {"n.example": DomainSpec(null_mx=True)})
-    monkeypatch.setattr(bulk, "MAX_UNSTORED_ROWS", 20)
 
-    def broken(self: Any, rows: list[Any]) -> None:
+    def broken(rows: list[Any]) -> None:
         raise StoreError("database sqlite:///x.db: disk I/O error")
 
-    monkeypatch.setattr(bulk.BulkVerifier, "_store_rows", broken)
+    ctx = world.context()
+    verifier = BulkVerifier(
+        ctx, sink=lambda la: None, options=BulkOptions(reuse_ttl=None, max_in_flight=40),
+        store_answers=broken, max_unstored=20,
+    )  # fmt: skip
     text = "".join(f"u{i}@n.example\n" for i in range(600))
-    with pytest.raises(StoreError, match="disk I/O error"):
-        await asyncio.wait_for(world.run(text, BulkOptions(reuse_ttl=None, max_in_flight=40)), 60)
+    try:
+        with pytest.raises(StoreError, match="disk I/O error"):
+            await asyncio.wait_for(verifier.run(read_addresses(io.StringIO(text))), 60)
+    finally:
+        await ctx.aclose()

@@ -18,8 +18,9 @@ from rich.table import Table
 
 from mailprobe.config import Settings
 from mailprobe.engine.bulk import BulkOptions, verify
+from mailprobe.engine.context import Context
 from mailprobe.inputs import entry
-from mailprobe.report import VERDICT_STYLE
+from mailprobe.report import VERDICT_STYLE, render_record
 from mailprobe.store import Store
 from mailprobe.testing.world import SimWorld, demo_world
 
@@ -38,9 +39,13 @@ async def run_demo(settings: Settings) -> int:
             greylist = world.config.greylist_seconds + 0.5
             options = BulkOptions(reuse_ttl=None, greylist_delays=(greylist, greylist))
             console.print(f"[bold]mailprobe demo[/]: {world.describe()}\n")
-            summary = await verify(
-                lines, records.append, settings=demo_settings, options=options, store=store
-            )
+            ctx = Context.create(demo_settings, store=store)
+            try:
+                summary = await verify(
+                    lines, lambda la: records.append(render_record(la)), ctx=ctx, options=options
+                )
+            finally:
+                await ctx.aclose()
             stats = world.stats()
             store.dispose()
     table = Table(title="verdicts (nothing left this machine)")

@@ -80,9 +80,7 @@ class DomainResolution(Base):
     ttl: Mapped[int] = mapped_column(Integer, default=0)
     resolved_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
-    mx_behavior: Mapped[dict[str, Any] | None] = mapped_column(
-        JSON
-    )  # the lowest MX's behaviour
+    mx_behavior: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the lowest MX's behaviour
     catch_all: Mapped[bool | None] = mapped_column(Boolean)
     catch_all_checked_at: Mapped[datetime | None] = mapped_column()
 

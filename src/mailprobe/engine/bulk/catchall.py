@@ -1,0 +1,90 @@
+"""A domain's catch-all finding, and the check that makes it.
+
+An accepted RCPT means something only once we know whether the domain accepts any
+local part. The check is one RCPT for a local part that cannot exist (`mp-` and 16
+random hex digits), sent in a transaction of its own after a domain's first real
+RCPTs, so that it can neither spoil nor be spoilt by them. Until the check answers,
+the domain's accepted answers are held here; the check's answer (or its failure)
+releases them with the finding.
+
+`CatchAll` is the per-domain tracker: the finding, the check under way (a
+`CatchAllProbe`, which travels through the lanes like any recipient when it must be
+asked again) and the held answers. It does no I/O: the conductor and the session
+runner tell it what happened.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from mailprobe.address import EmailAddress
+from mailprobe.classify import Reason
+from mailprobe.engine.bulk.targets import Recipient, Target
+from mailprobe.results import Outcome
+
+# What the check's RCPT said about the domain; any other reply is inconclusive.
+_FINDINGS: dict[str, bool] = {
+    Reason.ACCEPTED: True,
+    Reason.MAILBOX_NOT_FOUND: False,
+    Reason.MAILBOX_DISABLED: False,
+    Reason.MAILBOX_UNAVAILABLE: False,
+}
+
+Accepted = tuple[Target, Outcome]  # an accepted RCPT waiting for its domain's finding
+
+
+@dataclass(eq=False)
+class CatchAllProbe(Recipient):
+    """The RCPT of a domain's catch-all check (no input line: it only settles its domain)."""
+
+    @classmethod
+    def for_domain(cls, domain: str) -> CatchAllProbe:
+        local = f"mp-{secrets.token_hex(8)}"
+        return cls(EmailAddress(local, domain, domain))
+
+
+def finding_for(reason: str) -> bool | None:
+    """Catch-all (True), not (False), or no telling (None) from the check's reply."""
+    return _FINDINGS.get(reason)
+
+
+@dataclass(eq=False)
+class CatchAll:
+    """One domain's catch-all finding, its check under way and the answers held for it."""
+
+    finding: bool | None = None  # known (from the MX cache, or found in this run)
+    probe: CatchAllProbe | None = None  # the check under way, if any
+    held: list[Accepted] = field(default_factory=list)  # accepted, waiting for the finding
+
+    def needs_check(self, enabled: bool) -> bool:
+        """No finding and no check under way: the next session of the domain asks."""
+        return enabled and self.finding is None and self.probe is None
+
+    def start(self, domain: str) -> CatchAllProbe:
+        """A check begins (its RCPT goes out in this session)."""
+        self.probe = CatchAllProbe.for_domain(domain)
+        return self.probe
+
+    def hold(self, accepted: list[Accepted], enabled: bool) -> list[Accepted]:
+        """A transaction's accepted answers: kept while a check is under way; the rest
+        (returned) go now, with the finding if there is one, else catch-all unknown."""
+        if enabled and self.finding is None and self.probe is not None:
+            self.held.extend(accepted)
+            return []
+        return accepted
+
+    def settle(self, found: bool | None) -> list[Accepted]:
+        """The check is over (found, or inconclusive for good): release what it held."""
+        self.probe = None
+        if found is not None:
+            self.finding = found
+        held, self.held = self.held, []
+        return held
+
+    def abandon(self) -> list[Accepted]:
+        """The session broke before the check was answered: the next session checks
+        again, and the held answers are asked again (see the conductor's `ask_again`)."""
+        self.probe = None
+        held, self.held = self.held, []
+        return held

@@ -1,0 +1,361 @@
+"""A bulk run, start to finish: the loop that reads, routes, schedules and answers.
+
+How a list flows:
+
+1. Each input line becomes a `Target` (a bad line is answered at once: invalid_syntax).
+   A stored answer younger than the reuse TTL answers a target without probing (`reader`).
+2. Targets wait for their domain's MX (`routing`: through the cache, one lookup per
+   domain), then queue at their MX host's lane. Domains without mail (NXDOMAIN, null MX)
+   are answered from DNS.
+3. The `scheduler` decides which lane gets the next session, within the throttle's
+   caps; the conductor asks the throttle and starts the session (`session`). A
+   session carries up to `rcpts_per_session` RCPTs, grouped by domain into
+   transactions, with each new domain's catch-all check (`catchall`).
+4. Every outcome goes through the retry table (`retry`): our batching refused (452
+   4.5.3) is asked again alone and the MX remembered as one-RCPT-per-transaction;
+   421 and rate limits penalise the MX's throttle; greylisting and other temporary
+   failures are retried on their schedules; a timeout is retried once in a slow lane;
+   an unreachable MX hands its recipients to the next MX (`session`).
+5. Every final answer is decided by `results.answer_for`, handed to the sink as a
+   `LineAnswer` and stored in batches (`writer`).
+
+The run is done when every line is answered (with --no-wait: when what is left only
+waits for a retry timer or its domain's catch-all retry; those stay for --resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mailprobe.engine.bulk import retry
+from mailprobe.engine.bulk.catchall import CatchAllProbe
+from mailprobe.engine.bulk.options import MAX_UNSTORED_ROWS, BulkOptions, Sink, Summary
+from mailprobe.engine.bulk.reader import Lines, read
+from mailprobe.engine.bulk.routing import Router
+from mailprobe.engine.bulk.scheduler import Ask, Scheduler, Wait
+from mailprobe.engine.bulk.session import SessionRunner
+from mailprobe.engine.bulk.state import DomainState, MXLane, drain
+from mailprobe.engine.bulk.targets import Recipient, Target
+from mailprobe.engine.bulk.writer import StoreAnswers, Writer
+from mailprobe.engine.context import Context
+from mailprobe.flags import flags_for
+from mailprobe.inputs import InputLine
+from mailprobe.results import Answer, LineAnswer, Outcome, answer_for, invalid_answer
+from mailprobe.throttle import Slot, ThrottleError, ThrottleTimeout
+
+log = logging.getLogger(__name__)
+
+
+class BulkVerifier:
+    """One run over one input. `await run(lines)`; answers go to `sink` as they are final."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        sink: Sink,
+        options: BulkOptions | None = None,
+        port: int | None = None,
+        store_answers: StoreAnswers | None = None,
+        max_unstored: int = MAX_UNSTORED_ROWS,
+    ) -> None:
+        self.ctx = ctx
+        self.sink = sink
+        self.options = options or BulkOptions()
+        self.port = port or ctx.settings.smtp_port
+        self.summary = Summary()
+        self.throttle = ctx.throttle
+        self.scheduler = Scheduler(self.options, self.throttle.policy)
+        self.writer = Writer(ctx, store_answers=store_answers, max_unstored=max_unstored)
+        self.router = Router(self, ctx, self.options)
+        self.sessions = SessionRunner(self, ctx, self.options, self.summary, self.port)
+        self._slots = asyncio.Semaphore(self.options.max_in_flight)
+        self._outstanding = 0  # lines counted in and not answered yet
+        self._done = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._retrying = 0  # targets waiting in a retry timer
+        self._parked: set[DomainState] = set()  # domains whose catch-all check waits to retry
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # -- the run ------------------------------------------------------------------
+
+    async def run(self, lines: Lines) -> Summary:
+        started = time.monotonic()
+        writer = asyncio.create_task(self.writer.run())
+        self.spawn(self._schedule())
+        try:
+            await read(lines, self, self.ctx, self.options)
+            self.scheduler.reading = False
+            self._check_done()
+            await self._done.wait()
+        finally:
+            self._stopping = True
+            for timer in self._timers:
+                timer.cancel()
+            self.summary.pending = self._outstanding
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.writer.finish(writer)
+            self.summary.elapsed = time.monotonic() - started
+        return self.summary
+
+    # -- admission (see `reader.read`) --------------------------------------------------
+
+    async def line_coming(self) -> None:
+        if self.writer.full:
+            await self.writer.room()
+        await self._slots.acquire()
+        self._outstanding += 1
+        self.summary.total += 1
+
+    async def answer_invalid(self, line: InputLine) -> None:
+        await self._deliver(
+            LineAnswer(line.line_no, line.raw, invalid_answer(line.raw, line.error))
+        )
+
+    async def answer_reused(self, target: Target, answer: Answer) -> None:
+        self.summary.reused += 1
+        await self._deliver(LineAnswer(target.line_no, target.raw, answer))
+
+    def admit(self, target: Target) -> None:
+        self.domain(target.domain).pending += 1
+        self.route(target)
+
+    # -- routing (see `routing.Router`) ---------------------------------------------
+
+    def domain(self, name: str) -> DomainState:
+        return self.router.domain(name)
+
+    def route(self, recipient: Recipient) -> None:
+        self.router.route(recipient)
+
+    def look_up(self, lane: MXLane) -> None:
+        self.router.look_up(lane)
+
+    def kick(self, lane: MXLane) -> None:
+        """The lane has work: let the scheduler look."""
+        self.scheduler.kick(lane, time.monotonic())
+        self._wake.set()
+
+    # -- sessions: the scheduler decides, the conductor acts ---------------------------
+
+    async def _schedule(self) -> None:
+        """Start sessions while the scheduler says so; sleep when it says wait."""
+        while not self._stopping:
+            self._wake.clear()
+            rnd = self.scheduler.plan(time.monotonic())
+            decision = rnd.next()
+            while isinstance(decision, Ask):
+                lane = decision.lane
+                try:
+                    slot = await self.throttle.acquire(lane.host, wait=0)
+                except ThrottleTimeout as exc:
+                    rnd.refused(lane, exc.limited_by, exc.retry_after)
+                except ThrottleError as exc:  # the shared throttle is down: never unthrottled
+                    for r in drain(lane.recipients):
+                        error = Outcome.failure(r.address.normalized, kind="connection_failed",
+                                                error=str(exc), mx_host=lane.host)  # fmt: skip
+                        self.answered(r, error)
+                else:
+                    rnd.granted(lane)
+                    self.spawn(self._session(lane, slot))
+                decision = rnd.next()
+            assert isinstance(decision, Wait)
+            if decision.seconds > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), decision.seconds)
+
+    async def _session(self, lane: MXLane, slot: Slot) -> None:
+        started = time.monotonic()
+        try:
+            await self.sessions.run(lane)
+        finally:
+            self.scheduler.ended(lane, time.monotonic() - started)
+            try:
+                await self.throttle.release(slot)
+            except ThrottleError as exc:  # a Redis lease frees the slot by itself anyway
+                log.warning("could not release throttle slot for %s: %s", lane.host, exc)
+            self._wake.set()
+
+    # -- what to do with an outcome ---------------------------------------------------
+
+    def answered(self, recipient: Recipient, outcome: Outcome) -> None:
+        """Retry what deserves a retry (see `retry.next_step`); answer the rest."""
+        if isinstance(recipient, CatchAllProbe):
+            self.checked(recipient, outcome.reason)
+            return
+        assert isinstance(recipient, Target)
+        target = recipient
+        target.attempts += 1
+        target.last = outcome
+        host = outcome.mx_host or ""
+        self.ctx.behavior.record(
+            host or target.domain,
+            latency_ms=outcome.elapsed_ms,
+            error_kind=outcome.error_kind,
+            code=outcome.code,
+            reason=outcome.reason,
+        )
+        counters = retry.Counters(
+            target.greylists, target.temps, target.batching_retries, target.slow
+        )
+        step = retry.next_step(outcome.reason, counters, self.options)
+        if isinstance(step, retry.Retry | retry.Final) and step.penalize and host:
+            self.spawn(self.throttle.penalize(host, reason=outcome.reason))
+        match step:
+            case retry.Alone():
+                target.batching_retries += 1
+                target.alone = True
+                target.attempts -= 1  # our batching, not the address, was refused
+                self.route(target)
+            case retry.Slow():
+                target.slow = True
+                self._retry(target, 0.0)
+            case retry.Retry(delay=delay, counter="greylists"):
+                target.greylists += 1
+                self._retry(target, delay)
+            case retry.Retry(delay=delay):
+                target.temps += 1
+                self._retry(target, delay)
+            case retry.Final():
+                self.finalize(target, target.last)
+
+    def checked(self, probe: CatchAllProbe, reason: str) -> None:
+        """The catch-all check answered (see `retry.check_step`): retry it, or settle the
+        domain and release the answers it held."""
+        state = self.domain(probe.domain)
+        step = retry.check_step(reason, probe.greylists, self.options)
+        if isinstance(step, retry.Retry):
+            probe.greylists += 1
+            self._retry_check(probe, step.delay)
+            self._parked.add(state)  # its held answers now wait for a retry too
+            self._check_done()
+            return
+        found = step.catch_all
+        if found is not None:
+            if host := state.lowest_mx:
+                self.ctx.behavior.mark_catch_all(host, found)
+            self.spawn(asyncio.to_thread(self.ctx.mx_cache.save_catch_all, state.name, found))
+        for target, outcome in state.catch_all.settle(found):
+            self.answered(target, outcome)
+
+    def finalize(self, recipient: Recipient, outcome: Outcome) -> None:
+        if isinstance(recipient, CatchAllProbe):  # no input line: it only settles its domain
+            self.checked(recipient, "connection_failed")
+            return
+        assert isinstance(recipient, Target)
+        self.spawn(self._emit(recipient, outcome))
+
+    def _retry(self, target: Target, delay: float) -> None:
+        if self._stopping:
+            return
+        self._retrying += 1
+
+        def again() -> None:
+            self._retrying -= 1
+            self.route(target)
+
+        self._later(delay, again)
+        self._check_done()
+
+    def _retry_check(self, probe: CatchAllProbe, delay: float) -> None:
+        if self._stopping:
+            return
+
+        def again() -> None:
+            self._parked.discard(self.domain(probe.domain))
+            self.route(probe)
+
+        self._later(delay, again)
+
+    def _later(self, delay: float, action: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            action()
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    # -- answers --------------------------------------------------------------------
+
+    async def _emit(self, target: Target, outcome: Outcome) -> None:
+        """The target's final answer: decided with its domain's catch-all finding and DNS
+        status, stored (in a batch) and handed to the sink."""
+        state = self.router.known(target.domain)
+        answer = answer_for(
+            outcome,
+            catch_all=state.catch_all.finding if state else None,
+            dns_status=state.dns_status if state else None,
+            flags=flags_for(target.address.local, target.address.ascii_domain),
+            attempts=target.attempts,
+        )
+        if self.options.persist:
+            self.writer.add(answer)
+        if state is not None:
+            state.pending -= 1
+            self.router.forget_if_idle(state)
+        await self._deliver(LineAnswer(target.line_no, target.raw, answer))
+
+    async def _deliver(self, line: LineAnswer) -> None:
+        verdicts = self.summary.by_verdict
+        verdict = line.answer.verdict.value
+        verdicts[verdict] = verdicts.get(verdict, 0) + 1
+        maybe = self.sink(line)
+        if maybe is not None:
+            await maybe
+        self._outstanding -= 1
+        self._slots.release()
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self.scheduler.reading:
+            return
+        # With --no-wait the run ends once every unanswered target only waits for a retry
+        # (or for its domain's catch-all check): those stay pending for --resume.
+        waiting = 0
+        if not self.options.wait_for_retries:
+            waiting = self._retrying + sum(len(s.catch_all.held) for s in self._parked)
+        if self._outstanding == waiting:
+            self._done.set()
+
+    # -- task supervision ---------------------------------------------------------
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def watch(self, task: asyncio.Task[Any]) -> None:
+        """Cancel `task` with the run (its own callbacks report its result)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("bulk verifier task failed", exc_info=task.exception())
+
+
+async def verify(
+    lines: Lines, sink: Sink, *, ctx: Context, options: BulkOptions | None = None
+) -> Summary:
+    """Verify every line with the context's store, caches and throttle.
+
+    A throttle the context was given is not closed here: the face owns the context
+    (and calls `ctx.aclose()` when the context made its throttle itself)."""
+    await asyncio.to_thread(ctx.load_behavior)
+    # A shared throttle that cannot be reached stops the run now, with its reason,
+    # rather than turning every address into a retried failure.
+    await ctx.throttle.effective_limits("mailprobe.check")
+    return await BulkVerifier(ctx, sink=sink, options=options).run(lines)

@@ -1,0 +1,183 @@
+"""The input side of a run: lines read ahead in a thread, taken in chunks, admitted.
+
+Admission turns each good line into a `Target` and answers the ones a stored answer
+may stand for (younger than --reuse-ttl, or stored since the run being resumed):
+those are read back with `queries.answer_from_row`, the one reading of a row, so the
+stored verdict and shown reason stand whoever wrote them. The rest go to routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from mailprobe.engine.bulk.options import BulkOptions
+from mailprobe.engine.bulk.targets import Target
+from mailprobe.engine.context import Context
+from mailprobe.inputs import InputLine
+from mailprobe.results import Answer
+from mailprobe.store import queries as q
+from mailprobe.store.models import utcnow
+
+READ_CHUNK = 200  # input lines the engine takes from the reader thread at a time
+READ_AHEAD = 2000  # lines the reader thread may parse ahead of the engine
+READ_PAUSE = 0.05  # seconds of admitting lines before the loop serves everything else
+
+Lines = Iterable[InputLine] | AsyncIterator[InputLine]
+
+
+class Admitting(Protocol):
+    """What the reader hands lines to (the conductor)."""
+
+    async def line_coming(self) -> None:
+        """Wait for room (stored answers, in-flight targets), then count the line in."""
+
+    async def answer_invalid(self, line: InputLine) -> None: ...
+
+    async def answer_reused(self, target: Target, answer: Answer) -> None: ...
+
+    def admit(self, target: Target) -> None: ...
+
+
+async def read(lines: Lines, into: Admitting, ctx: Context, options: BulkOptions) -> None:
+    """Admit every line, in batches (one store look-up each), never holding so many
+    in-flight slots in a batch that the next line could wait for them forever, and
+    never sitting on lines that came in while the input is slow to deliver more."""
+    batch_size = max(1, min(200, options.max_in_flight // 2))
+    async for chunk in chunks(lines):
+        batch: list[Target] = []
+        for line in chunk:
+            await into.line_coming()
+            if line.address is None:
+                await into.answer_invalid(line)
+                continue
+            batch.append(Target(line.address, line_no=line.line_no, raw=line.raw))
+            if len(batch) >= batch_size:
+                await _admit(batch, into, ctx, options)
+                batch = []
+        await _admit(batch, into, ctx, options)
+
+
+async def _admit(batch: list[Target], into: Admitting, ctx: Context, options: BulkOptions) -> None:
+    """Answer targets from stored answers where allowed; route the rest."""
+    if not batch:
+        return
+    emails = [t.address.normalized for t in batch]
+    cutoff = reuse_cutoff(options, utcnow())
+    stored = await asyncio.to_thread(stored_answers, ctx, emails, cutoff) if cutoff else {}
+    for target in batch:
+        answer = stored.get(target.address.normalized)
+        if answer is not None:
+            await into.answer_reused(target, answer)
+        else:
+            into.admit(target)
+
+
+def reuse_cutoff(options: BulkOptions, now: datetime) -> datetime | None:
+    """Stored answers newer than this may stand (None: probe everything)."""
+    cutoffs = []
+    if options.reuse_ttl is not None:
+        cutoffs.append(now - timedelta(seconds=options.reuse_ttl))
+    if options.reuse_since is not None:
+        cutoffs.append(options.reuse_since)
+    return min(cutoffs) if cutoffs else None
+
+
+def stored_answers(ctx: Context, emails: list[str], newer_than: datetime) -> dict[str, Answer]:
+    """Each address's newest stored answer newer than `newer_than` (reused=True)."""
+    with ctx.store.session() as session:
+        rows = q.latest_results(session, emails, newer_than)
+        return {email: q.answer_from_row(row) for email, row in rows.items()}
+
+
+async def chunks(lines: Lines) -> AsyncIterator[list[InputLine]]:
+    if isinstance(lines, AsyncIterator):
+        async for line in lines:
+            yield [line]
+        return
+    async for chunk in read_ahead(lines):
+        yield chunk
+
+
+async def read_ahead(
+    lines: Iterable[InputLine], chunk: int = READ_CHUNK, ahead: int = READ_AHEAD
+) -> AsyncIterator[list[InputLine]]:
+    """Read and parse `lines` in a thread of their own; yield what has come, in chunks.
+
+    A plain iterator would run on the event loop: a stdin that is slow to write would
+    stall every session in flight (and a server drops a silent client), and parsing a
+    big file would delay the first sessions. A daemon thread, rather than
+    asyncio.to_thread, because a read blocked on stdin must not keep the process
+    alive after Ctrl-C. The engine takes whatever lines are there whenever it asks, so
+    a line that comes before a pause (a slow pipe, a person typing) is probed at once;
+    at most `ahead` lines wait unread, so memory stays bounded.
+    """
+    loop = asyncio.get_running_loop()
+    buffer: deque[InputLine | _EndOfInput] = deque()  # appends and pops are thread-safe
+    room = threading.Semaphore(ahead)
+    stop = threading.Event()
+    wake = asyncio.Event()
+    asleep = [False]  # the engine waits for a line: the reader must wake it
+
+    def put(item: InputLine | _EndOfInput) -> None:
+        buffer.append(item)
+        if asleep[0]:
+            asleep[0] = False
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody reads
+                loop.call_soon_threadsafe(wake.set)
+
+    def produce() -> None:
+        try:
+            for line in lines:
+                while not room.acquire(timeout=0.5):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                put(line)
+            put(_EndOfInput(None))
+        except BaseException as exc:  # re-raised in the reading task, where it belongs
+            put(_EndOfInput(exc))
+
+    threading.Thread(target=produce, name="mailprobe-reader", daemon=True).start()
+    last_pause = time.monotonic()
+    try:
+        while True:
+            if not buffer:
+                wake.clear()
+                asleep[0] = True
+                if not buffer:  # looked again after saying so: no wake-up can be missed
+                    await wake.wait()
+                asleep[0] = False
+            taken: list[InputLine] = []
+            end: _EndOfInput | None = None
+            while buffer and len(taken) < chunk:
+                item = buffer.popleft()
+                if isinstance(item, _EndOfInput):
+                    end = item
+                    break
+                taken.append(item)
+            if taken:
+                room.release(len(taken))
+                yield taken
+                if time.monotonic() - last_pause >= READ_PAUSE:  # replies and lookups too
+                    await asyncio.sleep(0)
+                    last_pause = time.monotonic()
+            if end is not None:
+                if end.error is not None:
+                    raise end.error
+                return
+    finally:
+        stop.set()
+
+
+@dataclass(frozen=True, slots=True)
+class _EndOfInput:
+    error: BaseException | None  # why the input ended early, if it did

@@ -1,0 +1,400 @@
+"""One SMTP session at one MX lane: open, run the transactions, hand every reply on.
+
+A session takes up to `rcpts_per_session` recipients from its lane (one domain's
+first), opens one connection and groups them by domain into transactions (MAIL
+FROM, RCPT..., RSET). After a domain's first transaction comes its catch-all check,
+when one is needed (see `catchall`). Without PIPELINING each command waits for its
+reply; with it the whole session, QUIT included, is one RFC 2920 group, planned as
+a list of typed steps (see `steps`) whose replies are read in order and dispatched
+by type.
+
+Every reply becomes an `Outcome` handed to the engine (`answered`); accepted RCPTs
+go through the domain's catch-all tracker first. A broken session puts the
+recipients it never asked back in line (a few times), and an unreachable MX hands
+them to the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from typing import Protocol
+
+from mailprobe.classify import Reason, classify_reply
+from mailprobe.dns import DNSLookupError
+from mailprobe.engine.bulk.catchall import Accepted, CatchAllProbe
+from mailprobe.engine.bulk.options import BulkOptions, Summary
+from mailprobe.engine.bulk.state import DomainState, MXLane, drain, take
+from mailprobe.engine.bulk.steps import (
+    CatchAllStep,
+    CheckMailStep,
+    CheckRsetStep,
+    MailStep,
+    QuitStep,
+    RcptStep,
+    RsetStep,
+    command,
+    plan_session,
+)
+from mailprobe.engine.bulk.targets import Recipient, Target
+from mailprobe.engine.context import Context
+from mailprobe.engine.probe import probe_options
+from mailprobe.results import Outcome
+from mailprobe.smtp import (
+    Reply,
+    SessionError,
+    SMTPSession,
+    StageRefused,
+    Timeouts,
+    effective_timeouts,
+)
+
+Span = tuple[int, int]  # the transcript's header (up to EHLO) and where this exchange began
+
+
+class Engine(Protocol):
+    """What a session reports to (the conductor)."""
+
+    def answered(self, recipient: Recipient, outcome: Outcome) -> None: ...
+
+    def route(self, recipient: Recipient) -> None: ...
+
+    def domain(self, name: str) -> DomainState: ...
+
+    def checked(self, probe: CatchAllProbe, reason: str) -> None: ...
+
+    def look_up(self, lane: MXLane) -> None: ...
+
+
+class SessionRunner:
+    """Runs sessions for the engine; one runner serves every lane of a run."""
+
+    def __init__(
+        self, engine: Engine, ctx: Context, options: BulkOptions, summary: Summary, port: int
+    ) -> None:
+        self.engine = engine
+        self.ctx = ctx
+        self.options = options
+        self.summary = summary
+        self.port = port
+
+    async def run(self, lane: MXLane) -> None:
+        """One session: the lane's next recipients, start to finish."""
+        batch = take(lane.recipients, self.options.rcpts_per_session)
+        if not batch:
+            return
+        if lane.ips is None:
+            self.engine.look_up(lane)
+        assert lane.ips is not None
+        try:
+            ips = await asyncio.shield(lane.ips)
+        except DNSLookupError as exc:
+            lane.ips = None  # looked up again by the next session
+            for r in batch:
+                self.engine.answered(r, _failure(r, lane.host, "dns_error", str(exc)))
+            return
+        if not ips:
+            lane.ips = None
+            for r in batch:
+                r.mx_index += 1
+                self.engine.route(r)
+            return
+        settings = self.ctx.settings
+        options = probe_options(
+            settings, port=self.port, behavior_hint=self.ctx.behavior.hint(lane.host)
+        )
+        timeouts = effective_timeouts(
+            options["connect_timeout"], options["command_timeout"], options["behavior_hint"]
+        )
+        deadline_per_rcpt = options["deadline"]
+        if lane.slow:
+            connect, command_timeout, deadline_per_rcpt = self.options.slow_timeouts
+            timeouts = Timeouts(connect, command_timeout)
+        session = SMTPSession(
+            mx_host=lane.host,
+            helo_domain=options["helo_domain"],
+            port=self.port,
+            connect_to=ips[0],
+            connect_timeout=timeouts.connect,
+            command_timeout=timeouts.command,
+            source_address=options["source_address"],
+            starttls=options["starttls"],
+            tls_context=options["tls_context"],
+        )
+        self.summary.sessions += 1
+        pending = deque(batch)
+        try:
+            async with asyncio.timeout(deadline_per_rcpt + timeouts.command * len(batch)):
+                try:
+                    await session.open()
+                except StageRefused as refused:
+                    for r in drain(pending):
+                        self.engine.answered(r, _from_reply(r, session, refused.reply, 0))
+                    return
+                header = len(session.transcript)
+                mail_from = options["mail_from"]
+                if session.pipelining and settings.smtp_pipelining:
+                    await self._grouped(lane, session, pending, header, mail_from)
+                else:
+                    await self._one_by_one(lane, session, pending, header, mail_from)
+        except SessionError as exc:
+            self._failed(lane, session, pending, exc.kind.value, str(exc))
+        except TimeoutError:
+            error = f"timeout at {session.stage}: session deadline"
+            self._failed(lane, session, pending, "timeout", error)
+        finally:
+            await session.close()
+
+    def _next_transaction(self, lane: MXLane, pending: deque[Recipient]) -> list[Recipient]:
+        """The next transaction's recipients: one domain, up to rcpts_per_transaction (one
+        for an MX that refuses more, or for a recipient that must be asked alone)."""
+        domain = pending[0].domain
+        size = 1 if lane.one_rcpt or pending[0].alone else self.options.rcpts_per_transaction
+        txn = [pending.popleft()]
+        while pending and len(txn) < size and pending[0].domain == domain and not pending[0].alone:
+            txn.append(pending.popleft())
+        return txn
+
+    # -- without PIPELINING: each command waits for its reply -----------------------
+
+    async def _one_by_one(
+        self,
+        lane: MXLane,
+        session: SMTPSession,
+        pending: deque[Recipient],
+        header: int,
+        mail_from: str,
+    ) -> None:
+        while pending:
+            domain = pending[0].domain
+            txn = self._next_transaction(lane, pending)
+            span = (header, len(session.transcript))
+            accepted = await self._transaction(lane, session, txn, pending, span, mail_from)
+            if accepted is None:
+                continue  # MAIL refused: every RCPT got that answer, no catch-all check
+            # The catch-all check runs with the domain's first transaction, accepted or not,
+            # so that a greylisting server's clock runs for the check and the real RCPTs at once.
+            await self._settle(session, self.engine.domain(domain), accepted, mail_from)
+
+    async def _transaction(
+        self,
+        lane: MXLane,
+        session: SMTPSession,
+        txn: list[Recipient],
+        pending: deque[Recipient],
+        span: Span,
+        mail_from: str,
+    ) -> list[Accepted] | None:
+        """MAIL, each RCPT, RSET; the accepted answers (None when MAIL was refused)."""
+        accepted: list[Accepted] = []
+        answered = 0
+        try:
+            try:
+                await session.mail(mail_from)
+            except StageRefused as refused:
+                for r in txn:
+                    self.engine.answered(r, _from_reply(r, session, refused.reply, 0, span))
+                answered = len(txn)
+                await session.rset()
+                return None
+            for r in txn:
+                sent = time.monotonic()
+                reply = await session.rcpt(r.address)
+                answered += 1
+                self._rcpt_answered(lane, session, r, reply, sent, span, accepted)
+            await session.rset()
+        except SessionError:  # nothing is lost: unanswered recipients go back first in line
+            self._ask_again(accepted)
+            pending.extendleft(reversed(txn[answered:]))
+            raise
+        return accepted
+
+    async def _settle(
+        self, session: SMTPSession, state: DomainState, accepted: list[Accepted], mail_from: str
+    ) -> None:
+        """The domain's catch-all check, in a transaction of its own after the real RCPTs,
+        when it has no finding and no check under way; accepted answers wait for it."""
+        tracker = state.catch_all
+        if not tracker.needs_check(self.options.catch_all_check):
+            self._release(state, accepted)  # known, or a check under way releases them
+            return
+        tracker.held.extend(accepted)
+        probe = tracker.start(state.name)
+        try:
+            await session.mail(mail_from)
+            reply = await session.rcpt(probe.address)
+            await session.rset()
+        except StageRefused as refused:
+            reply = refused.reply
+        except SessionError:
+            self.engine.checked(probe, Reason.CONNECTION_FAILED)
+            raise
+        self.engine.checked(probe, _reason(session, reply))
+
+    # -- with PIPELINING: the whole session is one group ------------------------------
+
+    async def _grouped(
+        self,
+        lane: MXLane,
+        session: SMTPSession,
+        pending: deque[Recipient],
+        header: int,
+        mail_from: str,
+    ) -> None:
+        """The session as one RFC 2920 group: replies are read in order and paired with
+        the plan, so the session costs one round trip after EHLO, not one per command."""
+        txns: list[list[Recipient]] = []
+        while pending:
+            txns.append(self._next_transaction(lane, pending))
+        plan = plan_session(txns, self.engine.domain, self.options.catch_all_check)
+        group = [command(step, session, mail_from) for step in plan]
+        span = (header, len(session.transcript))
+        sent = time.monotonic()
+        refused: dict[int, Reply | None] = {}  # per transaction: its MAIL's refusal
+        check_refused: Reply | None = None  # the check's MAIL, read just before its RCPT
+        accepted: dict[int, list[Accepted]] = {}
+        asked: set[int] = set()  # ids of recipients that got their answer
+        read = 0
+        try:
+            async with contextlib.aclosing(session.pipeline(group)) as replies:
+                async for reply in replies:
+                    step = plan[read]
+                    read += 1
+                    match step:
+                        case MailStep(txn=t):
+                            refused[t] = None if reply.ok else reply
+                        case CheckMailStep():
+                            check_refused = None if reply.ok else reply
+                        case RcptStep(txn=t, recipient=r):
+                            asked.add(id(r))
+                            refusal = refused.get(t)
+                            if refusal is not None:  # "503 need MAIL": the refusal answers it
+                                self.engine.answered(r, _from_reply(r, session, refusal, 0, span))
+                            else:
+                                got = accepted.setdefault(t, [])
+                                self._rcpt_answered(lane, session, r, reply, sent, span, got)
+                        case RsetStep(txn=t):
+                            state = self.engine.domain(txns[t][0].domain)
+                            self._release(state, accepted.pop(t, []))
+                        case CatchAllStep(probe=probe):
+                            asked.add(id(probe))
+                            self.engine.checked(probe, _reason(session, check_refused or reply))
+                        case CheckRsetStep() | QuitStep():
+                            pass
+        except SessionError:
+            for got in accepted.values():
+                self._ask_again(got)
+            for step in plan:
+                if isinstance(step, CatchAllStep) and id(step.probe) not in asked:
+                    # never answered: the next session checks again
+                    self._ask_again(self.engine.domain(step.probe.domain).catch_all.abandon())
+            unanswered = [r for txn in txns for r in txn if id(r) not in asked]
+            pending.extendleft(reversed(unanswered))  # the first was being asked
+            if unanswered or read < len(plan) - 1:
+                raise
+            # only QUIT's reply went missing: every answer is in
+
+    # -- replies and failures ------------------------------------------------------------
+
+    def _rcpt_answered(
+        self,
+        lane: MXLane,
+        session: SMTPSession,
+        recipient: Recipient,
+        reply: Reply,
+        sent: float,
+        span: Span,
+        accepted: list[Accepted],
+    ) -> None:
+        self.summary.rcpts += 1
+        elapsed = int((time.monotonic() - sent) * 1000)
+        outcome = _from_reply(recipient, session, reply, elapsed, span)
+        if outcome.reason == Reason.ACCEPTED and isinstance(recipient, Target):
+            accepted.append((recipient, outcome))  # waits for the catch-all check
+        else:
+            self.engine.answered(recipient, outcome)
+        if outcome.reason == Reason.TOO_MANY_RECIPIENTS and not lane.one_rcpt:
+            lane.one_rcpt = True
+            self.ctx.behavior.mark_one_rcpt(lane.host)  # later runs (and workers) know it
+
+    def _release(self, state: DomainState, accepted: list[Accepted]) -> None:
+        """A transaction's accepted answers: held for a check under way, or answered."""
+        for target, outcome in state.catch_all.hold(accepted, self.options.catch_all_check):
+            self.engine.answered(target, outcome)
+
+    def _ask_again(self, accepted: list[Accepted]) -> None:
+        """The session broke before the catch-all check could give these accepted RCPTs
+        their meaning: ask them again in a new session (a few times, then answer with
+        what we have: accepted, catch-all unknown)."""
+        for target, outcome in accepted:
+            target.bounces += 1
+            if target.bounces <= 2:
+                self.engine.route(target)
+            else:
+                self.engine.answered(target, outcome)
+
+    def _failed(
+        self, lane: MXLane, session: SMTPSession, pending: deque[Recipient], kind: str, error: str
+    ) -> None:
+        recipients = drain(pending)
+        if session.stage in {"rcpt", "rset", "mail"}:
+            # At RCPT the first recipient was being asked when the session broke; the
+            # others (all of them, at MAIL or RSET) never were: they go back to the lane
+            # for a new session (a few times, then as failures).
+            asked = 1 if session.stage == "rcpt" else 0
+            for r in recipients[asked:]:
+                r.bounces += 1
+                if r.bounces <= 2:
+                    self.engine.route(r)
+                else:
+                    self.engine.answered(r, _failure(r, lane.host, kind, error, session.stage))
+            recipients = recipients[:asked]
+        for r in recipients:
+            outcome = _failure(r, lane.host, kind, error, session.stage).with_evidence(
+                transcript=tuple(session.transcript), tls=session.tls
+            )
+            if kind == "connection_failed" and session.stage == "connect":
+                r.last = outcome
+                r.mx_index += 1  # unreachable: the next MX takes over
+                self.engine.route(r)
+            else:
+                self.engine.answered(r, outcome)
+
+
+def _reason(session: SMTPSession, reply: Reply) -> str:
+    return classify_reply(reply.stage, reply.code, reply.message, mx_host=session.mx_host).reason
+
+
+def _from_reply(
+    recipient: Recipient,
+    session: SMTPSession,
+    reply: Reply,
+    elapsed_ms: int,
+    span: Span | None = None,
+) -> Outcome:
+    """The outcome of a reply: the transcript is the session's header and this exchange."""
+    transcript = session.transcript
+    if span is not None:
+        transcript = transcript[: span[0]] + transcript[span[1] :]
+    return Outcome.from_reply(
+        recipient.address.normalized,
+        stage=reply.stage,
+        code=reply.code,
+        message=reply.message,
+        mx_host=session.mx_host,
+        enhanced_status=reply.enhanced,
+        helo_domain=session.helo_domain,
+        elapsed_ms=elapsed_ms,
+        tls=session.tls,
+        transcript=tuple(transcript),
+    )
+
+
+def _failure(
+    recipient: Recipient, mx_host: str, kind: str, error: str, stage: str = "connect"
+) -> Outcome:
+    return Outcome.failure(
+        recipient.address.normalized, kind=kind, error=error, stage=stage, mx_host=mx_host
+    )
