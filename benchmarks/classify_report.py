@@ -21,7 +21,7 @@ for path in (ROOT, ROOT / "src"):
 
 from mailprobe.classify import REASONS, Reason, Signal, classify_reply  # noqa: E402
 from mailprobe.testing.corpus import corpus_entries  # noqa: E402
-from tests.test_r08_classify import PROVIDER_MX  # noqa: E402
+from tests.test_classify import PROVIDER_MX  # noqa: E402
 
 
 def load_corpus() -> list[dict[str, Any]]:

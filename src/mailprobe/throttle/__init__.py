@@ -1,4 +1,4 @@
-"""Throttles (R06): global and per-MX caps on concurrency and on rate.
+"""Throttles: global and per-MX caps on concurrency and on rate.
 
 Probing politely means never hammering one MX, whatever the number of workers:
 a server that sees too many connections, or connections too fast, answers 421

@@ -1,4 +1,4 @@
-"""R16: the RCPT-TO probe against real SMTP servers on loopback.
+"""The RCPT-TO probe against real SMTP servers on loopback.
 
 Every integration test talks the real protocol to a scripted server
 (mailprobe.testing.smtpd) on 127.0.0.1; nothing here touches the network.
@@ -23,6 +23,8 @@ from mailprobe.smtp import aprobe_rcpt, effective_timeouts, probe_rcpt
 from mailprobe.testing.smtpd import ACCEPT, MXBehavior, Scripted, serve_in_thread
 
 from .conftest import HELO, MAIL_FROM, MakeServer
+
+pytestmark = pytest.mark.r16  # the seed's label: pytest -k r16
 
 SEED_KEYS = {"ok", "category", "code", "message", "mx_host", "helo_domain", "elapsed_ms", "error"}
 ALLOWED_VERBS = {"EHLO", "HELO", "STARTTLS", "MAIL", "RCPT", "RSET", "QUIT"}
@@ -59,7 +61,7 @@ async def probe(server: Any, email: str = "jane@acme.example", **kw: Any) -> dic
         (600, "unknown"),
     ],
 )
-def test_r16_code_mapping(code: int | None, category: str) -> None:
+def test_code_mapping(code: int | None, category: str) -> None:
     assert category_for_code(code) == Category(category)
 
 
@@ -87,7 +89,7 @@ def test_r16_code_mapping(code: int | None, category: str) -> None:
         ),
     ],
 )
-async def test_r16_rcpt_replies(
+async def test_rcpt_replies(
     smtp_server: MakeServer, reply: Scripted, category: str, reason: str
 ) -> None:
     server = await smtp_server(MXBehavior(default_rcpt=reply))
@@ -104,7 +106,7 @@ async def test_r16_rcpt_replies(
     assert server.record.verbs() == ["EHLO", "MAIL", "RCPT", "RSET", "QUIT"]
 
 
-async def test_r16_multiline_reply_parsed(smtp_server: MakeServer) -> None:
+async def test_multiline_reply_parsed(smtp_server: MakeServer) -> None:
     gmail_style = Scripted(
         550,
         "5.1.1 The email account that you tried to reach does not exist. Please try\n"
@@ -145,7 +147,7 @@ async def test_r16_multiline_reply_parsed(smtp_server: MakeServer) -> None:
         ),
     ],
 )
-async def test_r16_greeting_refusal_is_a_result(
+async def test_greeting_refusal_is_a_result(
     smtp_server: MakeServer, banner: Scripted, category: str, reason: str
 ) -> None:
     server = await smtp_server(MXBehavior(banner=banner))
@@ -156,7 +158,7 @@ async def test_r16_greeting_refusal_is_a_result(
     assert server.record.commands == []  # nothing sent after a refusing greeting
 
 
-async def test_r16_ehlo_refused_falls_back_to_helo(smtp_server: MakeServer) -> None:
+async def test_ehlo_refused_falls_back_to_helo(smtp_server: MakeServer) -> None:
     server = await smtp_server(
         MXBehavior(ehlo=Scripted(502, "5.5.2 Error: command not recognized"))
     )
@@ -165,7 +167,7 @@ async def test_r16_ehlo_refused_falls_back_to_helo(smtp_server: MakeServer) -> N
     assert server.record.verbs()[:3] == ["EHLO", "HELO", "MAIL"]
 
 
-async def test_r16_sender_rejected_never_sends_rcpt(smtp_server: MakeServer) -> None:
+async def test_sender_rejected_never_sends_rcpt(smtp_server: MakeServer) -> None:
     server = await smtp_server(
         MXBehavior(
             mail=Scripted(
@@ -181,7 +183,7 @@ async def test_r16_sender_rejected_never_sends_rcpt(smtp_server: MakeServer) -> 
 # -- TLS ----------------------------------------------------------------------
 
 
-async def test_r16_starttls_upgrades_and_ehlo_again(
+async def test_starttls_upgrades_and_ehlo_again(
     smtp_server: MakeServer, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
     server = await smtp_server(MXBehavior(tls_context=server_tls, default_rcpt=ACCEPT))
@@ -191,9 +193,7 @@ async def test_r16_starttls_upgrades_and_ehlo_again(
     assert server.record.verbs() == ["EHLO", "STARTTLS", "EHLO", "MAIL", "RCPT", "RSET", "QUIT"]
 
 
-async def test_r16_server_requiring_tls(
-    smtp_server: MakeServer, server_tls: ssl.SSLContext
-) -> None:
+async def test_server_requiring_tls(smtp_server: MakeServer, server_tls: ssl.SSLContext) -> None:
     server = await smtp_server(
         MXBehavior(tls_context=server_tls, require_tls=True, default_rcpt=ACCEPT)
     )
@@ -202,7 +202,7 @@ async def test_r16_server_requiring_tls(
     assert (refused["code"], refused["stage"], refused["reason"]) == (530, "mail", "tls_required")
 
 
-async def test_r16_tls_handshake_failure_is_reported(
+async def test_tls_handshake_failure_is_reported(
     smtp_server: MakeServer, server_tls: ssl.SSLContext
 ) -> None:
     server = await smtp_server(MXBehavior(tls_context=server_tls))
@@ -219,7 +219,7 @@ async def test_r16_tls_handshake_failure_is_reported(
 # -- exceptions map to ok=False / unknown ---------------------------------------
 
 
-async def test_r16_connection_refused_maps_to_unknown() -> None:
+async def test_connection_refused_maps_to_unknown() -> None:
     import socket
 
     with socket.socket() as s:  # a port that is certainly closed: bound, never listening
@@ -236,7 +236,7 @@ async def test_r16_connection_refused_maps_to_unknown() -> None:
 
 
 @pytest.mark.parametrize("verb", ["MAIL", "RCPT", "EHLO"])
-async def test_r16_dropped_connection_mid_session(smtp_server: MakeServer, verb: str) -> None:
+async def test_dropped_connection_mid_session(smtp_server: MakeServer, verb: str) -> None:
     server = await smtp_server(MXBehavior(drop_at=verb))
     result = await probe(server)
     assert (result["ok"], result["category"], result["code"]) == (False, "unknown", None)
@@ -245,7 +245,7 @@ async def test_r16_dropped_connection_mid_session(smtp_server: MakeServer, verb:
     assert result["stage"] == verb.lower()
 
 
-async def test_r16_tarpit_ends_within_budget(smtp_server: MakeServer) -> None:
+async def test_tarpit_ends_within_budget(smtp_server: MakeServer) -> None:
     # One byte a second: the 40-byte greeting would take 40 s.
     server = await smtp_server(MXBehavior(dribble=1.0))
     started = time.monotonic()
@@ -257,7 +257,7 @@ async def test_r16_tarpit_ends_within_budget(smtp_server: MakeServer) -> None:
     assert took < 3.5, f"probe took {took:.1f}s against a 3 s deadline"
 
 
-async def test_r16_deadline_caps_slow_but_steady_server(smtp_server: MakeServer) -> None:
+async def test_deadline_caps_slow_but_steady_server(smtp_server: MakeServer) -> None:
     # Each reply inside the command timeout, but the whole session is longer than the deadline.
     server = await smtp_server(MXBehavior(reply_delay=0.8))
     started = time.monotonic()
@@ -267,10 +267,10 @@ async def test_r16_deadline_caps_slow_but_steady_server(smtp_server: MakeServer)
     assert time.monotonic() - started < 2.5
 
 
-# -- behaviour hint and the O06 hook ------------------------------------------
+# -- behaviour hint and the seed's behaviour hook---------------------------------------
 
 
-def test_r16_behavior_hint_rule() -> None:
+def test_behavior_hint_rule() -> None:
     assert effective_timeouts(10, 10, None) == smtp_mod.Timeouts(10, 10)
     assert effective_timeouts(10, 10, {"tarpit": True}) == smtp_mod.Timeouts(5, 5)
     assert effective_timeouts(10, 10, {"slow": True}) == smtp_mod.Timeouts(5, 5)
@@ -280,7 +280,7 @@ def test_r16_behavior_hint_rule() -> None:
     assert effective_timeouts(10, 10, {"tarpit": False, "slow": False}) == smtp_mod.Timeouts(10, 10)
 
 
-async def test_r16_tarpit_hint_shortens_the_wait(smtp_server: MakeServer) -> None:
+async def test_tarpit_hint_shortens_the_wait(smtp_server: MakeServer) -> None:
     server = await smtp_server(MXBehavior(greeting_delay=30))
     started = time.monotonic()
     result = await probe(
@@ -290,7 +290,7 @@ async def test_r16_tarpit_hint_shortens_the_wait(smtp_server: MakeServer) -> Non
     assert time.monotonic() - started < 3.0  # halved from 4 s to 2 s
 
 
-async def test_r16_behavior_hook_invoked(
+async def test_behavior_hook_invoked(
     smtp_server: MakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
@@ -305,7 +305,7 @@ async def test_r16_behavior_hook_invoked(
     assert kwargs["error_kind"] is None
 
 
-async def test_r16_default_hook_feeds_the_behaviour_cache(smtp_server: MakeServer) -> None:
+async def test_default_hook_feeds_the_behaviour_cache(smtp_server: MakeServer) -> None:
     server = await smtp_server(MXBehavior(greeting_delay=5))
     for _ in range(2):
         await probe(server, connect_timeout=0.3)
@@ -313,7 +313,7 @@ async def test_r16_default_hook_feeds_the_behaviour_cache(smtp_server: MakeServe
     assert hint is not None and hint["tarpit"] is True and hint["probes"] == 2
 
 
-async def test_r16_broken_hook_does_not_lose_the_result(
+async def test_broken_hook_does_not_lose_the_result(
     smtp_server: MakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*a: Any, **k: Any) -> None:
@@ -346,7 +346,7 @@ INJECTIONS = [
 
 
 @pytest.mark.parametrize("email", INJECTIONS)
-async def test_r16_bad_address_never_reaches_server(smtp_server: MakeServer, email: str) -> None:
+async def test_bad_address_never_reaches_server(smtp_server: MakeServer, email: str) -> None:
     server = await smtp_server(MXBehavior(default_rcpt=ACCEPT))
     result = await probe(server, email)
     assert (result["ok"], result["error_kind"], result["reason"]) == (
@@ -366,7 +366,7 @@ async def test_r16_bad_address_never_reaches_server(smtp_server: MakeServer, ema
         {"mx_host": "127.0.0.1\r\nDATA"},
     ],
 )
-async def test_r16_bad_identity_never_reaches_server(
+async def test_bad_identity_never_reaches_server(
     smtp_server: MakeServer, field: dict[str, str]
 ) -> None:
     server = await smtp_server(MXBehavior(default_rcpt=ACCEPT))
@@ -387,13 +387,13 @@ async def test_r16_bad_identity_never_reaches_server(
     st.sampled_from("\r\n\x00\x07\x1b\x7f\x85\u2028"),
     st.integers(min_value=0, max_value=30),
 )
-def test_r16_any_control_character_is_refused(text: str, bad: str, pos: int) -> None:
+def test_any_control_character_is_refused(text: str, bad: str, pos: int) -> None:
     candidate = text[:pos] + bad + text[pos:] + "@acme.example"
     with pytest.raises(InvalidAddress):
         parse_address(candidate)
 
 
-def test_r16_address_normalisation() -> None:
+def test_address_normalisation() -> None:
     addr = parse_address("  Jane.Doe@ACME.Example ")
     assert (addr.local, addr.domain, addr.normalized) == (
         "Jane.Doe",
@@ -406,14 +406,14 @@ def test_r16_address_normalisation() -> None:
     assert parse_address("jürgen@bücher.example").needs_smtputf8
 
 
-async def test_r16_idn_domain_sent_as_punycode(smtp_server: MakeServer) -> None:
+async def test_idn_domain_sent_as_punycode(smtp_server: MakeServer) -> None:
     server = await smtp_server(MXBehavior(default_rcpt=ACCEPT))
     result = await probe(server, "info@bücher.example")
     assert result["category"] == "accept"
     assert "RCPT TO:<info@xn--bcher-kva.example>" in server.record.commands
 
 
-async def test_r16_smtputf8_local_part(smtp_server: MakeServer) -> None:
+async def test_smtputf8_local_part(smtp_server: MakeServer) -> None:
     plain = await smtp_server(MXBehavior(default_rcpt=ACCEPT))
     result = await probe(plain, "jürgen@acme.example")
     assert result["reason"] == "smtputf8_unsupported"
@@ -427,7 +427,7 @@ async def test_r16_smtputf8_local_part(smtp_server: MakeServer) -> None:
 # -- never DATA ---------------------------------------------------------------
 
 
-async def test_r16_never_sends_data(smtp_server: MakeServer, server_tls: ssl.SSLContext) -> None:
+async def test_never_sends_data(smtp_server: MakeServer, server_tls: ssl.SSLContext) -> None:
     mailboxes = {"ok@acme.example": ACCEPT, "full@acme.example": Scripted(452, "4.2.2 full")}
     server = await smtp_server(MXBehavior(tls_context=server_tls, mailboxes=mailboxes))
     for email in ["ok@acme.example", "full@acme.example", "gone@acme.example"]:
@@ -440,7 +440,7 @@ async def test_r16_never_sends_data(smtp_server: MakeServer, server_tls: ssl.SSL
 # -- the sync face --------------------------------------------------------------
 
 
-def test_r16_probe_rcpt_sync_face() -> None:
+def test_probe_rcpt_sync_face() -> None:
     with serve_in_thread(MXBehavior(default_rcpt=ACCEPT)) as server:
         result = probe_rcpt(
             "jane@acme.example",
@@ -455,7 +455,7 @@ def test_r16_probe_rcpt_sync_face() -> None:
     assert isinstance(result["elapsed_ms"], int)
 
 
-async def test_r16_probe_rcpt_inside_running_loop_does_not_deadlock() -> None:
+async def test_probe_rcpt_inside_running_loop_does_not_deadlock() -> None:
     with serve_in_thread(MXBehavior(default_rcpt=ACCEPT)) as server:
         asyncio.get_running_loop()  # we are inside a running loop
         result = probe_rcpt(
@@ -502,7 +502,7 @@ def _r16_recording_throttle(events: list[tuple[Any, ...]], server: Any) -> Any:
     ("rcpt", "category", "penalized"),
     [(ACCEPT, "accept", False), (Scripted(421, "4.7.0 Too many connections"), "temp_fail", True)],
 )
-def test_r16_queue_task_shape_and_throttle_hooks(
+def test_queue_task_shape_and_throttle_hooks(
     monkeypatch: pytest.MonkeyPatch, rcpt: Scripted, category: str, penalized: bool
 ) -> None:
     from mailprobe import config, queue

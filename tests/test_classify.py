@@ -1,4 +1,4 @@
-"""R08: reading SMTP replies as their senders mean them.
+"""Reading SMTP replies as their senders mean them.
 
 The corpus (data/smtp_replies.jsonl, package data of mailprobe.testing) holds
 real replies from public sources (data/SOURCES.md), each with the reason and the
@@ -28,6 +28,8 @@ from mailprobe.classify import (
     parse_enhanced,
 )
 from mailprobe.testing import CORPUS_FILE, SOURCES_FILE
+
+pytestmark = pytest.mark.r08  # the seed's label: pytest -k r08
 
 CORPUS_PATH = CORPUS_FILE
 SOURCES_PATH = SOURCES_FILE
@@ -62,7 +64,7 @@ CORPUS = load_corpus()
 # -- the corpus itself ---------------------------------------------------------
 
 
-def test_r08_corpus_sanity() -> None:
+def test_corpus_sanity() -> None:
     assert len(CORPUS) >= 150
     assert len({e["provider"] for e in CORPUS}) >= 40
     assert len({e["id"] for e in CORPUS}) == len(CORPUS), "ids must be unique"
@@ -77,7 +79,7 @@ def test_r08_corpus_sanity() -> None:
         assert isinstance(entry["code"], int), entry["id"]
 
 
-def test_r08_provider_mx_only_where_a_rule_needs_it() -> None:
+def test_provider_mx_only_where_a_rule_needs_it() -> None:
     providers = {e["provider"] for e in CORPUS}
     assert set(PROVIDER_MX) <= providers
     needed = set()
@@ -92,14 +94,14 @@ def test_r08_provider_mx_only_where_a_rule_needs_it() -> None:
 
 
 @pytest.mark.parametrize("entry", CORPUS, ids=[e["id"] for e in CORPUS])
-def test_r08_corpus_reason(entry: dict[str, Any]) -> None:
+def test_corpus_reason(entry: dict[str, Any]) -> None:
     result = classify_entry(entry)
     assert result.reason.value == entry["reason"], f"rule {result.rule!r}"
     assert result.category == category_for_code(entry["code"])
 
 
 @pytest.mark.parametrize("entry", CORPUS, ids=[e["id"] for e in CORPUS])
-def test_r08_corpus_address_signal(entry: dict[str, Any]) -> None:
+def test_corpus_address_signal(entry: dict[str, Any]) -> None:
     """The reason's signal never contradicts what the corpus knows about the address.
 
     * Before RCPT a reply says nothing about the recipient: the corpus records
@@ -119,7 +121,7 @@ def test_r08_corpus_address_signal(entry: dict[str, Any]) -> None:
     assert signal == address or Signal.UNDETERMINED.value in (signal, address)
 
 
-def test_r08_parse_enhanced_never_contradicts_corpus() -> None:
+def test_parse_enhanced_never_contradicts_corpus() -> None:
     for entry in CORPUS:
         code, _ = parse_enhanced(entry["text"])
         assert code is None or code == entry["enhanced"], entry["id"]
@@ -148,11 +150,11 @@ def test_r08_parse_enhanced_never_contradicts_corpus() -> None:
         (600, Category.UNKNOWN),
     ],
 )
-def test_r08_seed_mapping(code: int | None, category: Category) -> None:
+def test_seed_mapping(code: int | None, category: Category) -> None:
     assert category_for_code(code) is category
 
 
-def test_r08_parse_enhanced_multiline() -> None:
+def test_parse_enhanced_multiline() -> None:
     # As aiosmtplib hands it over: "550-" / "550 " stripped, the enhanced code kept per line.
     text = (
         "5.1.1 The email account that you tried to reach does not exist. Please try\n"
@@ -178,13 +180,13 @@ def test_r08_parse_enhanced_multiline() -> None:
         ("7.7.1 not a real class", None, "7.7.1 not a real class"),
     ],
 )
-def test_r08_parse_enhanced_forms(text: str, code: str | None, body: str | None) -> None:
+def test_parse_enhanced_forms(text: str, code: str | None, body: str | None) -> None:
     parsed_code, parsed_body = parse_enhanced(text)
     assert parsed_code == code
     assert parsed_body == (text.strip() if body is None else body)
 
 
-def test_r08_blocklist_sent_as_511_is_policy_block() -> None:
+def test_blocklist_sent_as_511_is_policy_block() -> None:
     for text in (
         "5.1.1 Service unavailable; client [192.0.2.1] blocked using zen.spamhaus.org",
         "5.1.1 Your IP address is listed on our block list",
@@ -197,7 +199,7 @@ def test_r08_blocklist_sent_as_511_is_policy_block() -> None:
         assert REASONS[result.reason].signal is Signal.UNDETERMINED
 
 
-def test_r08_bare_mailbox_unavailable_depends_on_the_mx() -> None:
+def test_bare_mailbox_unavailable_depends_on_the_mx() -> None:
     text = "Requested action not taken: mailbox unavailable"
     assert classify_reply("rcpt", 550, text).reason is Reason.MAILBOX_UNAVAILABLE
     assert classify_reply("rcpt", 550, text, mx_host="mx.example.net").reason is (
@@ -215,7 +217,7 @@ def test_r08_bare_mailbox_unavailable_depends_on_the_mx() -> None:
     assert classify_reply("rcpt", 550, text, mx_host=tenant).reason is Reason.MAILBOX_UNAVAILABLE
 
 
-def test_r08_dbeb_only_at_microsoft() -> None:
+def test_dbeb_only_at_microsoft() -> None:
     text = "5.4.1 [user@example.org]: Recipient address rejected: Access denied"
     tenant = "example-com.mail.protection.outlook.com"
     assert classify_reply("rcpt", 550, text, mx_host=tenant).reason is Reason.MAILBOX_NOT_FOUND
@@ -225,7 +227,7 @@ def test_r08_dbeb_only_at_microsoft() -> None:
 
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize(("code", "text"), [(220, "mx ESMTP"), (250, "2.1.0 Ok"), (221, "bye")])
-def test_r08_any_2xx_is_accepted(stage: str, code: int, text: str) -> None:
+def test_any_2xx_is_accepted(stage: str, code: int, text: str) -> None:
     assert classify_reply(stage, code, text).reason is Reason.ACCEPTED
 
 
@@ -251,11 +253,11 @@ def test_r08_any_2xx_is_accepted(stage: str, code: int, text: str) -> None:
         ("ehlo", 550, "Rejected", Reason.POLICY_BLOCK),
     ],
 )
-def test_r08_general_patterns(stage: str, code: int, text: str, reason: Reason) -> None:
+def test_general_patterns(stage: str, code: int, text: str, reason: Reason) -> None:
     assert classify_reply(stage, code, text).reason is reason
 
 
-def test_r08_no_policy_refusal_reads_as_missing_mailbox() -> None:
+def test_no_policy_refusal_reads_as_missing_mailbox() -> None:
     """Principle: a refusal about us never becomes "does not exist"."""
     for entry in CORPUS:
         if entry["reason"] in {"policy_block", "rate_limited", "sender_rejected", "relay_denied"}:
@@ -263,7 +265,7 @@ def test_r08_no_policy_refusal_reads_as_missing_mailbox() -> None:
             assert REASONS[reason].signal is not Signal.DOES_NOT_EXIST, entry["id"]
 
 
-def test_r08_rules_table_is_well_formed() -> None:
+def test_rules_table_is_well_formed() -> None:
     names = [rule.name for rule in RULES]
     assert len(names) == len(set(names))
     for rule in RULES:
@@ -276,7 +278,7 @@ def test_r08_rules_table_is_well_formed() -> None:
     assert set(REASONS) == set(Reason)
 
 
-def test_r08_unknown_stage_is_an_error() -> None:
+def test_unknown_stage_is_an_error() -> None:
     with pytest.raises(ValueError):
         classify_reply("data", 250, "ok")
 
@@ -288,7 +290,7 @@ def test_r08_unknown_stage_is_an_error() -> None:
     text=st.text(max_size=400),
     mx_host=st.text(max_size=60),
 )
-def test_r08_classify_never_raises(stage: str, code: int, text: str, mx_host: str) -> None:
+def test_classify_never_raises(stage: str, code: int, text: str, mx_host: str) -> None:
     result = classify_reply(stage, code, text, mx_host=mx_host)
     assert result.category == category_for_code(code)
     assert result.reason in REASONS
@@ -298,5 +300,5 @@ def test_r08_classify_never_raises(stage: str, code: int, text: str, mx_host: st
 
 @settings(max_examples=100, deadline=None)
 @given(text=st.text(max_size=400), enhanced=st.none() | st.text(max_size=12))
-def test_r08_classify_never_raises_with_enhanced(text: str, enhanced: str | None) -> None:
+def test_classify_never_raises_with_enhanced(text: str, enhanced: str | None) -> None:
     classify_reply("rcpt", 550, text, enhanced=enhanced)

@@ -1,4 +1,4 @@
-"""R16 wire: reply parsing within limits, and RFC 2920 pipelining, against raw servers.
+"""The SMTP wire: reply parsing within limits, and RFC 2920 pipelining, against raw servers.
 
 The servers here are plain asyncio sockets on loopback that write exactly the bytes
 a test gives them, so malformed and hostile replies can be served as they are.
@@ -24,6 +24,8 @@ from mailprobe.smtp import SessionError, SMTPSession
 from mailprobe.smtp_wire import MAX_LINES, SMTPWire, WireError, WireFailure
 from mailprobe.store import Store
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+
+pytestmark = pytest.mark.r16  # the seed's label: pytest -k r16
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -69,7 +71,7 @@ async def read_one(port: int, timeout: float = 2.0) -> Any:
         wire.abort()
 
 
-async def test_r16_wire_multiline_reply_joined_as_aiosmtplib_did(raw_server) -> None:
+async def test_wire_multiline_reply_joined_as_aiosmtplib_did(raw_server) -> None:
     port = await raw_server(
         serve_bytes(b"250-mx.example Hello\r\n250-PIPELINING\r\n250 SIZE 10\r\n")
     )
@@ -88,7 +90,7 @@ async def test_r16_wire_multiline_reply_joined_as_aiosmtplib_did(raw_server) -> 
         (b"250-x\r\n" * (MAX_LINES + 5), f"longer than {MAX_LINES} lines"),
     ],
 )
-async def test_r16_wire_refuses_what_is_not_an_smtp_reply(raw_server, data, detail) -> None:
+async def test_wire_refuses_what_is_not_an_smtp_reply(raw_server, data, detail) -> None:
     port = await raw_server(serve_bytes(data))
     with pytest.raises(WireError) as info:
         await read_one(port)
@@ -96,7 +98,7 @@ async def test_r16_wire_refuses_what_is_not_an_smtp_reply(raw_server, data, deta
     assert detail in str(info.value)
 
 
-async def test_r16_wire_closed_mid_reply_and_silent_server(raw_server) -> None:
+async def test_wire_closed_mid_reply_and_silent_server(raw_server) -> None:
     async def close_mid_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220-almost\r\n220 ")
         await writer.drain()
@@ -149,7 +151,7 @@ def buffering_server(extensions: list[str], seen: list[list[str]]) -> Handler:
     return handler
 
 
-async def test_r16_pipelined_transaction_is_one_group(raw_server) -> None:
+async def test_pipelined_transaction_is_one_group(raw_server) -> None:
     seen: list[list[str]] = []
     port = await raw_server(buffering_server(["PIPELINING"], seen))
     session = SMTPSession("127.0.0.1", "probe.example", port=port, command_timeout=2)
@@ -166,7 +168,7 @@ async def test_r16_pipelined_transaction_is_one_group(raw_server) -> None:
     assert len(seen) == 1 and len(seen[0]) == 4
 
 
-async def test_r16_pipeline_keeps_replies_read_before_a_drop(raw_server) -> None:
+async def test_pipeline_keeps_replies_read_before_a_drop(raw_server) -> None:
     async def drop_after_two(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 x\r\n")
         await reader.readline()  # EHLO
@@ -222,7 +224,7 @@ async def verify_acme(
 
 
 @pytest.mark.parametrize(("offered", "enabled"), [(True, True), (False, True), (True, False)])
-async def test_r18_bulk_pipelines_only_when_offered(raw_server, tmp_path, offered, enabled) -> None:
+async def test_bulk_pipelines_only_when_offered(raw_server, tmp_path, offered, enabled) -> None:
     """Against the buffering server the whole list is answered only by pipelining;
     without PIPELINING offered (or with SMTP_PIPELINING=0) the client waits for each
     reply, so the same server never answers (an honest timeout), and nothing is grouped."""
@@ -244,7 +246,7 @@ async def test_r18_bulk_pipelines_only_when_offered(raw_server, tmp_path, offere
 
 
 @pytest.mark.parametrize("pipelining", [False, True])
-async def test_r18_bulk_session_broken_after_an_accept_loses_nothing(
+async def test_bulk_session_broken_after_an_accept_loses_nothing(
     raw_server, tmp_path, pipelining
 ) -> None:
     """The first connection accepts one RCPT, then hangs up at the next, before the
@@ -288,7 +290,7 @@ async def test_r18_bulk_session_broken_after_an_accept_loses_nothing(
     assert connections[0] >= 2
 
 
-async def test_r16_sim_round_trip_time_is_paid_once_per_group() -> None:
+async def test_sim_round_trip_time_is_paid_once_per_group() -> None:
     """The simulated network (MXBehavior.rtt) charges a round trip per reply waited for:
     one command at a time pays it per command, a pipelined group once."""
     import time
@@ -321,7 +323,7 @@ async def test_r16_sim_round_trip_time_is_paid_once_per_group() -> None:
     assert rtt <= grouped < 3 * rtt  # one round trip (generous bound for a loaded machine)
 
 
-async def test_r18_bulk_session_is_one_group_at_network_latency(tmp_path) -> None:
+async def test_bulk_session_is_one_group_at_network_latency(tmp_path) -> None:
     """With a 100 ms round trip, a session of two transactions and a catch-all check
     costs greeting, EHLO and one group pipelined, against a round trip per command one
     command at a time (here at least 12); the answers are the same."""

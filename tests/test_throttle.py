@@ -1,4 +1,4 @@
-"""R06: global and per-MX caps on concurrency and rate, in-process and across processes.
+"""Global and per-MX caps on concurrency and rate, in-process and across processes.
 
 Most tests run against both backends (LocalThrottle and RedisThrottle on a
 private redis-server). The fleet tests start separate OS processes that probe
@@ -37,6 +37,8 @@ from mailprobe.throttle import (
     next_tat,
     penalty_reason,
 )
+
+pytestmark = pytest.mark.r06  # the seed's label: pytest -k r06
 
 pytest_plugins = ["tests.redis_server"]
 

@@ -1,4 +1,4 @@
-"""R18: the simulated mail world (mailprobe.testing.world) and the SMTP server's new behaviours.
+"""The simulated mail world (mailprobe.testing.world) and the SMTP server's new behaviours.
 
 Everything is checked with real protocol clients on loopback: dnspython against
 the world's DNS server, mailprobe's own RCPT probe and a raw SMTP client against
@@ -43,6 +43,8 @@ from mailprobe.testing import (
 from mailprobe.verdict import decide
 
 from .conftest import MakeServer
+
+pytestmark = pytest.mark.r18  # the seed's label: pytest -k r18
 
 HELO = "probe.mailprobe.example"
 MAIL_FROM = "bounce@probe.mailprobe.example"
@@ -138,7 +140,7 @@ class RawSMTP:
 # -- the corpus and the generation -----------------------------------------------
 
 
-def test_r18_world_replies_are_in_the_shipped_corpus() -> None:
+def test_world_replies_are_in_the_shipped_corpus() -> None:
     # The corpus ships once, as package data: there is no built-in fallback copy.
     used = {rid for roles in FAMILY_REPLIES.values() for rid, _ in roles.values()}
     assert used < set(CORPUS)
@@ -147,7 +149,7 @@ def test_r18_world_replies_are_in_the_shipped_corpus() -> None:
         load_corpus("/nonexistent/smtp_replies.jsonl")
 
 
-def test_r18_world_is_deterministic_and_shaped() -> None:
+def test_world_is_deterministic_and_shaped() -> None:
     a, b = SimWorld(40, 200, seed=3), SimWorld(40, 200, seed=3)
     assert a.addresses(include_invalid=True) == b.addresses(include_invalid=True)
     assert dict(a.truth) == dict(b.truth)
@@ -178,7 +180,7 @@ def test_r18_world_is_deterministic_and_shaped() -> None:
     assert a.env()["SMTP_MAIL_FROM"].endswith(".example")
 
 
-def test_r18_expected_verdict_table() -> None:
+def test_expected_verdict_table() -> None:
     def truth(**kw: Any) -> AddressTruth:
         base: dict[str, Any] = dict(
             address="x@d.example", valid_syntax=True, domain="d.example", dns=DNSStatus.MX
@@ -208,7 +210,7 @@ def test_r18_expected_verdict_table() -> None:
     assert w.expected_verdict(f"postmaster@mx1.{plain}") is None  # an MX host: not modelled
 
 
-def test_r18_demo_world_shows_every_behaviour() -> None:
+def test_demo_world_shows_every_behaviour() -> None:
     w = demo_world()
     assert len(w.truth.domains) == len(DEMO_LAYOUT)
     assert {d.kind for d in w.truth.domains.values()} == {Kind(k) for k, _ in DEMO_LAYOUT}
@@ -221,7 +223,7 @@ def test_r18_demo_world_shows_every_behaviour() -> None:
 # -- DNS ---------------------------------------------------------------------------
 
 
-async def test_r18_dns_answers_as_the_truth_says() -> None:
+async def test_dns_answers_as_the_truth_says() -> None:
     async with SimWorld(40, 120, seed=11) as w:
         host, port = w.nameserver.rsplit(":", 1)
         res = dns.asyncresolver.Resolver(configure=False)
@@ -255,7 +257,7 @@ async def test_r18_dns_answers_as_the_truth_says() -> None:
 # -- probes against the world ------------------------------------------------------
 
 
-async def test_r18_probes_match_the_truth(world: SimWorld) -> None:
+async def test_probes_match_the_truth(world: SimWorld) -> None:
     checked: set[Kind | None] = set()
     for email in world.addresses():
         t = world.truth[email]
@@ -274,7 +276,7 @@ async def test_r18_probes_match_the_truth(world: SimWorld) -> None:
     assert not stats.data_received
 
 
-async def test_r18_replies_are_corpus_texts(world: SimWorld) -> None:
+async def test_replies_are_corpus_texts(world: SimWorld) -> None:
     google_missing = addresses_of(world, Kind.GOOGLE, Mailbox.MISSING)[0]
     result = await probe(world, google_missing)
     assert result["code"] == 550
@@ -302,7 +304,7 @@ async def test_r18_replies_are_corpus_texts(world: SimWorld) -> None:
     )
 
 
-async def test_r18_backup_mx_first_is_unreachable(world: SimWorld) -> None:
+async def test_backup_mx_first_is_unreachable(world: SimWorld) -> None:
     email = addresses_of(world, Kind.BACKUP_MX, Mailbox.EXISTS)[0]
     dead, live = world.truth[email].mx_hosts
     assert dead in world.unreachable
@@ -311,7 +313,7 @@ async def test_r18_backup_mx_first_is_unreachable(world: SimWorld) -> None:
     assert (await probe(world, email, host=live))["reason"] == "accepted"
 
 
-async def test_r18_catch_all_accepts_any_local_part(world: SimWorld) -> None:
+async def test_catch_all_accepts_any_local_part(world: SimWorld) -> None:
     domain = next(d for d, t in world.truth.domains.items() if t.kind is Kind.CATCH_ALL)
     plain = next(d for d, t in world.truth.domains.items() if t.kind is Kind.POSTFIX)
     local = f"zz-{random.randrange(10**9)}"
@@ -323,7 +325,7 @@ async def test_r18_catch_all_accepts_any_local_part(world: SimWorld) -> None:
     assert world.expected_verdict(f"{local}@{plain}") == "undeliverable"
 
 
-async def test_r18_greylisting_on_the_injected_clock(world: SimWorld) -> None:
+async def test_greylisting_on_the_injected_clock(world: SimWorld) -> None:
     clock = world.clock
     assert isinstance(clock, FakeClock)
     email = addresses_of(world, Kind.GREYLIST, Mailbox.EXISTS)[0]
@@ -349,7 +351,7 @@ async def test_r18_greylisting_on_the_injected_clock(world: SimWorld) -> None:
     assert world.truth.expected_verdict(email, greylist_retry_window=10) == "unknown"
 
 
-async def test_r18_blackhole_times_out_and_is_not_determinable() -> None:
+async def test_blackhole_times_out_and_is_not_determinable() -> None:
     cfg = WorldConfig(blackhole_greeting_delay=60)
     async with SimWorld(seed=2, layout=[("blackhole", ["exists"])], config=cfg) as w:
         (email,) = w.addresses()
@@ -361,7 +363,7 @@ async def test_r18_blackhole_times_out_and_is_not_determinable() -> None:
 # -- limits ----------------------------------------------------------------------------
 
 
-async def test_r18_outlook_rcpt_limit_gives_452_453(world: SimWorld) -> None:
+async def test_outlook_rcpt_limit_gives_452_453(world: SimWorld) -> None:
     host = "mx.outlook-like.example"
     domain = next(d for d, t in world.truth.domains.items() if t.kind is Kind.MICROSOFT)
     client, code, _ = await RawSMTP.connect(world.ip_of(host), world.smtp_port)
@@ -384,7 +386,7 @@ async def test_r18_outlook_rcpt_limit_gives_452_453(world: SimWorld) -> None:
     assert rec.rcpts_per_connection() == [5]
 
 
-async def test_r18_gmail_one_domain_per_transaction(world: SimWorld) -> None:
+async def test_gmail_one_domain_per_transaction(world: SimWorld) -> None:
     host = "aspmx.google-like.example"
     google = [d for d, t in world.truth.domains.items() if t.kind is Kind.GOOGLE]
     assert len(google) == 1
@@ -405,7 +407,7 @@ async def test_r18_gmail_one_domain_per_transaction(world: SimWorld) -> None:
         client.close()
 
 
-async def test_r18_session_limit_catch_all_and_block(smtp_server: MakeServer) -> None:
+async def test_session_limit_catch_all_and_block(smtp_server: MakeServer) -> None:
     over = Scripted(452, "4.5.3 Too many recipients")
     server = await smtp_server(
         MXBehavior(
@@ -438,7 +440,7 @@ async def test_r18_session_limit_catch_all_and_block(smtp_server: MakeServer) ->
         client.close()
 
 
-async def test_r18_max_connections_refuses_at_the_greeting(world: SimWorld) -> None:
+async def test_max_connections_refuses_at_the_greeting(world: SimWorld) -> None:
     host = "mx1.hosting-like.example"  # cluster_max_connections=3 in this world
     clients = []
     try:
@@ -460,7 +462,7 @@ async def test_r18_max_connections_refuses_at_the_greeting(world: SimWorld) -> N
 # -- politeness accounting ----------------------------------------------------------------
 
 
-async def test_r18_server_counts_cap_violations(world: SimWorld) -> None:
+async def test_server_counts_cap_violations(world: SimWorld) -> None:
     host = next(d.mx_hosts[0] for d in world.domains.values() if d.kind is Kind.POSTFIX)
     record = world.servers[host].record
     ip, port = world.ip_of(host), world.smtp_port
@@ -490,7 +492,7 @@ async def test_r18_server_counts_cap_violations(world: SimWorld) -> None:
     assert world.stats().cap_violations == 2
 
 
-async def test_r18_sequential_bursts_break_the_rate_cap_only(smtp_server: MakeServer) -> None:
+async def test_sequential_bursts_break_the_rate_cap_only(smtp_server: MakeServer) -> None:
     server = await smtp_server(MXBehavior(expect_max_concurrency=1, expect_rps=1.0))
     for _ in range(4):
         client, _, _ = await RawSMTP.connect("127.0.0.1", server.port)
@@ -505,7 +507,7 @@ async def test_r18_sequential_bursts_break_the_rate_cap_only(smtp_server: MakeSe
 # -- sync use and the command line ------------------------------------------------------
 
 
-def test_r18_sync_world_serves_from_a_thread() -> None:
+def test_sync_world_serves_from_a_thread() -> None:
     with demo_world() as w:
         email = next(e for e in w.addresses() if w.truth[e].kind is Kind.POSTFIX)
         host = first_live_mx(w, email)
@@ -518,7 +520,7 @@ def test_r18_sync_world_serves_from_a_thread() -> None:
         assert w.stats().connections == 1
 
 
-def test_r18_command_line_serves_until_interrupted(tmp_path: Path) -> None:
+def test_command_line_serves_until_interrupted(tmp_path: Path) -> None:
     out, truth = tmp_path / "addresses.txt", tmp_path / "truth.jsonl"
     src = Path(__file__).resolve().parents[1] / "src"
     env = os.environ | {"PYTHONPATH": str(src)}

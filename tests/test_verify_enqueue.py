@@ -1,4 +1,4 @@
-"""R18 + R06: `mailprobe verify --enqueue` hands per-domain batches to RQ workers."""
+"""`mailprobe verify --enqueue` hands per-domain batches to RQ workers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from mailprobe import config
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 from mailprobe.testing.smtpd import ACCEPT, MXBehavior, serve_in_thread
 
+pytestmark = pytest.mark.r18  # the seed's label: pytest -k r18
+
 pytest_plugins = ["tests.redis_server"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ WORKER = (
 )
 
 
-def test_r18_verify_enqueue_through_workers(
+def test_verify_enqueue_through_workers(
     redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     zone = {

@@ -1,4 +1,4 @@
-"""R15/R18 store: migrations, idempotent upsert with one enqueue, results, ingest, concurrency.
+"""The store: migrations, idempotent upsert with one enqueue, results, ingest, concurrency.
 
 Runs on SQLite always and on a private PostgreSQL server when its binaries exist.
 """
@@ -20,6 +20,8 @@ from mailprobe.results import Outcome, answer_for
 from mailprobe.store import GeneratedEmail, Store, StoreError, VerificationResult
 from mailprobe.store import queries as q
 from tests.pg_server import pg_server, pg_url  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.r15  # the seed's label: pytest -k r15
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -45,7 +47,7 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str, str]]:
     return calls
 
 
-def test_r15_migrations_from_empty(store: Store) -> None:
+def test_migrations_from_empty(store: Store) -> None:
     insp = inspect(store.engine)
     assert {"generated_emails", "domain_resolutions", "verification_results", "mx_hosts"} <= set(
         insp.get_table_names()
@@ -62,7 +64,7 @@ def test_r15_migrations_from_empty(store: Store) -> None:
     assert "generated_emails" in inspect(store.engine).get_table_names()
 
 
-def test_r15_upgrade_from_0001_keeps_results(store: Store) -> None:
+def test_upgrade_from_0001_keeps_results(store: Store) -> None:
     """An existing 0001 database gains the catch-all columns, keeps its rows, and its
     latest-result view shows them (PostgreSQL fixes a view's columns when it is made)."""
     from alembic import command
@@ -91,7 +93,7 @@ def test_r15_upgrade_from_0001_keeps_results(store: Store) -> None:
     assert count == 1
 
 
-def test_r15_sqlite_file_created_with_wal(tmp_path: Path) -> None:
+def test_sqlite_file_created_with_wal(tmp_path: Path) -> None:
     path = tmp_path / "new" / "dir" / "x.db"
     s = Store(f"sqlite:///{path}")
     s.ensure_schema()
@@ -101,7 +103,7 @@ def test_r15_sqlite_file_created_with_wal(tmp_path: Path) -> None:
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
 
 
-def test_r15_upsert_is_idempotent_and_enqueues_once(
+def test_upsert_is_idempotent_and_enqueues_once(
     store: Store, enqueued: list[tuple[int, str, str]]
 ) -> None:
     first = queue.upsert_generated_email("Jane.Doe@ACME.example", store=store, source="crm")
@@ -119,7 +121,7 @@ def test_r15_upsert_is_idempotent_and_enqueues_once(
         assert session.scalar(select(func.count()).select_from(GeneratedEmail)) == 2
 
 
-def test_r15_failed_enqueue_leaves_address_retryable(
+def test_failed_enqueue_leaves_address_retryable(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def down(*a: Any) -> str:
@@ -134,7 +136,7 @@ def test_r15_failed_enqueue_leaves_address_retryable(
     assert len(calls) == 1
 
 
-def test_r15_results_are_appended_and_latest_view(store: Store) -> None:
+def test_results_are_appended_and_latest_view(store: Store) -> None:
     base = Outcome(
         email="a@acme.example",
         category="temp_fail",
@@ -163,7 +165,7 @@ def test_r15_results_are_appended_and_latest_view(store: Store) -> None:
     assert [tuple(r) for r in rows] == [("a@acme.example", 250), ("b@acme.example", 451)]
 
 
-def test_r15_ingest_reports_bad_lines_and_keeps_good(store: Store, tmp_path: Path) -> None:
+def test_ingest_reports_bad_lines_and_keeps_good(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "list.txt"
     src.write_text(
         "jane@acme.example\nnot-an-address\n\n# comment\nbob@acme.example\n"
@@ -186,14 +188,14 @@ def test_r15_ingest_reports_bad_lines_and_keeps_good(store: Store, tmp_path: Pat
         assert ann is not None and (ann.person_name, ann.source) == ("Ann Lee", "web")
 
 
-def test_r15_bad_database_url_is_clear() -> None:
+def test_bad_database_url_is_clear() -> None:
     with pytest.raises(StoreError, match="DATABASE_URL"):
         Store("nonsense://nowhere")
     with pytest.raises(StoreError, match="not a database URL"):
         Store("::::")
 
 
-def test_r15_unreachable_postgres_fails_fast() -> None:
+def test_unreachable_postgres_fails_fast() -> None:
     import socket
 
     with socket.socket() as s:
@@ -205,7 +207,7 @@ def test_r15_unreachable_postgres_fails_fast() -> None:
     assert time.monotonic() - started < 10
 
 
-def test_r15_two_processes_write_one_sqlite_file(tmp_path: Path) -> None:
+def test_two_processes_write_one_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     Store(url).upgrade()
     script = textwrap.dedent(f"""
@@ -242,7 +244,7 @@ def test_r15_two_processes_write_one_sqlite_file(tmp_path: Path) -> None:
         assert session.scalar(select(func.count()).select_from(VerificationResult)) == 600
 
 
-def test_r15_enqueue_path_skips_freemail(
+def test_enqueue_path_skips_freemail(
     store: Store, enqueued: list[tuple[int, str, str]], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
@@ -261,7 +263,7 @@ def test_r15_enqueue_path_skips_freemail(
     assert enqueued[-1][1] == "jane@gmail.com"
 
 
-def test_r15_schema_head_constant_matches_migrations(tmp_path: Path) -> None:
+def test_schema_head_constant_matches_migrations(tmp_path: Path) -> None:
     from alembic.script import ScriptDirectory
 
     from mailprobe.store.database import SCHEMA_HEAD, alembic_config
@@ -270,7 +272,7 @@ def test_r15_schema_head_constant_matches_migrations(tmp_path: Path) -> None:
     assert ScriptDirectory.from_config(alembic_config(s.engine)).get_current_head() == SCHEMA_HEAD
 
 
-def test_r15_database_failure_is_a_clear_store_error(tmp_path: Path) -> None:
+def test_database_failure_is_a_clear_store_error(tmp_path: Path) -> None:
     s = Store(f"sqlite:///{tmp_path / 'broken.db'}")
     s.upgrade()
     with s.engine.begin() as conn:
@@ -281,7 +283,7 @@ def test_r15_database_failure_is_a_clear_store_error(tmp_path: Path) -> None:
                                                  reason="accepted", stage="rcpt")))  # fmt: skip
 
 
-def test_r15_cli_probe_keeps_its_answer_when_the_database_fails(
+def test_cli_probe_keeps_its_answer_when_the_database_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import subprocess
@@ -307,7 +309,7 @@ def test_r15_cli_probe_keeps_its_answer_when_the_database_fails(
     assert "was not stored" in done.stderr
 
 
-def test_r15_ingest_with_dead_redis_says_so_and_loses_nothing(tmp_path: Path) -> None:
+def test_ingest_with_dead_redis_says_so_and_loses_nothing(tmp_path: Path) -> None:
     import os
     import socket
     import subprocess

@@ -1,4 +1,4 @@
-"""R20: `mailprobe doctor` against a loopback DNS + SMTP world (no Internet).
+"""`mailprobe doctor` against a loopback DNS + SMTP world (no Internet).
 
 The egress IP is 127.0.0.1 here, so the zone holds its PTR
 (1.0.0.127.in-addr.arpa), the HELO name's A record, the MAIL FROM domain's MX
@@ -32,6 +32,8 @@ from mailprobe.spf import SPFEvaluator
 from mailprobe.store.database import Store
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 from mailprobe.testing.smtpd import MXBehavior, Scripted, SimSMTPServer
+
+pytestmark = pytest.mark.r20  # the seed's label: pytest -k r20
 
 pytest_plugins = ["tests.redis_server"]
 
@@ -116,7 +118,7 @@ def blackhole_dns() -> Iterator[str]:
 # -- the passing world -----------------------------------------------------------------
 
 
-async def test_r20_passing_world_every_check_passes(world: World) -> None:
+async def test_passing_world_every_check_passes(world: World) -> None:
     checks = await world.run()  # default MX: the lowest MX of gmail.com, served by the zone
     assert statuses(checks) == {
         "dns": "pass",
@@ -143,7 +145,7 @@ async def test_r20_passing_world_every_check_passes(world: World) -> None:
     assert not (Path(world.settings.database_url[len("sqlite:///") :])).exists()
 
 
-async def test_r20_loopback_egress_warns_and_skips_ip_checks(world: World) -> None:
+async def test_loopback_egress_warns_and_skips_ip_checks(world: World) -> None:
     checks = await world.run(check_private=False, mx_host="127.0.0.1")
     assert checks["smtp"].status == "pass"
     assert checks["egress_ip"].status == "warn"
@@ -155,7 +157,7 @@ async def test_r20_loopback_egress_warns_and_skips_ip_checks(world: World) -> No
     assert doctor_exit_status(list(checks.values())) == 1
 
 
-async def test_r20_source_address_is_the_egress_ip(world: World) -> None:
+async def test_source_address_is_the_egress_ip(world: World) -> None:
     world.settings = replace(world.settings, smtp_source_address="127.0.0.1")
     checks = await world.run(mx_host=f"mx.{MAIL_DOMAIN}")
     assert checks["egress_ip"].detail.startswith("127.0.0.1 (SMTP_SOURCE_ADDRESS)")
@@ -165,7 +167,7 @@ async def test_r20_source_address_is_the_egress_ip(world: World) -> None:
 # -- PTR and HELO ------------------------------------------------------------------------
 
 
-async def test_r20_no_ptr_fails(world: World) -> None:
+async def test_no_ptr_fails(world: World) -> None:
     del world.dns.zone[REVERSE]
     checks = await world.run()
     assert checks["ptr"].status == "fail"
@@ -175,7 +177,7 @@ async def test_r20_no_ptr_fails(world: World) -> None:
     assert doctor_exit_status(list(checks.values())) == 2
 
 
-async def test_r20_ptr_not_forward_confirmed_fails(world: World) -> None:
+async def test_ptr_not_forward_confirmed_fails(world: World) -> None:
     world.dns.zone[REVERSE] = DomainSpec(ptr=["other.mailprobe.example"])
     world.dns.zone["other.mailprobe.example"] = DomainSpec(a=["127.0.0.9"])
     checks = await world.run()
@@ -184,7 +186,7 @@ async def test_r20_ptr_not_forward_confirmed_fails(world: World) -> None:
     assert "other.mailprobe.example -> 127.0.0.1" in checks["ptr"].fix
 
 
-async def test_r20_ptr_name_differs_from_helo(world: World) -> None:
+async def test_ptr_name_differs_from_helo(world: World) -> None:
     world.dns.zone[REVERSE] = DomainSpec(ptr=["host.mailprobe.example"])
     world.dns.zone["host.mailprobe.example"] = DomainSpec(a=["127.0.0.1"])
     world.dns.zone[HELO] = DomainSpec(a=["127.0.0.5"])  # resolves, but elsewhere
@@ -208,7 +210,7 @@ async def test_r20_ptr_name_differs_from_helo(world: World) -> None:
         ("nowhere.mailprobe.example", "has no A/AAAA record"),
     ],
 )
-async def test_r20_bad_helo_config_fails(world: World, helo: str, expected: str) -> None:
+async def test_bad_helo_config_fails(world: World, helo: str, expected: str) -> None:
     world.settings = replace(world.settings, smtp_helo_domain=helo)
     checks = await world.run(mx_host="127.0.0.1", blocklists=())
     assert checks["helo"].status == "fail"
@@ -224,7 +226,7 @@ async def test_r20_bad_helo_config_fails(world: World, helo: str, expected: str)
         (DomainSpec(), "no MX and no A/AAAA"),
     ],
 )
-async def test_r20_mail_from_domain_without_mail_host_fails(
+async def test_mail_from_domain_without_mail_host_fails(
     world: World, spec: DomainSpec, expected: str
 ) -> None:
     world.dns.zone[MAIL_DOMAIN] = spec
@@ -233,7 +235,7 @@ async def test_r20_mail_from_domain_without_mail_host_fails(
     assert expected in checks["mail_from"].detail
 
 
-async def test_r20_mail_from_with_only_an_a_record_passes(world: World) -> None:
+async def test_mail_from_with_only_an_a_record_passes(world: World) -> None:
     world.dns.zone[MAIL_DOMAIN] = DomainSpec(a=["127.0.0.1"], txt=["v=spf1 a -all"])
     checks = await world.run(mx_host="127.0.0.1", blocklists=())
     assert checks["mail_from"].status == "pass" and "no MX" in checks["mail_from"].detail
@@ -243,7 +245,7 @@ async def test_r20_mail_from_with_only_an_a_record_passes(world: World) -> None:
 # -- SPF -----------------------------------------------------------------------------
 
 
-async def test_r20_spf_without_our_ip_fails_softfail_and_none_warn(world: World) -> None:
+async def test_spf_without_our_ip_fails_softfail_and_none_warn(world: World) -> None:
     zone = world.dns.zone
     zone[MAIL_DOMAIN].txt = ["v=spf1 ip4:192.0.2.0/24 -all"]
     checks = await world.run(mx_host="127.0.0.1", blocklists=())
@@ -317,7 +319,7 @@ def spf_zone() -> dict[str, DomainSpec]:
         ("127.0.0.1", "badspec.example", "permerror"),
     ],
 )
-async def test_r20_spf_evaluator(ip: str, domain: str, result: str) -> None:
+async def test_spf_evaluator(ip: str, domain: str, result: str) -> None:
     async with SimDNSServer(spf_zone()) as dns:
         evaluator = SPFEvaluator(make_resolver([dns.nameserver], 2))
         outcome = await evaluator.check_host(ip, domain)
@@ -327,7 +329,7 @@ async def test_r20_spf_evaluator(ip: str, domain: str, result: str) -> None:
 # -- blocklists ---------------------------------------------------------------------
 
 
-async def test_r20_listed_on_a_blocklist_fails(world: World) -> None:
+async def test_listed_on_a_blocklist_fails(world: World) -> None:
     world.dns.zone[LISTED] = DomainSpec(a=["127.0.0.2"], txt=["Listed: see https://bl.example"])
     checks = await world.run()
     listed = checks[f"blocklist:{BL}"]
@@ -341,7 +343,7 @@ async def test_r20_listed_on_a_blocklist_fails(world: World) -> None:
     assert line.startswith("FAIL") and "fix: " in line
 
 
-async def test_r20_spamhaus_refusal_code_warns(world: World) -> None:
+async def test_spamhaus_refusal_code_warns(world: World) -> None:
     world.dns.zone[LISTED] = DomainSpec(a=["127.255.255.254"])
     checks = await world.run()
     assert checks[f"blocklist:{BL}"].status == "warn"
@@ -352,21 +354,21 @@ async def test_r20_spamhaus_refusal_code_warns(world: World) -> None:
     assert "rewrites" in checks[f"blocklist:{BL}"].detail
 
 
-async def test_r20_a_crashing_check_is_reported_not_raised(world: World) -> None:
+async def test_a_crashing_check_is_reported_not_raised(world: World) -> None:
     checks = await world.run(blocklists=("bad..zone",))
     assert checks["blocklist:bad..zone"].status == "fail"
     assert "the check itself failed" in checks["blocklist:bad..zone"].detail
     assert checks["ptr"].status == "pass"
 
 
-def test_r20_default_blocklists() -> None:
+def test_default_blocklists() -> None:
     assert DEFAULT_BLOCKLISTS == ("zen.spamhaus.org", "b.barracudacentral.org", "bl.spamcop.net")
 
 
 # -- SMTP and DNS failures ---------------------------------------------------------------
 
 
-async def test_r20_smtp_port_closed_fails_fast(world: World) -> None:
+async def test_smtp_port_closed_fails_fast(world: World) -> None:
     start = time.monotonic()
     checks = await world.run(mx_host="127.0.0.1", port=closed_port())
     assert time.monotonic() - start < 5
@@ -377,20 +379,20 @@ async def test_r20_smtp_port_closed_fails_fast(world: World) -> None:
     assert checks["ptr"].status == "pass"
 
 
-async def test_r20_smtp_greeting_refusal_fails(world: World) -> None:
+async def test_smtp_greeting_refusal_fails(world: World) -> None:
     world.smtp.behavior.banner = Scripted(554, "5.7.1 Service unavailable; client host blocked")
     checks = await world.run(mx_host="127.0.0.1")
     assert checks["smtp"].status == "fail"
     assert "554" in checks["smtp"].detail and "blocklist" in checks["smtp"].fix
 
 
-async def test_r20_smtp_ehlo_refusal_warns(world: World) -> None:
+async def test_smtp_ehlo_refusal_warns(world: World) -> None:
     world.smtp.behavior.ehlo = Scripted(550, "5.7.1 Helo command rejected: Host not found")
     checks = await world.run(mx_host="127.0.0.1")
     assert checks["smtp"].status == "warn" and "refused EHLO: 550" in checks["smtp"].detail
 
 
-async def test_r20_silent_smtp_server_is_bounded(world: World) -> None:
+async def test_silent_smtp_server_is_bounded(world: World) -> None:
     world.smtp.behavior.greeting_delay = 30
     start = time.monotonic()
     checks = await world.run(mx_host="127.0.0.1")
@@ -398,7 +400,7 @@ async def test_r20_silent_smtp_server_is_bounded(world: World) -> None:
     assert checks["smtp"].status == "fail" and "no SMTP reply" in checks["smtp"].detail
 
 
-async def test_r20_dns_not_answering_is_bounded(world: World, blackhole_dns: str) -> None:
+async def test_dns_not_answering_is_bounded(world: World, blackhole_dns: str) -> None:
     world.settings = replace(world.settings, dns_nameservers=(blackhole_dns,), dns_timeout=1)
     start = time.monotonic()
     checks = await world.run(mx_host="127.0.0.1")
@@ -418,7 +420,7 @@ async def test_r20_dns_not_answering_is_bounded(world: World, blackhole_dns: str
 # -- Redis and the database -------------------------------------------------------------
 
 
-async def test_r20_redis_unreachable_fails_database_ok_passes(world: World, tmp_path: Path) -> None:
+async def test_redis_unreachable_fails_database_ok_passes(world: World, tmp_path: Path) -> None:
     db = tmp_path / "real.db"
     Store(f"sqlite:///{db}").check()  # creates the file
     world.settings = replace(
@@ -436,13 +438,13 @@ async def test_r20_redis_unreachable_fails_database_ok_passes(world: World, tmp_
     assert "answered" in checks["database"].detail
 
 
-async def test_r20_redis_reachable_passes(world: World, redis_url: str) -> None:
+async def test_redis_reachable_passes(world: World, redis_url: str) -> None:
     world.settings = replace(world.settings, redis_url=redis_url)
     checks = await world.run(mx_host="127.0.0.1", blocklists=())
     assert checks["redis"].status == "pass"
 
 
-async def test_r20_database_unusable_fails(world: World, tmp_path: Path) -> None:
+async def test_database_unusable_fails(world: World, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     world.settings = replace(world.settings, database_url=f"sqlite:///{blocker}/x/m.db")
@@ -454,7 +456,7 @@ async def test_r20_database_unusable_fails(world: World, tmp_path: Path) -> None
 # -- output ------------------------------------------------------------------------------
 
 
-def test_r20_format_and_exit_status() -> None:
+def test_format_and_exit_status() -> None:
     checks = [
         Check("dns", "pass", "ok"),
         Check("redis", "skip", "not configured"),
@@ -471,7 +473,7 @@ def test_r20_format_and_exit_status() -> None:
     ]
 
 
-async def test_r20_dnsd_serves_ptr_and_long_txt() -> None:
+async def test_dnsd_serves_ptr_and_long_txt() -> None:
     long_spf = "v=spf1 " + " ".join(f"ip4:192.0.2.{i}" for i in range(40)) + " -all"
     assert len(long_spf) > 255
     zone = {REVERSE: DomainSpec(ptr=[HELO]), MAIL_DOMAIN: DomainSpec(txt=[long_spf])}

@@ -1,4 +1,4 @@
-"""R16 configuration (seed names and defaults, errors that name the variable) and the CLI."""
+"""Configuration (seed names and defaults, errors that name the variable) and the CLI."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from mailprobe import config
 from mailprobe.config import ConfigError, Settings
 from mailprobe.testing.smtpd import ACCEPT, MXBehavior, Scripted, serve_in_thread
 
+pytestmark = pytest.mark.r16  # the seed's label: pytest -k r16
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_r16_seed_defaults() -> None:
+def test_seed_defaults() -> None:
     s = Settings.from_env({})
     assert s.smtp_helo_domain == "verifier.crestwellpartners.com"
     assert s.smtp_mail_from == "bounce@verifier.crestwellpartners.com"
@@ -26,7 +28,7 @@ def test_r16_seed_defaults() -> None:
     assert config.SMTP_COMMAND_TIMEOUT == 10.0
 
 
-def test_r16_mail_from_follows_helo_domain() -> None:
+def test_mail_from_follows_helo_domain() -> None:
     s = Settings.from_env({"SMTP_HELO_DOMAIN": "probe.acme.example", "SMTP_PORT": "2525"})
     assert s.smtp_mail_from == "bounce@probe.acme.example"
     assert s.smtp_port == 2525
@@ -52,7 +54,7 @@ def test_r16_mail_from_follows_helo_domain() -> None:
         ("SMTP_TLS_CAFILE", "/nonexistent/ca.pem"),
     ],
 )
-def test_r16_bad_setting_names_its_variable(variable: str, value: str) -> None:
+def test_bad_setting_names_its_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({variable: value})
     assert info.value.variable == variable
@@ -72,7 +74,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def test_r16_cli_prints_the_seed_block() -> None:
+def test_cli_prints_the_seed_block() -> None:
     with serve_in_thread(MXBehavior(default_rcpt=ACCEPT)) as server:
         done = run_cli(
             "--email",
@@ -105,7 +107,7 @@ def test_r16_cli_prints_the_seed_block() -> None:
         (Scripted(451, "4.7.1 Greylisted, try again later"), 3, "temp_fail"),
     ],
 )
-def test_r16_cli_json_and_exit_status(reply: Scripted, status: int, category: str) -> None:
+def test_cli_json_and_exit_status(reply: Scripted, status: int, category: str) -> None:
     with serve_in_thread(MXBehavior(default_rcpt=reply)) as server:
         done = run_cli(
             "--email",
@@ -121,7 +123,7 @@ def test_r16_cli_json_and_exit_status(reply: Scripted, status: int, category: st
     assert (result["category"], result["code"]) == (category, reply.code)
 
 
-def test_r16_cli_unreachable_is_unknown() -> None:
+def test_cli_unreachable_is_unknown() -> None:
     import socket
 
     with socket.socket() as s:
@@ -138,7 +140,7 @@ def test_r16_cli_unreachable_is_unknown() -> None:
     assert "connection_failed" in done.stdout
 
 
-def test_r16_cli_refuses_injection_and_bad_config() -> None:
+def test_cli_refuses_injection_and_bad_config() -> None:
     with serve_in_thread(MXBehavior(default_rcpt=ACCEPT)) as server:
         done = run_cli(
             "--email",
@@ -162,7 +164,7 @@ def test_r16_cli_refuses_injection_and_bad_config() -> None:
         assert server.record.connections == 0
 
 
-def test_r16_cli_help_documents_exit_status() -> None:
+def test_cli_help_documents_exit_status() -> None:
     done = run_cli("--help")
     assert done.returncode == 0
     assert "Exit status" in done.stdout and "--mx-host" in done.stdout

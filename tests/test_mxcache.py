@@ -1,4 +1,4 @@
-"""R15 cache: get_or_resolve_mx over domain_resolutions, against a real DNS server on loopback.
+"""The MX cache: get_or_resolve_mx over domain_resolutions, against a real DNS server on loopback.
 
 Time is a controllable clock, never a sleep.
 """
@@ -17,6 +17,8 @@ from mailprobe.dns import ResolutionStatus, make_resolver
 from mailprobe.mxcache import MXCache
 from mailprobe.store import DomainResolution, Store
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+
+pytestmark = pytest.mark.r15  # the seed's label: pytest -k r15
 
 
 class Clock:
@@ -65,7 +67,7 @@ def mx_queries(server: SimDNSServer, name: str) -> int:
     return len(server.queries_for(name, "MX"))
 
 
-async def test_r15_cached_until_ttl_clamped_to_minimum(cache_for, dns_server) -> None:
+async def test_cached_until_ttl_clamped_to_minimum(cache_for, dns_server) -> None:
     make, clock, _ = cache_for
     cache = make()
     first = await cache.get("acme.example")
@@ -81,7 +83,7 @@ async def test_r15_cached_until_ttl_clamped_to_minimum(cache_for, dns_server) ->
     assert mx_queries(dns_server, "acme.example") == 2
 
 
-async def test_r15_ttl_clamped_to_maximum_and_force(cache_for, dns_server) -> None:
+async def test_ttl_clamped_to_maximum_and_force(cache_for, dns_server) -> None:
     make, _, _ = cache_for
     cache = make()
     first = await cache.get("long.example")
@@ -91,7 +93,7 @@ async def test_r15_ttl_clamped_to_maximum_and_force(cache_for, dns_server) -> No
     assert mx_queries(dns_server, "long.example") == 2
 
 
-async def test_r15_negative_answers_cached_briefly(cache_for, dns_server) -> None:
+async def test_negative_answers_cached_briefly(cache_for, dns_server) -> None:
     make, clock, store = cache_for
     cache = make()
     null = await cache.get("nomail.example")
@@ -109,7 +111,7 @@ async def test_r15_negative_answers_cached_briefly(cache_for, dns_server) -> Non
         assert row is not None and row.status == "null_mx"
 
 
-async def test_r15_dns_error_never_cached_and_stale_served(cache_for, dns_server) -> None:
+async def test_dns_error_never_cached_and_stale_served(cache_for, dns_server) -> None:
     make, clock, store = cache_for
     cache = make()
     dns_server.zone["broken.example"] = DomainSpec(servfail=True)
@@ -134,7 +136,7 @@ async def test_r15_dns_error_never_cached_and_stale_served(cache_for, dns_server
     assert stale.status is ResolutionStatus.OK
 
 
-async def test_r15_concurrent_callers_resolve_once(cache_for, dns_server) -> None:
+async def test_concurrent_callers_resolve_once(cache_for, dns_server) -> None:
     make, _, _ = cache_for
     cache = make()
     results = await asyncio.gather(*(cache.get("slow.example") for _ in range(10)))
@@ -142,7 +144,7 @@ async def test_r15_concurrent_callers_resolve_once(cache_for, dns_server) -> Non
     assert mx_queries(dns_server, "slow.example") == 1
 
 
-async def test_r15_flags_stored_with_resolution(cache_for, dns_server) -> None:
+async def test_flags_stored_with_resolution(cache_for, dns_server) -> None:
     make, _, _ = cache_for
     dns_server.zone["mailinator.com"] = DomainSpec(mx=[(10, "mail.mailinator.com")])
     dns_server.zone["gmail.com"] = DomainSpec(mx=[(5, "gmail-smtp-in.l.google.com")])
@@ -152,7 +154,7 @@ async def test_r15_flags_stored_with_resolution(cache_for, dns_server) -> None:
     assert (await make().get("gmail.com")).flags["free"] is True  # read back from the row
 
 
-async def test_r15_batched_reads_and_deferred_writes(cache_for, dns_server) -> None:
+async def test_batched_reads_and_deferred_writes(cache_for, dns_server) -> None:
     """The bulk engine's path: one query for many domains, DNS answers kept until flush()
     writes them together; a catch-all finding for a domain not yet written is not lost."""
     make, _, _ = cache_for
@@ -172,7 +174,7 @@ async def test_r15_batched_reads_and_deferred_writes(cache_for, dns_server) -> N
     assert again["long.example"].catch_all is True  # the flush kept the finding
 
 
-async def test_r15_flush_keeps_answers_when_the_database_fails(cache_for, dns_server) -> None:
+async def test_flush_keeps_answers_when_the_database_fails(cache_for, dns_server) -> None:
     make, _, store = cache_for
     cache = make()
     await cache.refresh("acme.example", defer_write=True)

@@ -1,4 +1,4 @@
-"""R15 + R16 together: probes resolve their MX through the cache and our own resolver."""
+"""Probes resolve their MX through the cache and our own resolver."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 from mailprobe import engine
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 from mailprobe.testing.smtpd import ACCEPT, MXBehavior, serve_in_thread
+
+pytestmark = pytest.mark.r15  # the seed's label: pytest -k r15
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +48,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_r15_probe_falls_back_to_next_mx(world) -> None:
+async def test_probe_falls_back_to_next_mx(world) -> None:
     answer = await engine.probe_email(engine.Context.create(), "jane@acme.example")
     result = answer.as_seed_dict()
     assert (result["category"], result["mx_host"]) == ("accept", "mx2.acme.example")
@@ -54,7 +56,7 @@ async def test_r15_probe_falls_back_to_next_mx(world) -> None:
     assert any("mx2.acme.example (127.0.0.1)" in line for line in result["transcript"])
 
 
-def test_r15_cli_probe_resolves_mx(world) -> None:
+def test_cli_probe_resolves_mx(world) -> None:
     dns, _ = world
     done = run("probe_smtp.py", "--email", "jane@acme.example")
     assert done.returncode == 0, done.stderr
@@ -66,7 +68,7 @@ def test_r15_cli_probe_resolves_mx(world) -> None:
     assert forced.returncode == 0 and len(dns.queries_for("acme.example", "MX")) == 2
 
 
-def test_r15_cli_probe_null_mx_sends_nothing(world) -> None:
+def test_cli_probe_null_mx_sends_nothing(world) -> None:
     _, smtp = world
     done = run("probe_smtp.py", "--email", "jane@nomail.example")
     assert done.returncode == 4
@@ -74,7 +76,7 @@ def test_r15_cli_probe_null_mx_sends_nothing(world) -> None:
     assert smtp.record.connections == 0
 
 
-def test_r15_seed_helpers_and_resolve_script(world, tmp_path: Path) -> None:
+def test_seed_helpers_and_resolve_script(world, tmp_path: Path) -> None:
     info = engine.get_or_resolve_mx("acme.example")
     assert info["lowest_mx"] == "mx1.acme.example" and info["status"] == "ok"
     assert engine.get_or_resolve_mx("acme.example")["from_cache"] is True

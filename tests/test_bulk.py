@@ -1,4 +1,4 @@
-"""R18 bulk verification against scripted SMTP servers and a DNS server on loopback."""
+"""Bulk verification against scripted SMTP servers and a DNS server on loopback."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ from mailprobe.store import Store
 from mailprobe.store.queries import add_answers
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 from mailprobe.testing.smtpd import ACCEPT, MXBehavior, Scripted, SessionState, SimSMTPServer
+
+pytestmark = pytest.mark.r18  # the seed's label: pytest -k r18
 
 ROOT = Path(__file__).resolve().parents[1]
 GREYLIST = Scripted(450, "4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, see "
@@ -111,7 +113,7 @@ def by_email(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["email"]: r for r in records}
 
 
-async def test_r18_mixed_list_verdicts_and_session_reuse(world_factory) -> None:
+async def test_mixed_list_verdicts_and_session_reuse(world_factory) -> None:
     acme = MXBehavior(mailboxes={f"u{i}@acme.example": ACCEPT for i in range(0, 30, 3)})
     world = await world_factory(
         {"mx.acme.example": ("127.0.0.1", acme),
@@ -150,7 +152,7 @@ async def test_r18_mixed_list_verdicts_and_session_reuse(world_factory) -> None:
     assert rcpts[-1].startswith("RCPT TO:<mp-") and len(rcpts) == 3
 
 
-async def test_r18_outlook_too_many_recipients_retried_alone(world_factory) -> None:
+async def test_outlook_too_many_recipients_retried_alone(world_factory) -> None:
     def outlook(rcpt: str, state: SessionState) -> Scripted:
         if len(state.rcpts) > 1:  # a second RCPT in one transaction
             return OUTLOOK_TOO_MANY
@@ -170,7 +172,7 @@ async def test_r18_outlook_too_many_recipients_retried_alone(world_factory) -> N
     assert all(r["reason"] != "too_many_recipients" for r in records)
 
 
-async def test_r18_one_domain_per_transaction(world_factory) -> None:
+async def test_one_domain_per_transaction(world_factory) -> None:
     mixed: list[list[str]] = []
 
     def gmail(rcpt: str, state: SessionState) -> Scripted:
@@ -191,7 +193,7 @@ async def test_r18_one_domain_per_transaction(world_factory) -> None:
     assert {r["verdict"] for r in records} == {"risky"}  # both domains accept anything
 
 
-async def test_r18_greylisting_retried_then_answered(world_factory) -> None:
+async def test_greylisting_retried_then_answered(world_factory) -> None:
     seen: set[str] = set()
 
     def greylist(rcpt: str, state: SessionState) -> Scripted:
@@ -216,7 +218,7 @@ async def test_r18_greylisting_retried_then_answered(world_factory) -> None:
     assert got["fake@g.example"]["verdict"] == "undeliverable"
 
 
-async def test_r18_greylisting_that_outlives_retries_is_unknown(world_factory) -> None:
+async def test_greylisting_that_outlives_retries_is_unknown(world_factory) -> None:
     world = await world_factory(
         {"mx.g.example": ("127.0.0.1", MXBehavior(default_rcpt=GREYLIST))},
         {"g.example": DomainSpec(mx=[(10, "mx.g.example")])},
@@ -228,7 +230,7 @@ async def test_r18_greylisting_that_outlives_retries_is_unknown(world_factory) -
         "unknown", "greylisted", 3)  # fmt: skip
 
 
-async def test_r18_unreachable_mx_falls_back(world_factory) -> None:
+async def test_unreachable_mx_falls_back(world_factory) -> None:
     world = await world_factory(
         {"mx2.f.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT))},
         {"f.example": DomainSpec(mx=[(10, "mx1.f.example"), (20, "mx2.f.example")]),
@@ -239,7 +241,7 @@ async def test_r18_unreachable_mx_falls_back(world_factory) -> None:
     assert {r["verdict"] for r in records} == {"risky"}
 
 
-async def test_r18_tarpit_does_not_hold_up_fast_servers(world_factory) -> None:
+async def test_tarpit_does_not_hold_up_fast_servers(world_factory) -> None:
     world = await world_factory(
         {"mx.fast.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT)),
          "mx.slow.example": ("127.0.0.5", MXBehavior(greeting_delay=2.5, default_rcpt=ACCEPT))},
@@ -262,7 +264,7 @@ async def test_r18_tarpit_does_not_hold_up_fast_servers(world_factory) -> None:
     assert finished["s@slow.example"] > 2.5  # answered, after the slow-lane retry
 
 
-async def test_r18_results_persisted_and_reused(world_factory) -> None:
+async def test_results_persisted_and_reused(world_factory) -> None:
     world = await world_factory(
         {"mx.acme.example": ("127.0.0.1", MXBehavior(mailboxes={"a@acme.example": ACCEPT}))},
         {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")])},
@@ -281,7 +283,7 @@ async def test_r18_results_persisted_and_reused(world_factory) -> None:
     assert world.servers["mx.acme.example"].record.connections > connections
 
 
-async def test_r18_per_mx_cap_holds(world_factory) -> None:
+async def test_per_mx_cap_holds(world_factory) -> None:
     world = await world_factory(
         {"mx.acme.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT, reply_delay=0.02))},
         {f"d{i}.example": DomainSpec(mx=[(10, "mx.acme.example")]) for i in range(20)},
@@ -293,7 +295,7 @@ async def test_r18_per_mx_cap_holds(world_factory) -> None:
     assert world.servers["mx.acme.example"].record.max_open <= 2
 
 
-async def test_r18_greeting_421_backs_off_and_retries(world_factory) -> None:
+async def test_greeting_421_backs_off_and_retries(world_factory) -> None:
     calls = {"n": 0}
     behavior = MXBehavior(default_rcpt=ACCEPT)
     world = await world_factory(
@@ -321,7 +323,7 @@ async def test_r18_greeting_421_backs_off_and_retries(world_factory) -> None:
     assert records[0]["verdict"] == "risky" and records[0]["attempts"] == 2
 
 
-def test_r18_cli_verify_formats(tmp_path: Path) -> None:
+def test_cli_verify_formats(tmp_path: Path) -> None:
     zone = {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
             "mx.acme.example": DomainSpec(a=["127.0.0.1"])}  # fmt: skip
     from mailprobe.testing.smtpd import serve_in_thread
@@ -357,7 +359,7 @@ def test_r18_cli_verify_formats(tmp_path: Path) -> None:
         assert shown.returncode == 0 and "jane@acme.example" in shown.stdout
 
 
-def test_r18_demo_runs_the_whole_flow() -> None:
+def test_demo_runs_the_whole_flow() -> None:
     done = subprocess.run([sys.executable, "-m", "mailprobe.cli", "demo"], capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -366,7 +368,7 @@ def test_r18_demo_runs_the_whole_flow() -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_r18_interrupt_keeps_results_and_resume_continues(tmp_path: Path, sig: int) -> None:
+def test_interrupt_keeps_results_and_resume_continues(tmp_path: Path, sig: int) -> None:
     from mailprobe.testing.smtpd import serve_in_thread
 
     zone = {"fast.example": DomainSpec(mx=[(10, "mx.fast.example")]),
@@ -421,7 +423,7 @@ def test_r18_interrupt_keeps_results_and_resume_continues(tmp_path: Path, sig: i
     assert sum(r["reused"] for r in records) >= 20
 
 
-def test_r18_verify_with_dead_redis_stops_at_once(tmp_path: Path) -> None:
+def test_verify_with_dead_redis_stops_at_once(tmp_path: Path) -> None:
     import socket
 
     listing = tmp_path / "in.txt"
@@ -439,7 +441,7 @@ def test_r18_verify_with_dead_redis_stops_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
 
 
-async def test_r18_small_in_flight_bound_still_finishes(world_factory) -> None:
+async def test_small_in_flight_bound_still_finishes(world_factory) -> None:
     world = await world_factory(
         {"mx.acme.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT))},
         {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")])},
@@ -451,7 +453,7 @@ async def test_r18_small_in_flight_bound_still_finishes(world_factory) -> None:
     assert sorted(r["line"] for r in records) == list(range(1, 51))
 
 
-async def test_r18_no_wait_leaves_greylisted_pending(world_factory) -> None:
+async def test_no_wait_leaves_greylisted_pending(world_factory) -> None:
     world = await world_factory(
         {"mx.g.example": ("127.0.0.1", MXBehavior(default_rcpt=GREYLIST)),
          "mx.ok.example": ("127.0.0.3", MXBehavior(default_rcpt=ACCEPT))},
@@ -468,7 +470,7 @@ async def test_r18_no_wait_leaves_greylisted_pending(world_factory) -> None:
     assert summary.pending == 2
 
 
-async def test_r18_slow_input_is_probed_as_it_comes(world_factory) -> None:
+async def test_slow_input_is_probed_as_it_comes(world_factory) -> None:
     """A pipe that stalls between lines must not hold back (or stall) what came before."""
     world = await world_factory(
         {"mx.acme.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT))},
@@ -492,7 +494,7 @@ async def test_r18_slow_input_is_probed_as_it_comes(world_factory) -> None:
     assert answered["b@acme.example"] >= 2.0
 
 
-async def test_r18_input_error_ends_the_run_with_it(world_factory) -> None:
+async def test_input_error_ends_the_run_with_it(world_factory) -> None:
     world = await world_factory(
         {"mx.acme.example": ("127.0.0.1", MXBehavior(default_rcpt=ACCEPT))},
         {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")])},
@@ -507,7 +509,7 @@ async def test_r18_input_error_ends_the_run_with_it(world_factory) -> None:
             world.verify(broken(), lambda r: None, BulkOptions(reuse_ttl=None)), 30)  # fmt: skip
 
 
-async def test_r18_mx_host_lookups_fall_back_or_answer(world_factory) -> None:
+async def test_mx_host_lookups_fall_back_or_answer(world_factory) -> None:
     """An MX host without an address hands its jobs to the next MX; one whose lookup
     fails answers them as unknown (never a hang, never a verdict on the mailbox)."""
     world = await world_factory(
@@ -528,7 +530,7 @@ async def test_r18_mx_host_lookups_fall_back_or_answer(world_factory) -> None:
     assert got["y@b.example"]["reason"] == "dns_error"
 
 
-async def test_r18_slow_lanes_keep_their_share_of_global_slots(world_factory) -> None:
+async def test_slow_lanes_keep_their_share_of_global_slots(world_factory) -> None:
     """Tarpits retried in the slow lane hold at most a quarter of the global slots."""
     tarpit = MXBehavior(greeting_delay=1.0, default_rcpt=ACCEPT)
     hosts = {f"mx.t{i}.example": (f"127.0.0.{10 + i}", tarpit) for i in range(3)}
@@ -552,7 +554,7 @@ async def test_r18_slow_lanes_keep_their_share_of_global_slots(world_factory) ->
     assert all(b[0] >= a[1] - 0.05 for a, b in itertools.pairwise(slow)), slow
 
 
-def test_r18_critical_lane_keeps_a_slot_only_when_it_is_the_bottleneck() -> None:
+def test_critical_lane_keeps_a_slot_only_when_it_is_the_bottleneck() -> None:
     """The scheduler's decisions after the critical lane's MX refused a slot for its rate:
     keep a global slot for it (Wait) only when the other lanes fit in the rest anyway."""
     from mailprobe.address import parse_address
@@ -595,7 +597,7 @@ def test_r18_critical_lane_keeps_a_slot_only_when_it_is_the_bottleneck() -> None
     assert isinstance(after_refusal("global rate", 0.1, 12), Ask)
 
 
-async def test_r18_reused_result_keeps_an_inconclusive_catch_all_check(world_factory) -> None:
+async def test_reused_result_keeps_an_inconclusive_catch_all_check(world_factory) -> None:
     """The catch-all check got a policy refusal: the accepted address is risky with
     catch_all_unknown, and a later run that reuses it says exactly that, not catch_all."""
     policy = Scripted(550, "5.7.1 Service unavailable; Client host blocked using zen.spamhaus.org")
@@ -612,7 +614,7 @@ async def test_r18_reused_result_keeps_an_inconclusive_catch_all_check(world_fac
             "risky", "catch_all_unknown", None)  # fmt: skip
 
 
-async def test_r18_one_rcpt_per_transaction_is_remembered_across_runs(world_factory) -> None:
+async def test_one_rcpt_per_transaction_is_remembered_across_runs(world_factory) -> None:
     """A 452 4.5.3 teaches the engine once: the next run (a new process, here a cleared
     in-memory cache) sends that MX one RCPT per transaction from the start."""
     from mailprobe.behavior import default_cache
@@ -640,7 +642,7 @@ async def test_r18_one_rcpt_per_transaction_is_remembered_across_runs(world_fact
     assert [r["verdict"] for r in again] == [r["verdict"] for r in first]
 
 
-async def test_r18_slow_database_holds_reading_back(world_factory) -> None:
+async def test_slow_database_holds_reading_back(world_factory) -> None:
     """Results wait for the database in a bounded queue: reading waits when it is full,
     so a database slower than the servers cannot make memory grow with the input."""
     from mailprobe.engine.bulk import BulkVerifier
@@ -674,7 +676,7 @@ async def test_r18_slow_database_holds_reading_back(world_factory) -> None:
     assert max(waiting) <= 20 + 40 + 40  # the bound, what was in flight, one admitted batch
 
 
-async def test_r18_database_down_for_good_stops_the_run(world_factory) -> None:
+async def test_database_down_for_good_stops_the_run(world_factory) -> None:
     from mailprobe.engine.bulk import BulkVerifier
     from mailprobe.store import StoreError
 

@@ -1,4 +1,4 @@
-"""R15: MX resolution against a real DNS server on loopback (UDP and TCP), no network."""
+"""MX resolution against a real DNS server on loopback (UDP and TCP), no network."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from mailprobe.dns import (
 )
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 
+pytestmark = pytest.mark.r15  # the seed's label: pytest -k r15
+
 MakeDNS = Callable[..., Awaitable[SimDNSServer]]
 
 
@@ -50,7 +52,7 @@ async def _resolve(
     return await resolve_mx(domain, resolver=resolver, rng=rng)
 
 
-async def test_r15_equal_preferences_shuffled_lowest_first(dns_server: MakeDNS) -> None:
+async def test_equal_preferences_shuffled_lowest_first(dns_server: MakeDNS) -> None:
     server = await dns_server(
         {
             "acme.example": DomainSpec(
@@ -85,7 +87,7 @@ async def test_r15_equal_preferences_shuffled_lowest_first(dns_server: MakeDNS) 
 
 
 @pytest.mark.parametrize("family", ["a", "aaaa"])
-async def test_r15_address_only_domain_is_implicit_mx(dns_server: MakeDNS, family: str) -> None:
+async def test_address_only_domain_is_implicit_mx(dns_server: MakeDNS, family: str) -> None:
     spec = (
         DomainSpec(a=["192.0.2.10"], ttl=123)
         if family == "a"
@@ -101,7 +103,7 @@ async def test_r15_address_only_domain_is_implicit_mx(dns_server: MakeDNS, famil
     assert asked == (["MX", "A"] if family == "a" else ["MX", "A", "AAAA"])
 
 
-async def test_r15_null_mx(dns_server: MakeDNS) -> None:
+async def test_null_mx(dns_server: MakeDNS) -> None:
     server = await dns_server({"nomail.example": DomainSpec(null_mx=True, a=["192.0.2.1"])})
     result = await _resolve(server, "nomail.example")
     assert result.status is ResolutionStatus.NULL_MX
@@ -111,14 +113,14 @@ async def test_r15_null_mx(dns_server: MakeDNS) -> None:
     assert [q.qtype for q in server.queries_for("nomail.example")] == ["MX"]
 
 
-async def test_r15_null_mx_mixed_with_real_host_uses_the_host(dns_server: MakeDNS) -> None:
+async def test_null_mx_mixed_with_real_host_uses_the_host(dns_server: MakeDNS) -> None:
     server = await dns_server({"odd.example": DomainSpec(mx=[(0, "."), (10, "mx.odd.example")])})
     result = await _resolve(server, "odd.example")
     assert result.status is ResolutionStatus.OK
     assert result.hosts == ["mx.odd.example"]
 
 
-async def test_r15_nxdomain_carries_negative_ttl(dns_server: MakeDNS) -> None:
+async def test_nxdomain_carries_negative_ttl(dns_server: MakeDNS) -> None:
     server = await dns_server(
         {"real.example": DomainSpec(mx=[(1, "mx.real.example")])}, negative_ttl=77
     )
@@ -130,7 +132,7 @@ async def test_r15_nxdomain_carries_negative_ttl(dns_server: MakeDNS) -> None:
     assert (await _resolve(explicit, "gone.example")).ttl == 33
 
 
-async def test_r15_no_mx_no_address_is_no_mail_host(dns_server: MakeDNS) -> None:
+async def test_no_mx_no_address_is_no_mail_host(dns_server: MakeDNS) -> None:
     server = await dns_server({"empty.example": DomainSpec(negative_ttl=42)})
     result = await _resolve(server, "empty.example")
     assert result.status is ResolutionStatus.NO_MAIL_HOST
@@ -139,7 +141,7 @@ async def test_r15_no_mx_no_address_is_no_mail_host(dns_server: MakeDNS) -> None
     assert [q.qtype for q in server.queries_for("empty.example")] == ["MX", "A", "AAAA"]
 
 
-async def test_r15_invalid_mx_hosts_are_dropped(dns_server: MakeDNS) -> None:
+async def test_invalid_mx_hosts_are_dropped(dns_server: MakeDNS) -> None:
     server = await dns_server(
         {
             "mixed.example": DomainSpec(mx=[(5, "bad_host.example"), (10, "good.example")]),
@@ -153,7 +155,7 @@ async def test_r15_invalid_mx_hosts_are_dropped(dns_server: MakeDNS) -> None:
 
 
 @pytest.mark.parametrize("failure", ["servfail", "refused"])
-async def test_r15_server_failure_is_temporary(dns_server: MakeDNS, failure: str) -> None:
+async def test_server_failure_is_temporary(dns_server: MakeDNS, failure: str) -> None:
     spec = DomainSpec(servfail=failure == "servfail", refused=failure == "refused")
     server = await dns_server({"broken.example": spec})
     result = await _resolve(server, "broken.example")
@@ -170,7 +172,7 @@ async def test_r15_server_failure_is_temporary(dns_server: MakeDNS, failure: str
     ],
     ids=["slow", "silent"],
 )
-async def test_r15_slow_answer_times_out_bounded(dns_server: MakeDNS, spec: DomainSpec) -> None:
+async def test_slow_answer_times_out_bounded(dns_server: MakeDNS, spec: DomainSpec) -> None:
     server = await dns_server({"slow.example": spec})
     timeout = 1.0
     start = time.monotonic()
@@ -182,7 +184,7 @@ async def test_r15_slow_answer_times_out_bounded(dns_server: MakeDNS, spec: Doma
     assert server.queries_for("slow.example", "MX")  # it did ask, and waited
 
 
-async def test_r15_unreachable_nameserver_is_temporary() -> None:
+async def test_unreachable_nameserver_is_temporary() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again below: nobody listens there
@@ -193,7 +195,7 @@ async def test_r15_unreachable_nameserver_is_temporary() -> None:
     assert time.monotonic() - start < 2.0
 
 
-async def test_r15_truncated_udp_retried_over_tcp(dns_server: MakeDNS) -> None:
+async def test_truncated_udp_retried_over_tcp(dns_server: MakeDNS) -> None:
     server = await dns_server(
         {
             "tc.example": DomainSpec(mx=[(10, "mx.tc.example")], truncate_udp=True),
@@ -216,7 +218,7 @@ async def test_r15_truncated_udp_retried_over_tcp(dns_server: MakeDNS) -> None:
     assert "tcp" in server.transports("big.example")
 
 
-async def test_r15_unicode_domain_sent_as_idna(dns_server: MakeDNS) -> None:
+async def test_unicode_domain_sent_as_idna(dns_server: MakeDNS) -> None:
     server = await dns_server(
         {"xn--bcher-kva.example": DomainSpec(mx=[(10, "mx.buecher.example")])}
     )
@@ -229,14 +231,14 @@ async def test_r15_unicode_domain_sent_as_idna(dns_server: MakeDNS) -> None:
 @pytest.mark.parametrize(
     "bad", ["bad_domain.example", "a..b.example", "exa mple.com", "evil.example\r\nRCPT TO:<x>", ""]
 )
-async def test_r15_invalid_domain_raises_before_any_query(dns_server: MakeDNS, bad: str) -> None:
+async def test_invalid_domain_raises_before_any_query(dns_server: MakeDNS, bad: str) -> None:
     server = await dns_server({})
     with pytest.raises(InvalidAddress):
         await _resolve(server, bad)
     assert server.queries == []
 
 
-async def test_r15_cname_followed(dns_server: MakeDNS) -> None:
+async def test_cname_followed(dns_server: MakeDNS) -> None:
     server = await dns_server(
         {
             "alias.example": DomainSpec(cname="target.example", ttl=60),
@@ -248,7 +250,7 @@ async def test_r15_cname_followed(dns_server: MakeDNS) -> None:
     assert result.ttl == 60  # the shortest TTL along the chain
 
 
-def test_r15_make_resolver_host_port_strings() -> None:
+def test_make_resolver_host_port_strings() -> None:
     resolver = make_resolver(["127.0.0.1:5353", "[::1]:5300", "10.0.0.53", "::1"], timeout=3.5)
     pairs = [
         (ns.address, ns.port)
@@ -262,7 +264,7 @@ def test_r15_make_resolver_host_port_strings() -> None:
             make_resolver([bad])
 
 
-async def test_r15_settings_nameservers_end_to_end(
+async def test_settings_nameservers_end_to_end(
     dns_server: MakeDNS, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = await dns_server({"acme.example": DomainSpec(mx=[(10, "mx.acme.example")])})
@@ -279,7 +281,7 @@ async def test_r15_settings_nameservers_end_to_end(
     assert len(server.queries) == before + 1
 
 
-def test_r15_sync_context_manager_serves_from_a_thread() -> None:
+def test_sync_context_manager_serves_from_a_thread() -> None:
     zone = {"sync.example": DomainSpec(mx=[(10, "mx.sync.example")])}
     with SimDNSServer(zone) as server:
         assert server.nameserver == f"127.0.0.1:{server.port}" and server.port > 0
@@ -299,7 +301,7 @@ def test_r15_sync_context_manager_serves_from_a_thread() -> None:
             sock.bind(("127.0.0.1", server.port))
 
 
-def test_r15_resolution_round_trips_through_json() -> None:
+def test_resolution_round_trips_through_json() -> None:
     original = MXResolution(
         "acme.example",
         ResolutionStatus.OK,

@@ -1,4 +1,4 @@
-"""R06 + R16: probe jobs on RQ queues, throttled across a fleet of worker processes.
+"""Probe jobs on RQ queues, throttled across a fleet of worker processes.
 
 The fleet tests start real `run_worker` processes against a private redis-server,
 a simulated DNS zone and loopback SMTP servers, and judge the caps from what the
@@ -40,6 +40,8 @@ from mailprobe.throttle import (
     ThrottleTimeout,
 )
 from tests.redis_server import free_port
+
+pytestmark = pytest.mark.r06  # the seed's label: pytest -k r06
 
 pytest_plugins = ["tests.redis_server"]
 
@@ -85,7 +87,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SimDNSServer, SimSM
 # -- the task ------------------------------------------------------------------------
 
 
-def test_r06_task_shape_and_store(world: tuple[SimDNSServer, SimSMTPServer]) -> None:
+def test_task_shape_and_store(world: tuple[SimDNSServer, SimSMTPServer]) -> None:
     _, smtp = world
     email_id = queue.upsert_generated_email("Jane@Alpha.example", enqueue_probe=False)
     result = queue.task_probe_email(email_id, "Jane@Alpha.example", "")  # domain derived
@@ -102,14 +104,14 @@ def test_r06_task_shape_and_store(world: tuple[SimDNSServer, SimSMTPServer]) -> 
     ("email", "domain"),
     [("no-at-sign", None), ("no-at-sign", ""), ("jane@alpha.example", "other.example")],
 )
-def test_r06_task_bad_input(email: str, domain: str | None) -> None:
+def test_task_bad_input(email: str, domain: str | None) -> None:
     result = queue.task_probe_email(None, email, domain)
     assert result.keys() >= SEED_KEYS
     assert result["ok"] is False and result["error"].startswith("bad_input")
     assert queue.job_probe_email(None, email, domain) == result  # returned, never retried
 
 
-def test_r06_task_null_mx_dials_nothing(world: tuple[SimDNSServer, SimSMTPServer]) -> None:
+def test_task_null_mx_dials_nothing(world: tuple[SimDNSServer, SimSMTPServer]) -> None:
     _, smtp = world
     result = queue.task_probe_email(None, "jane@nomail.example", "nomail.example")
     assert (result["category"], result["dns_status"], result["mx_host"]) == (
@@ -120,7 +122,7 @@ def test_r06_task_null_mx_dials_nothing(world: tuple[SimDNSServer, SimSMTPServer
     assert smtp.record.connections == 0
 
 
-def test_r06_task_resolve_mx(world: tuple[SimDNSServer, SimSMTPServer]) -> None:
+def test_task_resolve_mx(world: tuple[SimDNSServer, SimSMTPServer]) -> None:
     dns, _ = world
     first = queue.task_resolve_mx("alpha.example")
     assert (first["status"], first["lowest_mx"]) == ("ok", "mx.alpha.example")
@@ -131,7 +133,7 @@ def test_r06_task_resolve_mx(world: tuple[SimDNSServer, SimSMTPServer]) -> None:
     assert queue.task_resolve_mx("not a domain")["status"] == "bad_input"
 
 
-def test_r06_job_policy_transient_and_no_slot(
+def test_job_policy_transient_and_no_slot(
     world: tuple[SimDNSServer, SimSMTPServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rq import Retry
@@ -164,7 +166,7 @@ def test_r06_job_policy_transient_and_no_slot(
     assert world[1].record.connections == 0
 
 
-async def test_r06_live_probe_keeps_its_short_lease(redis_url: str) -> None:
+async def test_live_probe_keeps_its_short_lease(redis_url: str) -> None:
     """The slot lease is short (a dead worker frees it soon) but renewed while the job lives."""
     policy = ThrottlePolicy(Limits(10, 1000.0), Limits(1, 1000.0))
     mine, other = (RedisThrottle(redis_url, policy, lease_seconds=0.6) for _ in range(2))
@@ -186,7 +188,7 @@ async def test_r06_live_probe_keeps_its_short_lease(redis_url: str) -> None:
 # -- enqueueing ----------------------------------------------------------------------
 
 
-def test_r06_enqueue_twice_is_one_job(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_enqueue_twice_is_one_job(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     use_env(monkeypatch, REDIS_URL=redis_url, SMTP_PROBE_DEADLINE=60)
     first = queue.enqueue_probe_email(1, "jane@alpha.example", "alpha.example")
     again = queue.enqueue_probe_email(1, "Jane@alpha.example", "alpha.example")
@@ -208,7 +210,7 @@ def test_r06_enqueue_twice_is_one_job(redis_url: str, monkeypatch: pytest.Monkey
     assert Queue(queue.MX_QUEUE, connection=connection).count == 1
 
 
-def test_r06_enqueue_without_redis_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_enqueue_without_redis_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"redis://user:secret@127.0.0.1:{free_port()}/0"  # nothing listens there
     use_env(monkeypatch, REDIS_URL=url)
     t0 = time.monotonic()
@@ -224,7 +226,7 @@ def test_r06_enqueue_without_redis_fails_clearly(monkeypatch: pytest.MonkeyPatch
     assert statuses() == {"jane@alpha.example": "new"}
 
 
-def test_r06_run_worker_refuses_to_start_without_redis(
+def test_run_worker_refuses_to_start_without_redis(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run_worker(["verify"], burst=True) == 2
@@ -239,7 +241,7 @@ def test_r06_run_worker_refuses_to_start_without_redis(
     assert "unknown queue" in capsys.readouterr().err
 
 
-def test_r06_embedded_mode_probes_in_process(world: tuple[SimDNSServer, SimSMTPServer]) -> None:
+def test_embedded_mode_probes_in_process(world: tuple[SimDNSServer, SimSMTPServer]) -> None:
     _, smtp = world
     email_id = queue.upsert_generated_email("jane@alpha.example")
     assert queue.enqueue_probe_email(email_id, "jane@alpha.example", "") == f"local-{email_id}"
@@ -288,7 +290,7 @@ def kill_session(sid: int) -> int:
     return killed
 
 
-def test_r06_exhausted_retries_land_in_failed_registry(
+def test_exhausted_retries_land_in_failed_registry(
     world: tuple[SimDNSServer, SimSMTPServer], redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_env(monkeypatch, REDIS_URL=redis_url)
@@ -375,7 +377,7 @@ async def fleet_world(
                 await server.stop()
 
 
-async def test_r06_four_workers_hold_the_caps(
+async def test_four_workers_hold_the_caps(
     fleet_world: tuple[list[FleetServer], dict[str, int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     servers, shared = fleet_world
@@ -436,7 +438,7 @@ class FirstCallHangs(SimSMTPServer):
         await super()._serve(reader, writer)
 
 
-async def test_r06_killed_worker_job_reruns_and_slot_frees(
+async def test_killed_worker_job_reruns_and_slot_frees(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not Path("/proc/self/stat").exists():
