@@ -8,7 +8,7 @@ the domain's accepted answers are held here; the check's answer (or its failure)
 releases them with the finding.
 
 `CatchAll` is the per-domain tracker: the finding, the check under way (a
-`CatchAllProbe`, which travels through the lanes like any recipient when it must be
+`CatchAllCheck`, which travels through the lanes like any recipient when it must be
 asked again) and the held answers. It does no I/O: the conductor and the session
 runner tell it what happened.
 """
@@ -35,11 +35,11 @@ Accepted = tuple[Target, Outcome]  # an accepted RCPT waiting for its domain's f
 
 
 @dataclass(eq=False)
-class CatchAllProbe(Recipient):
+class CatchAllCheck(Recipient):
     """The RCPT of a domain's catch-all check (no input line: it only settles its domain)."""
 
     @classmethod
-    def for_domain(cls, domain: str) -> CatchAllProbe:
+    def for_domain(cls, domain: str) -> CatchAllCheck:
         local = f"mp-{secrets.token_hex(8)}"
         return cls(EmailAddress(local, domain, domain))
 
@@ -54,29 +54,29 @@ class CatchAll:
     """One domain's catch-all finding, its check under way and the answers held for it."""
 
     finding: bool | None = None  # known (from the MX cache, or found in this run)
-    probe: CatchAllProbe | None = None  # the check under way, if any
+    check: CatchAllCheck | None = None  # the check under way, if any
     held: list[Accepted] = field(default_factory=list)  # accepted, waiting for the finding
 
     def needs_check(self, enabled: bool) -> bool:
         """No finding and no check under way: the next session of the domain asks."""
-        return enabled and self.finding is None and self.probe is None
+        return enabled and self.finding is None and self.check is None
 
-    def start(self, domain: str) -> CatchAllProbe:
+    def start(self, domain: str) -> CatchAllCheck:
         """A check begins (its RCPT goes out in this session)."""
-        self.probe = CatchAllProbe.for_domain(domain)
-        return self.probe
+        self.check = CatchAllCheck.for_domain(domain)
+        return self.check
 
     def hold(self, accepted: list[Accepted], enabled: bool) -> list[Accepted]:
         """A transaction's accepted answers: kept while a check is under way; the rest
         (returned) go now, with the finding if there is one, else catch-all unknown."""
-        if enabled and self.finding is None and self.probe is not None:
+        if enabled and self.finding is None and self.check is not None:
             self.held.extend(accepted)
             return []
         return accepted
 
     def settle(self, found: bool | None) -> list[Accepted]:
         """The check is over (found, or inconclusive for good): release what it held."""
-        self.probe = None
+        self.check = None
         if found is not None:
             self.finding = found
         held, self.held = self.held, []
@@ -85,6 +85,6 @@ class CatchAll:
     def abandon(self) -> list[Accepted]:
         """The session broke before the check was answered: the next session checks
         again, and the held answers are asked again (see the conductor's `ask_again`)."""
-        self.probe = None
+        self.check = None
         held, self.held = self.held, []
         return held

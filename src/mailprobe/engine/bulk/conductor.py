@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mailprobe.engine.bulk import retry
-from mailprobe.engine.bulk.catchall import CatchAllProbe
+from mailprobe.engine.bulk.catchall import CatchAllCheck
 from mailprobe.engine.bulk.options import MAX_UNSTORED_ROWS, BulkOptions, Sink, Summary
 from mailprobe.engine.bulk.reader import Lines, read
 from mailprobe.engine.bulk.routing import Router
@@ -189,7 +189,7 @@ class BulkVerifier:
 
     def answered(self, recipient: Recipient, outcome: Outcome) -> None:
         """Retry what deserves a retry (see `retry.next_step`); answer the rest."""
-        if isinstance(recipient, CatchAllProbe):
+        if isinstance(recipient, CatchAllCheck):
             self.checked(recipient, outcome.reason)
             return
         assert isinstance(recipient, Target)
@@ -228,14 +228,14 @@ class BulkVerifier:
             case retry.Final():
                 self.finalize(target, target.last)
 
-    def checked(self, probe: CatchAllProbe, reason: str) -> None:
+    def checked(self, check: CatchAllCheck, reason: str) -> None:
         """The catch-all check answered (see `retry.check_step`): retry it, or settle the
         domain and release the answers it held."""
-        state = self.domain(probe.domain)
-        step = retry.check_step(reason, probe.greylists, self.options)
+        state = self.domain(check.domain)
+        step = retry.check_step(reason, check.greylists, self.options)
         if isinstance(step, retry.Retry):
-            probe.greylists += 1
-            self._retry_check(probe, step.delay)
+            check.greylists += 1
+            self._retry_check(check, step.delay)
             self._parked.add(state)  # its held answers now wait for a retry too
             self._check_done()
             return
@@ -248,7 +248,7 @@ class BulkVerifier:
             self.answered(target, outcome)
 
     def finalize(self, recipient: Recipient, outcome: Outcome) -> None:
-        if isinstance(recipient, CatchAllProbe):  # no input line: it only settles its domain
+        if isinstance(recipient, CatchAllCheck):  # no input line: it only settles its domain
             self.checked(recipient, "connection_failed")
             return
         assert isinstance(recipient, Target)
@@ -266,13 +266,13 @@ class BulkVerifier:
         self._later(delay, again)
         self._check_done()
 
-    def _retry_check(self, probe: CatchAllProbe, delay: float) -> None:
+    def _retry_check(self, check: CatchAllCheck, delay: float) -> None:
         if self._stopping:
             return
 
         def again() -> None:
-            self._parked.discard(self.domain(probe.domain))
-            self.route(probe)
+            self._parked.discard(self.domain(check.domain))
+            self.route(check)
 
         self._later(delay, again)
 

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from mailprobe.classify import Reason, classify_reply
 from mailprobe.dns import DNSLookupError
-from mailprobe.engine.bulk.catchall import Accepted, CatchAllProbe
+from mailprobe.engine.bulk.catchall import Accepted, CatchAllCheck
 from mailprobe.engine.bulk.options import BulkOptions, Summary
 from mailprobe.engine.bulk.state import DomainState, MXLane, drain, take
 from mailprobe.engine.bulk.steps import (
@@ -63,7 +63,7 @@ class Engine(Protocol):
 
     def domain(self, name: str) -> DomainState: ...
 
-    def checked(self, probe: CatchAllProbe, reason: str) -> None: ...
+    def checked(self, check: CatchAllCheck, reason: str) -> None: ...
 
     def look_up(self, lane: MXLane) -> None: ...
 
@@ -221,17 +221,17 @@ class SessionRunner:
             self._release(state, accepted)  # known, or a check under way releases them
             return
         tracker.held.extend(accepted)
-        probe = tracker.start(state.name)
+        check = tracker.start(state.name)
         try:
             await session.mail(mail_from)
-            reply = await session.rcpt(probe.address)
+            reply = await session.rcpt(check.address)
             await session.rset()
         except StageRefused as refused:
             reply = refused.reply
         except SessionError:
-            self.engine.checked(probe, Reason.CONNECTION_FAILED)
+            self.engine.checked(check, Reason.CONNECTION_FAILED)
             raise
-        self.engine.checked(probe, _reason(session, reply))
+        self.engine.checked(check, _reason(session, reply))
 
     # -- with PIPELINING: the whole session is one group ------------------------------
 
@@ -278,18 +278,18 @@ class SessionRunner:
                         case RsetStep(txn=t):
                             state = self.engine.domain(txns[t][0].domain)
                             self._release(state, accepted.pop(t, []))
-                        case CatchAllStep(probe=probe):
-                            asked.add(id(probe))
-                            self.engine.checked(probe, _reason(session, check_refused or reply))
+                        case CatchAllStep(check=check):
+                            asked.add(id(check))
+                            self.engine.checked(check, _reason(session, check_refused or reply))
                         case CheckRsetStep() | QuitStep():
                             pass
         except SessionError:
             for got in accepted.values():
                 self._ask_again(got)
             for step in plan:
-                if isinstance(step, CatchAllStep) and id(step.probe) not in asked:
+                if isinstance(step, CatchAllStep) and id(step.check) not in asked:
                     # never answered: the next session checks again
-                    self._ask_again(self.engine.domain(step.probe.domain).catch_all.abandon())
+                    self._ask_again(self.engine.domain(step.check.domain).catch_all.abandon())
             unanswered = [r for txn in txns for r in txn if id(r) not in asked]
             pending.extendleft(reversed(unanswered))  # the first was being asked
             if unanswered or read < len(plan) - 1:

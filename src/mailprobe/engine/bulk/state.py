@@ -40,7 +40,7 @@ class DomainState:
         """Nothing of this domain in flight: it may be forgotten (the store keeps its MX)."""
         return (
             self.pending == 0
-            and self.catch_all.probe is None
+            and self.catch_all.check is None
             and not self.waiting
             and not self.resolving
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailprobe.engine.bulk.catchall import CatchAllProbe
+from mailprobe.engine.bulk.catchall import CatchAllCheck
 from mailprobe.engine.bulk.state import DomainState
 from mailprobe.engine.bulk.targets import Recipient
 from mailprobe.smtp import SMTPSession
@@ -41,7 +41,7 @@ class CheckMailStep:
 
 @dataclass(frozen=True, slots=True)
 class CatchAllStep:
-    probe: CatchAllProbe
+    check: CatchAllCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ def command(step: Step, session: SMTPSession, mail_from: str) -> tuple[str, tupl
             return "mail", session.mail_command(mail_from)
         case RcptStep(recipient=r):
             return "rcpt", session.rcpt_command(r.address)
-        case CatchAllStep(probe=p):
+        case CatchAllStep(check=p):
             return "rcpt", session.rcpt_command(p.address)
         case RsetStep() | CheckRsetStep():
             return "rset", (b"RSET",)
@@ -82,7 +82,7 @@ def plan_session(
         plan += [MailStep(t), *(RcptStep(t, r) for r in txn), RsetStep(t)]
         state = domain(txn[0].domain)
         if state.catch_all.needs_check(catch_all_check):
-            probe = state.catch_all.start(state.name)
-            plan += [CheckMailStep(), CatchAllStep(probe), CheckRsetStep()]
+            check = state.catch_all.start(state.name)
+            plan += [CheckMailStep(), CatchAllStep(check), CheckRsetStep()]
     plan.append(QuitStep())
     return plan

@@ -3,7 +3,7 @@
 - `Recipient`: anything a RCPT is sent for, with where it is routed (which MX of its
   domain, fast or slow lane, alone in its transaction) and how often its session broke.
 - `Target`: an input line's address under verification (a recipient with a line).
-  A domain's catch-all check is the other kind of recipient (`catchall.CatchAllProbe`).
+  A domain's catch-all check is the other kind of recipient (`catchall.CatchAllCheck`).
 
 ("Job" is a queue job, never one of these.)
 """
