@@ -500,4 +500,5 @@ def classify_error(kind: str) -> Reason:
         "disconnected": Reason.CONNECTION_FAILED,
         "tls_failed": Reason.TLS_FAILED,
         "bad_input": Reason.INVALID_SYNTAX,
+        "protocol": Reason.PROTOCOL_ERROR,  # not an SMTP reply (RFC 5321 §4.2): a broken server
     }.get(kind, Reason.UNKNOWN)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from dataclasses import dataclass
 from enum import StrEnum
@@ -31,6 +32,12 @@ from enum import StrEnum
 MAX_LINE = 4096  # RFC 5321 §4.5.3.1.5 says 512 for a reply line; real servers exceed it
 MAX_LINES = 200  # lines in one reply (EHLO lists run to a few dozen)
 STREAM_LIMIT = 64 * 1024  # asyncio's buffer for one line, above MAX_LINE so we can say why
+# RFC 5321 §4.2: a reply code is three ASCII digits, the first 2-5, then SP, "-" or the line's
+# end. Matched on the raw bytes: str.isdigit() would take "٢٥٠" or "²⁵⁰" for a code.
+_REPLY_HEAD = re.compile(rb"([2-5][0-9][0-9])([ -]|\r?\n)")
+# Control characters a server should not send in reply text (NUL first of all): escaped, so
+# the text stays printable and storable (PostgreSQL refuses NUL in text).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class WireFailure(StrEnum):
@@ -119,17 +126,17 @@ class SMTPWire:
                 raise WireError(WireFailure.CLOSED, "connection closed by the server")
             if len(raw) > MAX_LINE:
                 raise WireError(WireFailure.PROTOCOL, "reply line too long")
-            text = raw.decode("utf-8", "surrogateescape")
-            head, sep = text[:3], text[3:4]
-            if not head.isdigit() or sep not in ("-", " ", "\r", "\n"):
-                shown = text.strip()[:80]
+            head = _REPLY_HEAD.match(raw)
+            if head is None:
+                shown = reply_text(raw).strip()[:80]
                 raise WireError(WireFailure.PROTOCOL, f"malformed reply line: {shown!r}")
+            this = int(head.group(1))
             if code is None:
-                code = int(head)
-            elif int(head) != code:
-                raise WireError(WireFailure.PROTOCOL, f"reply code changed from {code} to {head}")
-            lines.append(text[4:].strip(" \t\r\n"))
-            if sep != "-":
+                code = this
+            elif this != code:
+                raise WireError(WireFailure.PROTOCOL, f"reply code changed from {code} to {this}")
+            lines.append(reply_text(raw[4:]).strip(" \t\r\n"))
+            if head.group(2) != b"-":
                 return WireReply(code, "\n".join(lines), tuple(lines))
             if len(lines) >= MAX_LINES:
                 raise WireError(WireFailure.PROTOCOL, f"reply longer than {MAX_LINES} lines")
@@ -161,3 +168,11 @@ class SMTPWire:
         """Drop the connection now, without a word."""
         with contextlib.suppress(Exception):
             self._writer.transport.abort()
+
+
+def reply_text(raw: bytes) -> str:
+    """Reply bytes as valid, printable text: UTF-8 where it is (RFC 6531 lets servers send
+    it), any other byte and any control character kept visible as an escape (\\xff, \\x00),
+    so what the server sent stays readable in the transcript and storable anywhere."""
+    text = raw.decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

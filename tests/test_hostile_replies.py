@@ -1,0 +1,193 @@
+"""Bytes a server should not send: reply codes that are not three ASCII digits, bytes that
+are not UTF-8, NUL and other control characters. Each ends in an honest answer
+(`unknown / protocol_error`, or the reply kept as valid, escaped text), never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from mailprobe.config import Settings
+from mailprobe.engine import Context
+from mailprobe.engine.bulk import BulkOptions, verify
+from mailprobe.inputs import read_addresses
+from mailprobe.report import render_record
+from mailprobe.results import LineAnswer
+from mailprobe.smtp import aprobe_rcpt
+from mailprobe.smtp_wire import SMTPWire, WireError, WireFailure, reply_text
+from mailprobe.store import Store
+from mailprobe.store.models import VerificationResult
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+HELO = "probe.mailprobe.example"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Callable[[bytes], Awaitable[int]]]:
+    """A server that answers every RCPT with the given raw bytes (and plays SMTP otherwise)."""
+    servers: list[asyncio.Server] = []
+
+    async def start(rcpt_reply: bytes) -> int:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                writer.write(b"220 hostile.example ESMTP\r\n")
+                while line := (await reader.readline()).strip():
+                    verb = line.split(b" ", 1)[0].upper()
+                    if verb == b"EHLO":
+                        writer.write(b"250-hostile.example\r\n250 8BITMIME\r\n")
+                    elif verb == b"RCPT":
+                        writer.write(rcpt_reply)
+                    elif verb == b"QUIT":
+                        writer.write(b"221 bye\r\n")
+                        break
+                    else:
+                        writer.write(b"250 ok\r\n")
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+
+        srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        servers.append(srv)
+        port: int = srv.sockets[0].getsockname()[1]
+        return port
+
+    yield start
+    for srv in servers:
+        srv.close()
+        await srv.wait_closed()
+
+
+async def probe(port: int) -> dict[str, Any]:
+    return await aprobe_rcpt(
+        "jane@acme.example", "127.0.0.1", helo_domain=HELO,
+        mail_from="bounce@mailprobe.example", port=port, command_timeout=2, connect_timeout=2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "2٠5 ok\r\n".encode(),  # an Arabic-Indic zero: not an ASCII digit (RFC 5321 §4.2)
+        "²⁵⁰ ok\r\n".encode(),  # superscript digits: str.isdigit() says yes, int() says no
+        "２５０ ok\r\n".encode(),  # fullwidth digits
+        b"650 ok\r\n",  # no reply code starts with 6
+        b"25 ok\r\n",  # two digits
+        b"2500 ok\r\n",  # four digits
+        b"250x ok\r\n",  # neither space, hyphen nor the line's end after the code
+    ],
+)
+async def test_a_code_that_is_not_three_ascii_digits_is_a_protocol_error(
+    server, reply: bytes
+) -> None:
+    result = await probe(await server(reply))
+    assert (result["category"], result["reason"]) == ("unknown", "protocol_error")
+    assert result["code"] is None and result["error_kind"] == "protocol"
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (b"550 5.1.1 caf\xe9 unknown\r\n", "5.1.1 caf\\xe9 unknown"),  # Latin-1, not UTF-8
+        (b"550 5.1.1 no\x00body here\r\n", "5.1.1 no\\x00body here"),  # NUL
+        ("550 5.1.1 Empfänger unbekannt\r\n".encode(), "5.1.1 Empfänger unbekannt"),  # UTF-8
+    ],
+)
+async def test_reply_bytes_are_kept_as_valid_escaped_text(server, raw: bytes, shown: str) -> None:
+    result = await probe(await server(raw))
+    assert (result["code"], result["message"]) == (550, shown)
+    json.dumps(result, ensure_ascii=False).encode("utf-8")  # valid UTF-8, no surrogates
+    assert all("\x00" not in line for line in result["transcript"])
+
+
+def test_reply_text_escapes_what_is_not_printable_utf8() -> None:
+    assert reply_text(b"ok \xff\xfe \x00\x1b[31m") == "ok \\xff\\xfe \\x00\\x1b[31m"
+    assert reply_text("déjà vu".encode()) == "déjà vu"
+
+
+async def test_the_wire_refuses_a_superscript_code_as_a_protocol_error(server) -> None:
+    port = await server(b"")
+    wire = await SMTPWire.connect("127.0.0.1", port, timeout=2)
+    try:
+        await wire.read_reply(2)  # the greeting
+        await wire.send(b"NOOP", timeout=2)
+        assert (await wire.read_reply(2)).code == 250
+    finally:
+        wire.abort()
+
+    async def superscript(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write("²⁵⁰ hello\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(2)
+
+    srv = await asyncio.start_server(superscript, "127.0.0.1", 0)
+    try:
+        wire = await SMTPWire.connect("127.0.0.1", srv.sockets[0].getsockname()[1], timeout=2)
+        with pytest.raises(WireError) as caught:
+            await wire.read_reply(2)
+        assert caught.value.failure is WireFailure.PROTOCOL
+        wire.abort()
+    finally:
+        srv.close()
+        await srv.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "reply", ["²⁵⁰ ok\r\n".encode(), b"550 5.1.1 caf\xe9 \x00 unknown\r\n"], ids=["code", "bytes"]
+)
+async def test_bulk_verify_answers_stores_and_writes_valid_utf8(
+    server, tmp_path: Path, reply: bytes
+) -> None:
+    """The bulk path: every line gets one record and one stored row, the output is valid
+    UTF-8, and no NUL reaches the database."""
+    port = await server(reply)
+    dns = SimDNSServer({"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
+                        "mx.acme.example": DomainSpec(a=["127.0.0.1"])})  # fmt: skip
+    await dns.start()
+    try:
+        store = Store(f"sqlite:///{tmp_path / 'hostile.db'}")
+        store.upgrade()
+        settings = Settings.from_env({
+            "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(port), "DATABASE_URL": store.url,
+            "GLOBAL_RPS": "100", "PER_MX_RPS_DEFAULT": "100",
+            "SMTP_COMMAND_TIMEOUT": "2"})  # fmt: skip
+        out = io.StringIO()
+
+        def write(line: LineAnswer) -> None:
+            out.write(json.dumps(render_record(line), ensure_ascii=False) + "\n")
+
+        ctx = Context.create(settings, store=store)
+        lines = "".join(f"user{i}@acme.example\n" for i in range(5))
+        try:
+            await asyncio.wait_for(
+                verify(read_addresses(io.StringIO(lines)), write, ctx=ctx,
+                       options=BulkOptions(catch_all_check=False, temp_delays=())),
+                30)  # fmt: skip
+        finally:
+            await ctx.aclose()
+    finally:
+        await dns.stop()
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(records) == 5
+    out.getvalue().encode("utf-8")  # no lone surrogates
+    with store.session() as session:
+        rows = list(session.scalars(select(VerificationResult)))
+    assert len(rows) == 5
+    for row in rows:
+        assert "\x00" not in (row.message or "") and "\x00" not in "".join(row.transcript)
+    if reply.startswith("²".encode()):
+        assert {(r["verdict"], r["reason"]) for r in records} == {("unknown", "protocol_error")}
+    else:
+        assert {(r["verdict"], r["reason"]) for r in records} == {
+            ("undeliverable", "mailbox_not_found")
+        }
