@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -22,6 +23,8 @@ from mailprobe.store.models import (
     utcnow,
 )
 from mailprobe.verdict import Verdict
+
+_SURROGATE = re.compile("[\udc80-\udcff]")  # bytes kept by errors="surrogateescape"
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -160,28 +163,40 @@ def latest_results(
     return {row.email: row for row in rows}  # later ids overwrite earlier ones
 
 
+def _text(value: str | None, limit: int | None = None) -> str | None:
+    """Text a database will take: no NUL (PostgreSQL refuses it in text), no lone surrogate
+    (not encodable as UTF-8), and no longer than its column. What the server or the input
+    sent is kept visible as escapes; the full text stays in the record."""
+    if value is None:
+        return None
+    if "\x00" in value or _SURROGATE.search(value):
+        value = _SURROGATE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", value)
+        value = value.replace("\x00", "\\x00")
+    return value if limit is None else value[:limit]
+
+
 def _row_values(answer: Answer, email_id: int | None, now: datetime) -> dict[str, Any]:
-    """The one rendering of an answer as a verification_results row."""
+    """The one rendering of an answer as a verification_results row (text made storable)."""
     o = answer.outcome
     return {
         "email_id": email_id,
-        "email": answer.email,
+        "email": _text(answer.email, 320),
         "category": o.category,
         "verdict": answer.verdict.value,
-        "verdict_reason": answer.reason,
+        "verdict_reason": _text(answer.reason, 32),
         "catch_all": answer.catch_all,
-        "reason": o.reason,
+        "reason": _text(o.reason, 32),
         "code": o.code,
-        "enhanced_status": o.enhanced_status,
-        "message": o.message,
-        "mx_host": o.mx_host,
-        "stage": o.stage,
+        "enhanced_status": _text(o.enhanced_status, 16),
+        "message": _text(o.message),
+        "mx_host": _text(o.mx_host, 255),
+        "stage": _text(o.stage, 16),
         "elapsed_ms": o.elapsed_ms,
         "tls": o.tls,
         "attempts": answer.attempts,
-        "error": o.error,
-        "transcript": list(o.transcript),
-        "dns_status": answer.dns_status,
+        "error": _text(o.error),
+        "transcript": [_text(line) for line in o.transcript],
+        "dns_status": _text(answer.dns_status, 32),
         "created_at": now,
     }
 

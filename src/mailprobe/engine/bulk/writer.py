@@ -27,6 +27,7 @@ from mailprobe.store import queries as q
 log = logging.getLogger(__name__)
 BATCH_ROWS = 200  # answers that wake the writer before its next tick
 TICK = 0.2  # seconds between writes
+GIVE_UP_AFTER = 3  # rows refused alone, none stored: the database is down, not the rows
 
 Row = tuple[Answer, int | None]  # an answer and its address's id, if stored
 StoreAnswers = Callable[[list[Row]], None]  # runs in a thread; raises StoreError
@@ -50,6 +51,7 @@ class Writer:
         self._stored = asyncio.Event()  # a flush finished (or failed)
         self._failure: StoreError | None = None  # answers could not be stored, for good
         self._stopping = False
+        self.set_aside = 0  # answers the database refused even alone (logged, in the output)
 
     @property
     def backlog(self) -> int:
@@ -100,7 +102,7 @@ class Writer:
         rows, self._rows = self._rows, []
         try:
             if rows:
-                await asyncio.to_thread(self.store_answers, rows)
+                await asyncio.to_thread(self._store_batch, rows)
         except StoreError as exc:
             self._rows = rows + self._rows
             if final or self.full:
@@ -126,6 +128,32 @@ class Writer:
             self._stored.clear()
             self._wake.set()
             await self._stored.wait()
+
+    def _store_batch(self, rows: list[Row]) -> None:
+        """Store a batch. When the database refuses the batch but takes rows alone, a row it
+        refuses alone is set aside with a logged reason, never blocking the rows beside it.
+        When it takes none (locked, down, full), the failure is raised and nothing is lost."""
+        try:
+            self.store_answers(rows)
+            return
+        except StoreError:
+            if len(rows) == 1:
+                raise
+        stored = 0
+        refused: list[tuple[Row, StoreError]] = []
+        for row in rows:
+            try:
+                self.store_answers([row])
+                stored += 1
+            except StoreError as exc:
+                refused.append((row, exc))
+                if stored == 0 and len(refused) >= GIVE_UP_AFTER:
+                    raise  # the database, not a row, is the trouble: retry the batch later
+        if stored == 0:
+            raise refused[-1][1]
+        for (answer, _), why in refused:
+            log.error("result of %r set aside: the database refuses it: %s", answer.email[:80], why)
+            self.set_aside += 1
 
     def _store_answers(self, rows: list[Row]) -> None:
         with self.ctx.store.session() as session:
