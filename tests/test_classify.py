@@ -225,6 +225,61 @@ def test_dbeb_only_at_microsoft() -> None:
     assert REASONS[elsewhere].signal is Signal.UNDETERMINED
 
 
+TENANT_MX = "example-com.mail.protection.outlook.com"
+OLC_MX = "hotmail-com.olc.protection.outlook.com"
+DBEB_TAGGED = (
+    "5.4.1 Recipient address rejected: Access denied. AS(201806281) "
+    "[PR2FRA01FT009.eop-fra01.prod.protection.outlook.com]"
+)
+OLC_TAGGED = "5.5.0 Requested action not taken: mailbox unavailable (S2017062302)"
+
+
+@pytest.mark.parametrize("mx", ["", "mx.gateway.example", TENANT_MX, "mail.example.net"])
+def test_dbeb_with_its_tag_is_not_found_at_any_mx(mx: str) -> None:
+    """AS(201806281) is Microsoft's DBEB tag: a gateway passing it on still means "no such user"."""
+    result = classify_reply("rcpt", 550, DBEB_TAGGED, mx_host=mx)
+    assert result.reason is Reason.MAILBOX_NOT_FOUND
+    # Before RCPT it cannot be about a mailbox.
+    assert classify_reply("mail", 550, DBEB_TAGGED, mx_host=mx).reason is not (
+        Reason.MAILBOX_NOT_FOUND
+    )
+
+
+def test_dbeb_untagged_needs_a_microsoft_mx() -> None:
+    text = "5.4.1 Recipient address rejected: Access denied. [CY4PEPF0000EE3C.namprd03.outlook.com]"
+    assert classify_reply("rcpt", 550, text, mx_host=TENANT_MX).reason is Reason.MAILBOX_NOT_FOUND
+    elsewhere = classify_reply("rcpt", 550, text, mx_host="mx.gateway.example").reason
+    assert REASONS[elsewhere].signal is Signal.UNDETERMINED
+
+
+def test_microsoft_541_relay_access_denied_is_about_the_domain() -> None:
+    for mx in (TENANT_MX, ""):
+        result = classify_reply("rcpt", 550, "5.4.1 Relay Access Denied", mx_host=mx)
+        assert result.reason is Reason.RELAY_DENIED
+
+
+@pytest.mark.parametrize("mx", ["", "mx.gateway.example", TENANT_MX, OLC_MX])
+def test_outlookcom_tagged_mailbox_unavailable_is_not_found(mx: str) -> None:
+    assert classify_reply("rcpt", 550, OLC_TAGGED, mx_host=mx).reason is Reason.MAILBOX_NOT_FOUND
+
+
+def test_untagged_550_mailbox_unavailable_only_at_outlookcom() -> None:
+    """Microsoft documents 5.5.0 for @hotmail.com/@outlook.com recipients only."""
+    text = "5.5.0 Requested action not taken: mailbox unavailable"
+    assert classify_reply("rcpt", 550, text, mx_host=OLC_MX).reason is Reason.MAILBOX_NOT_FOUND
+    for mx in (TENANT_MX, "", "mx.example.net"):
+        assert classify_reply("rcpt", 550, text, mx_host=mx).reason is Reason.MAILBOX_UNAVAILABLE
+
+
+def test_microsoft_57504_says_nothing_about_the_mailbox() -> None:
+    text = "5.7.504 [user@example.com]: Recipient address rejected: Access denied"
+    assert classify_reply("rcpt", 550, text, mx_host=TENANT_MX).reason is (
+        Reason.MAILBOX_UNAVAILABLE
+    )
+    elsewhere = classify_reply("rcpt", 550, text, mx_host="mx.example.net").reason
+    assert REASONS[elsewhere].signal is Signal.UNDETERMINED
+
+
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize(("code", "text"), [(220, "mx ESMTP"), (250, "2.1.0 Ok"), (221, "bye")])
 def test_any_2xx_is_accepted(stage: str, code: int, text: str) -> None:

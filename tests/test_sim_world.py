@@ -360,6 +360,32 @@ async def test_blackhole_times_out_and_is_not_determinable() -> None:
         assert w.expected_verdict(email) is None
 
 
+async def test_microsoft_variants_refuse_in_their_own_words() -> None:
+    """Microsoft-like domains take turns between the EOP-like cluster, a Microsoft 365
+    tenant MX name and an Outlook.com one; each refuses unknown users in its own words,
+    which mailprobe reads by the MX host name (DBEB untagged) or the text."""
+    layout = [(Kind.MICROSOFT.value, (Mailbox.EXISTS, Mailbox.MISSING))] * 3
+    missing: dict[str, str] = {}
+    async with SimWorld(seed=9, layout=layout) as w:
+        for email in w.addresses():
+            t = w.truth[email]
+            result = await probe(w, email)
+            assert result["reason"] == t.expected_reason, (t.mx_hosts, result["message"])
+            verdict, _ = decide(result["reason"], catch_all=False)
+            assert verdict.value == w.expected_verdict(email), email
+            if t.mailbox is Mailbox.MISSING:
+                missing[t.mx_hosts[0]] = result["message"]
+    assert missing == {
+        "mx.outlook-like.example": CORPUS["m365-rcpt-550-5110-recipientnotfound"].text,
+        "tenant-example.mail.protection.outlook.com": CORPUS[
+            "m365-rcpt-550-541-access-denied-dated"
+        ].text,
+        "outlook-example.olc.protection.outlook.com": CORPUS[
+            "outlookcom-rcpt-550-550-mailbox-unavailable-s2017062302"
+        ].text,
+    }
+
+
 # -- limits ----------------------------------------------------------------------------
 
 

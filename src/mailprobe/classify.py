@@ -332,7 +332,16 @@ RULES: tuple[Rule, ...] = (
     # Any 2xx: the server took what we said (a banner, EHLO, MAIL FROM, RCPT TO).
     Rule("accepted", Reason.ACCEPTED, classes="2"),
     # -- provider meanings that contradict the words or the registered code ----
-    # Microsoft 365 Directory-Based Edge Blocking: the recipient is not in the tenant.
+    # Microsoft 365 Directory-Based Edge Blocking: "550 5.4.1 Recipient address rejected:
+    # Access denied" = "The recipient's address doesn't exist" (Microsoft Learn, "Email
+    # non-delivery reports in Exchange Online", read from its source in
+    # github:x13-me/OfficeDocs-Exchange; "Use Directory-Based Edge Blocking": "If the
+    # address doesn't exist, the service blocks the message ... The NDR looks like this").
+    # Also sisimai Rhost::Microsoft (userunknown), Reacher's parser ("address rejected":
+    # invalid) and spamresource.com/2023/09 ("still means user unknown ... 99.9% of the
+    # time", a directory outage the only, unwitnessed, exception). Not a block of us:
+    # Microsoft words those "Access denied, <why>" under 5.7.x, and a domain that is not
+    # the tenant's gets "5.4.1 Relay Access Denied" (relay_denied, below).
     Rule(
         "o365-dbeb",
         Reason.MAILBOX_NOT_FOUND,
@@ -341,6 +350,45 @@ RULES: tuple[Rule, ...] = (
         enhanced=r"5\.4\.1",
         text=r"recipient address rejected: access denied",
         mx=_MX_MICROSOFT,
+    ),
+    # The same reply with Microsoft's anti-spam tag of the DBEB rule, AS(201806281), which
+    # every tagged copy in the sources carries (zone-eu/zone-mta#214, roundcube#7990,
+    # maxsptz/emailpyspam#23): the tag names who answered, so it holds behind a gateway
+    # that passes Microsoft's reply on, or at an MX name we do not know as Microsoft's.
+    Rule(
+        "o365-dbeb-tagged",
+        Reason.MAILBOX_NOT_FOUND,
+        classes="5",
+        stages=_RCPT,
+        enhanced=r"5\.4\.1",
+        text=r"recipient address rejected: access denied\b.*\bAS\(201806281\)",
+    ),
+    # 5.7.504 "Recipient address rejected: Access denied" = "The recipient address that
+    # you're attempting to contact isn't valid" (Microsoft Learn NDR table); sisimai reads it
+    # as suspend, so the sources do not agree that the mailbox is missing: say nothing.
+    Rule(
+        "o365-57504",
+        Reason.MAILBOX_UNAVAILABLE,
+        classes="5",
+        stages=_RCPT,
+        enhanced=r"5\.7\.504",
+        text=r"recipient address rejected: access denied",
+        mx=_MX_MICROSOFT,
+    ),
+    # Outlook.com's "550 5.5.0 Requested action not taken: mailbox unavailable (S2017062302)":
+    # the recipient, @hotmail.com or @outlook.com, "wasn't found by SMTP address lookup.
+    # Similar to 550 5.1.10" (Microsoft Learn NDR table; MicrosoftDocs/OfficeDocs-Exchange#2836;
+    # spamresource.com/2023/09: "your typical user unknown bounce ... at Microsoft OLC").
+    # The S-tag is Outlook.com's own, so the text holds whatever the MX is called. Untagged,
+    # the phrase is read by MX below; at a Microsoft 365 tenant (*.mail.protection.outlook.com)
+    # no source shows it, and Microsoft documents it for consumer domains only: undetermined.
+    Rule(
+        "outlookcom-mailbox-unavailable-tagged",
+        Reason.MAILBOX_NOT_FOUND,
+        classes="5",
+        stages=_RCPT,
+        codes=(550,),
+        text=r"requested action not taken: mailbox unavailable \(S2017062302\)",
     ),
     # Outlook.com and GMX/WEB.DE answer an unknown mailbox with the bare RFC 5321 phrase.
     Rule(

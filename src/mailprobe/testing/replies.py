@@ -20,12 +20,15 @@ the client IP. Corpus ids:
 * microsoft family: m365-mail-250-210-sender-ok, m365-rcpt-250-215-recipient-ok,
   m365-rcpt-550-5110-recipientnotfound, generic-rcpt-552-disk-quota-exceeded,
   generic-rcpt-525-5713-disabled-recipient, exchange-onprem-rcpt-452-453-too-many-recipients;
+* m365-tenant and outlook-com families (Microsoft 365 tenant and Outlook.com MX names):
+  the microsoft family with m365-rcpt-550-541-access-denied-dated (DBEB, no AS tag)
+  and outlookcom-rcpt-550-550-mailbox-unavailable-s2017062302 as "missing";
 * policies: postgrey-rcpt-450-420-greylisted-see-help (greylisting),
   postscreen-rcpt-550-571-blocked-zen-spamhaus (blocklist refusal).
 
-Outlook.com's bare "550 Requested action not taken: mailbox unavailable" is not
-used: it means "no such user" only at Microsoft's own host names, which a world
-under ".example" cannot have, so a correct prober could not read it.
+Microsoft's unknown-user wordings that mean "no such user" only at Microsoft's own
+host names are served from such names (worldconfig.MICROSOFT_VARIANTS), which the
+world's DNS resolves to loopback.
 """
 
 from __future__ import annotations
@@ -139,6 +142,14 @@ FAMILY_REPLIES: dict[str, dict[str, tuple[str, Subs]]] = {
         "disabled": ("generic-rcpt-525-5713-disabled-recipient", ()),
         "too_many_rcpts": ("exchange-onprem-rcpt-452-453-too-many-recipients", ()),
     },
+}
+FAMILY_REPLIES["m365-tenant"] = {
+    **FAMILY_REPLIES["microsoft"],
+    "missing": ("m365-rcpt-550-541-access-denied-dated", ()),
+}
+FAMILY_REPLIES["outlook-com"] = {
+    **FAMILY_REPLIES["microsoft"],
+    "missing": ("outlookcom-rcpt-550-550-mailbox-unavailable-s2017062302", ()),
 }
 # What the corpus must say each role's reply means (guards against a corpus edit).
 ROLE_REASONS: dict[str, set[str]] = {

@@ -10,7 +10,9 @@ The world is generated deterministically from a seed: N domains under ".example"
 (e.g. "acme-17.example"), each of one behaviour `Kind` drawn from a configurable
 mix, and M addresses with a mailbox fact each (exists / missing / full /
 disabled). Provider clusters serve many domains, as real hosting does
-(aspmx.google-like.example, mx.outlook-like.example, mx1.hosting-like.example);
+(aspmx.google-like.example, mx.outlook-like.example, mx1.hosting-like.example; the
+Microsoft-like domains also at a tenant-example.mail.protection.outlook.com and an
+Outlook.com-like *.olc.protection.outlook.com, whose refusals only such names explain);
 other domains have their own MX. `world.truth` holds the ground truth for every
 address and `expected_verdict(email)` the verdict a correct prober should reach.
 
@@ -50,7 +52,7 @@ from mailprobe.testing.truth import AddressTruth, DomainTruth, GroundTruth, addr
 from mailprobe.testing.worldconfig import (
     GOOGLE_MX,
     HOSTING_MX,
-    MICROSOFT_MX,
+    MICROSOFT_VARIANTS,
     DNSStatus,
     Kind,
     Mailbox,
@@ -104,6 +106,7 @@ class SimWorld(ThreadedServer):
         self.host_ips: dict[str, str] = {}  # every MX host, the unreachable ones too
         self.unreachable: set[str] = set()  # MX hosts nobody listens on
         self._next_ip = 0
+        self._microsoft_domains = 0  # Kind.MICROSOFT domains take MICROSOFT_VARIANTS in turn
 
         rng = random.Random(seed)
         if layout is None:
@@ -222,9 +225,10 @@ class SimWorld(ThreadedServer):
             )
             self.zone[domain] = DomainSpec(mx=[(1, hosts[0]), (5, hosts[1])], ttl=ttl)
         elif kind is Kind.MICROSOFT:
-            family = "microsoft"
+            family, mx = MICROSOFT_VARIANTS[self._microsoft_domains % len(MICROSOFT_VARIANTS)]
+            self._microsoft_domains += 1
             hosts = self._cluster(
-                MICROSOFT_MX, fams["microsoft"], max_rcpts_per_transaction=cfg.microsoft_max_rcpts
+                (mx,), fams[family], max_rcpts_per_transaction=cfg.microsoft_max_rcpts
             )
             self.zone[domain] = DomainSpec(mx=[(0, hosts[0])], ttl=ttl)
         elif kind is Kind.HOSTED:

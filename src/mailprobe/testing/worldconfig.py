@@ -22,7 +22,7 @@ class Kind(StrEnum):
     POSTFIX = "postfix"  # its own Postfix-like MX: 550 5.1.1 User unknown
     HOSTED = "hosted"  # on a shared Postfix hosting cluster (two MXes)
     GOOGLE = "google"  # Gmail-like cluster: multi-line 550-5.1.1, one domain per transaction
-    MICROSOFT = "microsoft"  # Outlook-like cluster: 452 4.5.3 past N rcpts, 550 5.1.10
+    MICROSOFT = "microsoft"  # Outlook-like clusters: 452 4.5.3 past N rcpts; 5.1.10/5.4.1/5.5.0
     CATCH_ALL = "catch_all"  # accepts every unknown recipient
     GREYLIST = "greylist"  # postgrey: 450 4.2.0 for a new triplet, then answers
     SLOW = "slow"  # slow greeting and replies, within a prober's timeouts
@@ -72,6 +72,17 @@ DEFAULT_MAILBOX_MIX: dict[str, float] = {
 
 GOOGLE_MX = ("aspmx.google-like.example", "alt1.aspmx.google-like.example")
 MICROSOFT_MX = ("mx.outlook-like.example",)
+# Microsoft 365 tenants and Outlook.com refuse unknown users in words that mean "no such
+# user" only at Microsoft's own MX names (classify's o365-dbeb, outlookcom-* rules); the
+# world's DNS answers for these names on loopback. Kind.MICROSOFT domains take turns:
+# (reply family, MX host), see replies.FAMILY_REPLIES.
+M365_TENANT_MX = "tenant-example.mail.protection.outlook.com"
+OUTLOOK_COM_MX = "outlook-example.olc.protection.outlook.com"
+MICROSOFT_VARIANTS: tuple[tuple[str, str], ...] = (
+    ("microsoft", MICROSOFT_MX[0]),  # 550 5.1.10 RecipientNotFound: readable anywhere
+    ("m365-tenant", M365_TENANT_MX),  # 550 5.4.1 DBEB, untagged: only at a tenant MX
+    ("outlook-com", OUTLOOK_COM_MX),  # 550 5.5.0 mailbox unavailable (S2017062302)
+)
 HOSTING_MX = ("mx1.hosting-like.example", "mx2.hosting-like.example")
 
 
