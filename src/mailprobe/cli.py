@@ -47,6 +47,7 @@ class Exit(IntEnum):
     USAGE = 2  # bad input or configuration: nothing was sent
     TEMP_FAIL = 3
     UNKNOWN = 4  # no usable reply: timeout, connection failure
+    SERVICE_LOST = 75  # verify: the shared throttle went away mid-run (sysexits EX_TEMPFAIL)
 
 
 EXIT_BY_CATEGORY = {
@@ -304,7 +305,7 @@ def verify(
     ] = False,
 ) -> None:
     """Verify a list: one record per input line, streamed as results arrive."""
-    from mailprobe.engine.bulk import BulkOptions
+    from mailprobe.engine.bulk import BulkOptions, ServiceLost
     from mailprobe.inputs import read_addresses
     from mailprobe.report import ProgressView, RecordWriter, render_record
     from mailprobe.runs import RunState
@@ -364,6 +365,14 @@ def verify(
     except StoreError as exc:
         view.close()
         raise _fail(f"database error: {exc}") from None
+    except ServiceLost as exc:
+        view.close()
+        typer.echo(
+            f"mailprobe: stopped: {exc}; {exc.pending} addresses left pending, nothing was "
+            "answered for them: rerun with --resume",
+            err=True,
+        )
+        raise typer.Exit(Exit.SERVICE_LOST) from None
     except ThrottleError as exc:
         view.close()
         raise _fail(f"throttle error: {exc}") from None

@@ -77,6 +77,8 @@ class Settings:
     per_mx_rps_default: float = 1.0  # PER_MX_RPS_DEFAULT
     mx_limits: tuple[MXLimit, ...] = ()  # MX_LIMITS, "*.google.com=5:2,..." or "@file"
     throttle_wait: float = 30.0  # THROTTLE_WAIT, seconds to wait for a slot before rescheduling
+    # THROTTLE_OUTAGE_LIMIT: seconds `verify` waits for a lost throttle Redis before it stops
+    throttle_outage_limit: float = 300.0
     probe_freemail: bool = False  # PROBE_FREEMAIL: queue probes of gmail.com & co. too
 
     @classmethod
@@ -116,6 +118,7 @@ class Settings:
             per_mx_rps_default=_positive_float(env, "PER_MX_RPS_DEFAULT", 1.0),
             mx_limits=_mx_limits(env, "MX_LIMITS"),
             throttle_wait=_positive_float(env, "THROTTLE_WAIT", 30.0),
+            throttle_outage_limit=_positive_float(env, "THROTTLE_OUTAGE_LIMIT", 300.0),
             probe_freemail=_bool(env, "PROBE_FREEMAIL", False),
         )
 

@@ -39,7 +39,7 @@ from mailprobe.engine.bulk.reader import Lines, read
 from mailprobe.engine.bulk.routing import Router
 from mailprobe.engine.bulk.scheduler import Ask, Scheduler, Wait
 from mailprobe.engine.bulk.session import SessionRunner
-from mailprobe.engine.bulk.state import DomainState, MXLane, drain
+from mailprobe.engine.bulk.state import DomainState, MXLane
 from mailprobe.engine.bulk.targets import Recipient, Target
 from mailprobe.engine.bulk.writer import StoreAnswers, Writer
 from mailprobe.engine.context import Context
@@ -49,6 +49,18 @@ from mailprobe.results import Answer, LineAnswer, Outcome, answer_for, invalid_a
 from mailprobe.throttle import Slot, ThrottleError, ThrottleTimeout
 
 log = logging.getLogger(__name__)
+
+
+class ServiceLost(RuntimeError):
+    """A service the run needs (the shared throttle) went away for longer than allowed: the
+    run stopped, every address not answered is pending (`--resume`), nothing was invented."""
+
+    def __init__(self, detail: str, pending: int = 0) -> None:
+        super().__init__(detail)
+        self.pending = pending
+
+
+OUTAGE_MAX_PAUSE = 10.0  # seconds between tries of a throttle that went away
 
 
 class BulkVerifier:
@@ -83,6 +95,9 @@ class BulkVerifier:
         self._parked: set[DomainState] = set()  # domains whose catch-all check waits to retry
         self._wake = asyncio.Event()
         self._stopping = False
+        self._fatal: Exception | None = None  # why the run stopped early (see `stop`)
+        self._outage_since: float | None = None  # when the shared throttle went away
+        self._outage_pause = 0.0
 
     # -- the run ------------------------------------------------------------------
 
@@ -90,13 +105,20 @@ class BulkVerifier:
         started = time.monotonic()
         writer = asyncio.create_task(self.writer.run())
         self.spawn(self._schedule())
+        reader = asyncio.create_task(read(lines, self, self.ctx, self.options))
+        stopped = asyncio.create_task(self._done.wait())
         try:
-            await read(lines, self, self.ctx, self.options)
-            self.scheduler.reading = False
-            self._check_done()
-            await self._done.wait()
+            await asyncio.wait({reader, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if self._fatal is None:
+                await reader
+                self.scheduler.reading = False
+                self._check_done()
+                await self._done.wait()
         finally:
             self._stopping = True
+            for waiting in (reader, stopped):
+                waiting.cancel()
+            await asyncio.gather(reader, stopped, return_exceptions=True)
             for timer in self._timers:
                 timer.cancel()
             self.summary.pending = self._outstanding
@@ -105,6 +127,10 @@ class BulkVerifier:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.writer.finish(writer)
             self.summary.elapsed = time.monotonic() - started
+        if isinstance(self._fatal, ServiceLost):
+            self._fatal.pending = self.summary.pending
+        if self._fatal is not None:
+            raise self._fatal
         return self.summary
 
     # -- admission (see `reader.read`) --------------------------------------------------
@@ -153,6 +179,7 @@ class BulkVerifier:
             self._wake.clear()
             rnd = self.scheduler.plan(time.monotonic())
             decision = rnd.next()
+            pause = 0.0
             while isinstance(decision, Ask):
                 lane = decision.lane
                 try:
@@ -160,18 +187,51 @@ class BulkVerifier:
                 except ThrottleTimeout as exc:
                     rnd.refused(lane, exc.limited_by, exc.retry_after)
                 except ThrottleError as exc:  # the shared throttle is down: never unthrottled
-                    for r in drain(lane.recipients):
-                        error = Outcome.failure(r.address.normalized, kind="connection_failed",
-                                                error=str(exc), mx_host=lane.host)  # fmt: skip
-                        self.answered(r, error)
+                    pause = self._throttle_down(exc)
+                    break
                 else:
+                    self._throttle_back()
                     rnd.granted(lane)
                     self.spawn(self._session(lane, slot))
                 decision = rnd.next()
-            assert isinstance(decision, Wait)
-            if decision.seconds > 0:
+            seconds = pause or (decision.seconds if isinstance(decision, Wait) else 0.0)
+            if seconds > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), decision.seconds)
+                    await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _throttle_down(self, exc: ThrottleError) -> float:
+        """The shared throttle cannot be reached: probing pauses (the recipients stay in
+        their lanes, nothing is answered for them) and is tried again with backoff; after
+        THROTTLE_OUTAGE_LIMIT seconds the run stops, leaving them for --resume."""
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since, self._outage_pause = now, 0.5
+            log.warning("throttle unreachable, probing paused: %s", exc)
+        elif now - self._outage_since >= self.ctx.settings.throttle_outage_limit:
+            self.stop(
+                ServiceLost(
+                    f"the throttle stayed unreachable for {now - self._outage_since:.0f} s: {exc}"
+                )
+            )
+            return 0.0
+        else:
+            self._outage_pause = min(2 * self._outage_pause, OUTAGE_MAX_PAUSE)
+        return self._outage_pause
+
+    def _throttle_back(self) -> None:
+        if self._outage_since is not None:
+            log.warning(
+                "throttle reachable again after %.0f s: probing resumes",
+                time.monotonic() - self._outage_since,
+            )
+            self._outage_since = None
+
+    def stop(self, reason: Exception) -> None:
+        """End the run now for a reason outside any address (`run` raises it): what is
+        not answered yet stays pending, and nothing is invented for it."""
+        if self._fatal is None:
+            self._fatal = reason
+        self._done.set()
 
     async def _session(self, lane: MXLane, slot: Slot) -> None:
         started = time.monotonic()

@@ -1,0 +1,70 @@
+"""The throttle's Redis lost mid-run: probing pauses, nothing unprobed is answered or stored,
+and after THROTTLE_OUTAGE_LIMIT the run stops with its reason, the rest left pending."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from mailprobe.config import Settings
+from mailprobe.engine import Context
+from mailprobe.engine.bulk import BulkOptions, ServiceLost, verify
+from mailprobe.inputs import read_addresses
+from mailprobe.report import render_record
+from mailprobe.store import Store
+from mailprobe.store.models import VerificationResult
+from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, SimSMTPServer
+from tests.redis_server import _redis_binary, _start, _stop
+
+
+async def test_lost_redis_pauses_then_stops_and_invents_nothing(tmp_path: Path) -> None:
+    binary = _redis_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    proc, redis_port = _start(binary, tmp_path)
+    smtp = await SimSMTPServer(MXBehavior(default_rcpt=ACCEPT)).start()
+    domains = {f"d{i}.example": DomainSpec(mx=[(10, "mx.shared.example")]) for i in range(40)}
+    dns = SimDNSServer({**domains, "mx.shared.example": DomainSpec(a=["127.0.0.1"])})
+    await dns.start()
+    store = Store(f"sqlite:///{tmp_path / 'outage.db'}")
+    store.upgrade()
+    settings = Settings.from_env({
+        "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(smtp.port),
+        "DATABASE_URL": store.url, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "PER_MX_RPS_DEFAULT": "2", "GLOBAL_RPS": "50", "THROTTLE_OUTAGE_LIMIT": "2",
+    })  # fmt: skip
+    records: list[dict[str, Any]] = []
+
+    def sink(line: Any) -> None:
+        records.append(render_record(line))
+        if len(records) == 3:
+            _stop(proc)  # Redis goes away with most of the list still to probe
+
+    text = "".join(f"user{i}@d{i}.example\n" for i in range(40))
+    ctx = Context.create(settings, store=store)
+    try:
+        with pytest.raises(ServiceLost, match="unreachable") as stopped:
+            await asyncio.wait_for(
+                verify(read_addresses(io.StringIO(text)), sink, ctx=ctx,
+                       options=BulkOptions(reuse_ttl=None, rcpts_per_session=1,
+                                           catch_all_check=False)),
+                60,
+            )  # fmt: skip
+    finally:
+        await ctx.aclose()
+        await dns.stop()
+        await smtp.stop()
+        _stop(proc)
+    assert 3 <= len(records) < 40
+    assert all(r["reason"] == "catch_all_unknown" for r in records)  # only what servers said
+    assert stopped.value.pending == 40 - len(records)
+    with store.session() as session:
+        rows = list(session.scalars(select(VerificationResult)))
+    assert len(rows) == len(records)
+    assert {row.reason for row in rows} == {"accepted"}
