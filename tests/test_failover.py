@@ -133,8 +133,8 @@ async def test_a_backup_mx_finding_is_never_the_domains(store: Store) -> None:
         cached = await ctx.mx_cache.get(domain)
         assert cached.catch_all is False  # the backup's finding did not replace it
         backup = world.domains[domain].mx_hosts[1]
-        assert ctx.behavior.hint(backup) is not None
-        assert ctx.behavior.hint(backup)["catch_all"] is True  # the backup's own, per host
+        hint = ctx.behavior.hint(backup)
+        assert hint is not None and hint["catch_all"] is True  # the backup's own, per host
 
 
 async def test_a_dead_mx_is_skipped_at_once_by_a_later_domain(store: Store) -> None:

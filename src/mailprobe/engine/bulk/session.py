@@ -374,20 +374,12 @@ class SessionRunner:
             self.engine.answered(r, outcome)
 
     def _hand_over(
-        self,
-        lane: MXLane,
-        session: SMTPSession,
-        recipients: list[Recipient],
-        kind: str,
-        error: str,
+        self, lane: MXLane, session: SMTPSession, recipients: list[Recipient], kind: str, error: str
     ) -> None:
-        """No connection at all: refused or reset (RST to our SYN), unreachable, or no
-        SYN-ACK within the connect timeout. RFC 5321 §5.1 says try the next MX, as
-        Postfix does when smtp_connect_timeout runs out ("tries the next address on the
-        mail exchanger list", https://www.postfix.org/postconf.5.html#smtp_connect_timeout).
-        The host is remembered dead, so what still waits at it (and other domains that
-        share it) goes to the next MX at once; the slow lane's long waits are for
-        servers that connect and then answer slowly, not for this."""
+        """No connection (refused, reset, unreachable, no SYN-ACK in time): the next MX
+        takes over (RFC 5321 §5.1; see `probe.unreachable` for Postfix's rule). The host
+        is remembered dead, so what waits at it goes to the next MX at once; the slow
+        lane is for servers that connect and then answer slowly."""
         self.ctx.behavior.mark_dead(lane.host)
         for r in recipients:
             r.last = _failure(r, lane.host, kind, error, session.stage).with_evidence(
