@@ -24,6 +24,13 @@ TARPIT_TIMEOUTS = 2  # consecutive timeouts before we call an MX a tarpit
 # whose limits changed is asked again within the week.
 ONE_RCPT_MEMORY = 7 * 86400.0
 LATENCY_WINDOW = 50  # recent latencies kept for the percentile
+# How long an MX we could not connect to is tried last (MX_DEAD_TTL sets it per run).
+# Postfix keeps "an unreachable destination ... in the short-term, in-memory,
+# destination status cache" for minimal_backoff_time, 300 s by default (postconf(5),
+# https://www.postfix.org/postconf.5.html#minimal_backoff_time); Exim keeps a failed
+# host in its retry database and skips it until its retry time, per host rather than
+# per message (https://www.exim.org/exim-html-current/doc/html/spec_html/ch32.html).
+DEAD_MEMORY = 300.0
 
 
 @dataclass
@@ -38,6 +45,7 @@ class MXStats:
     rate_limited_seen: bool = False
     catch_all_seen: bool = False
     one_rcpt_since: float | None = None  # when it last refused a second RCPT (time.time)
+    dead_since: float | None = None  # when a connection to it last failed (time.time)
     last_code: int | None = None
     last_reason: str | None = None
     last_seen: float = field(default_factory=time.time)
@@ -116,6 +124,35 @@ class BehaviorCache:
         stats = self.stats(mx_host)
         since = stats.one_rcpt_since if stats is not None else None
         return since is not None and time.time() - since < ONE_RCPT_MEMORY
+
+    def mark_dead(self, mx_host: str) -> None:
+        """No connection: refused, reset, unreachable or no SYN-ACK within the timeout."""
+        key = mx_host.lower()
+        with self._lock:
+            self._stats.setdefault(key, MXStats()).dead_since = time.time()
+            self._dirty.add(key)
+
+    def mark_alive(self, mx_host: str) -> None:
+        """The MX answered a connection: forget that it was dead (cheap when it was not)."""
+        key = mx_host.lower()
+        with self._lock:
+            stats = self._stats.get(key)
+            if stats is not None and stats.dead_since is not None:
+                stats.dead_since = None
+                self._dirty.add(key)
+
+    def dead(self, mx_host: str, ttl: float = DEAD_MEMORY) -> bool:
+        """Could we not connect to this MX within the last `ttl` seconds?"""
+        stats = self.stats(mx_host)
+        since = stats.dead_since if stats is not None else None
+        return since is not None and time.time() - since < ttl
+
+    def live_first(self, hosts: list[str], ttl: float = DEAD_MEMORY) -> list[str]:
+        """`hosts` in their order, those remembered dead moved last: other domains that
+        share a dead MX go to their next one at once, and a domain whose MX hosts are
+        all dead still gets them tried (last is not never)."""
+        dead = [h for h in hosts if self.dead(h, ttl)]
+        return [h for h in hosts if h not in dead] + dead
 
     def stats(self, mx_host: str) -> MXStats | None:
         with self._lock:

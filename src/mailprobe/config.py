@@ -67,6 +67,7 @@ class Settings:
     mx_cache_min_ttl: int = 300  # MX_CACHE_MIN_TTL, seconds: floor on a record's TTL
     mx_cache_max_ttl: int = 86400  # MX_CACHE_MAX_TTL, seconds: ceiling on a record's TTL
     mx_negative_ttl: int = 600  # MX_NEGATIVE_TTL, seconds to remember NXDOMAIN / null MX / no MX
+    mx_dead_ttl: float = 300.0  # MX_DEAD_TTL, seconds an MX we could not reach is tried last
     # Storage and queue
     database_url: str = DEFAULT_DATABASE_URL  # DATABASE_URL (or the seed's DATABASE_PATH)
     redis_url: str | None = None  # REDIS_URL; None = everything in-process
@@ -110,6 +111,7 @@ class Settings:
             mx_cache_min_ttl=_int(env, "MX_CACHE_MIN_TTL", 300),
             mx_cache_max_ttl=_int(env, "MX_CACHE_MAX_TTL", 86400),
             mx_negative_ttl=_int(env, "MX_NEGATIVE_TTL", 600),
+            mx_dead_ttl=_positive_float(env, "MX_DEAD_TTL", 300.0),
             database_url=_database_url(env),
             redis_url=_redis_url(env, "REDIS_URL"),
             global_max_concurrency=_int(env, "GLOBAL_MAX_CONCURRENCY", 12),

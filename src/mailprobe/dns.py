@@ -69,6 +69,23 @@ class MXResolution:
     def hosts(self) -> list[str]:
         return [r.host for r in self.records]
 
+    def try_order(self, rng: random.Random | None = None) -> list[str]:
+        """The hosts in the order to try them now: lowest preference first, equal
+        preferences in a fresh random order. The stored order was shuffled once, when
+        the answer came; RFC 5321 §5.1 (https://www.rfc-editor.org/rfc/rfc5321#section-5.1)
+        says the sender MUST randomize equal preferences to spread the load, so every
+        run (and every worker) draws its own order rather than reusing the cached one."""
+        return [r.host for r in _order(list(self.records), rng or _DEFAULT_RNG)]
+
+    def is_primary(self, host: str) -> bool:
+        """`host` is one of the lowest-preference MX hosts: the domain's own, not a backup.
+        A backup MX may accept every RCPT and sort it out later, so what it says about
+        a recipient (or a catch-all check) is not what the primary would say."""
+        if not self.records:
+            return False
+        lowest = min(r.preference for r in self.records)
+        return any(r.host == host and r.preference == lowest for r in self.records)
+
     @property
     def is_temporary(self) -> bool:
         return self.status is ResolutionStatus.DNS_ERROR

@@ -66,8 +66,10 @@ async def probe_email(
 ) -> Answer:
     """Resolve (through the cache), probe with the MX's behaviour hint, decide, store.
 
-    MX hosts are tried in preference order: one that cannot be reached hands
-    over to the next, as a sending MTA would. Host names are resolved with our
+    MX hosts are tried in preference order (equal preferences in a random order,
+    hosts remembered dead last): one we cannot connect to (refused, reset, or no
+    connection within the connect timeout) hands over to the next, as a sending MTA
+    would (RFC 5321 §5.1), and is remembered dead. Host names are resolved with our
     resolver (DNS_NAMESERVERS), never the operating system's. Raises
     InvalidAddress for bad input (nothing is sent) and ResultNotStored when the
     answer could not be stored.
@@ -77,7 +79,8 @@ async def probe_email(
     resolution: CachedMX | None = None
     if mx_host is None:
         resolution = await ctx.mx_cache.get(address.ascii_domain, force=force_resolve)
-        hosts = resolution.resolution.hosts
+        order = resolution.resolution.try_order()
+        hosts = ctx.behavior.live_first(order, settings.mx_dead_ttl)
     else:
         hosts = [mx_host]
     outcome = no_mail_host(address.normalized, resolution, settings)
@@ -95,9 +98,15 @@ async def probe_email(
             continue
         options = probe_options(settings, port=port, behavior_hint=ctx.behavior.hint(host))
         outcome = await probe_address(address.normalized, host, connect_to=ips[0], **options)
-        if outcome.error_kind != "connection_failed":
+        if not unreachable(outcome):
+            ctx.behavior.mark_alive(host)
             break
-    catch_all = resolution.catch_all_fresh(utcnow(), CATCH_ALL_TTL) if resolution else None
+        ctx.behavior.mark_dead(host)
+    catch_all = None
+    if resolution is not None and resolution.resolution.is_primary(outcome.mx_host or ""):
+        # The domain's finding was made at its primary MX; a backup's acceptance says
+        # nothing it could vouch for (see `bulk.state.DomainState.tracker`).
+        catch_all = resolution.catch_all_fresh(utcnow(), CATCH_ALL_TTL)
     answer = answer_for(
         outcome,
         catch_all=catch_all,
@@ -110,6 +119,15 @@ async def probe_email(
         except StoreError as exc:
             raise ResultNotStored(str(exc), answer) from exc
     return answer
+
+
+def unreachable(outcome: Outcome) -> bool:
+    """No connection at all: refused or reset, unreachable, or no SYN-ACK within the
+    connect timeout (Postfix: "When no connection can be made within the deadline, the
+    Postfix SMTP client tries the next address on the mail exchanger list",
+    https://www.postfix.org/postconf.5.html#smtp_connect_timeout). A server that
+    connects and then stalls is not unreachable: it is slow."""
+    return outcome.stage == "connect" and outcome.error_kind in {"connection_failed", "timeout"}
 
 
 def no_mail_host(email: str, resolution: CachedMX | None, settings: Settings) -> Outcome:

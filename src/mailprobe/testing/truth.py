@@ -26,6 +26,7 @@ class DomainTruth:
     blocked: bool = False
     greylist_seconds: float | None = None
     never_answers: bool = False  # its MX never greets
+    backup_accepts_all: bool = False  # the only MX that answers accepts every RCPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class AddressTruth:
     greylist_seconds: float | None = None
     never_answers: bool = False
     mx_hosts: tuple[str, ...] = ()
+    backup_accepts_all: bool = False  # only a backup answers, and it accepts every RCPT
 
     @property
     def expected_reason(self) -> str:
@@ -58,6 +60,8 @@ class AddressTruth:
             return "timeout"
         if self.blocked:
             return "policy_block"
+        if self.backup_accepts_all:
+            return "accepted"  # whatever the mailbox: the backup sorts it out later
         if self.mailbox is Mailbox.MISSING:
             return "accepted" if self.catch_all else "mailbox_not_found"
         return {
@@ -78,7 +82,8 @@ class AddressTruth:
         if self.greylist_seconds is not None and self.greylist_seconds > greylist_retry_window:
             return Verdict.UNKNOWN.value
         if reason == "accepted":
-            return (Verdict.RISKY if self.catch_all else Verdict.DELIVERABLE).value
+            accepts_all = self.catch_all or self.backup_accepts_all
+            return (Verdict.RISKY if accepts_all else Verdict.DELIVERABLE).value
         if reason in {"mailbox_not_found", "mailbox_disabled"}:
             return Verdict.UNDELIVERABLE.value
         if reason == "mailbox_full":
@@ -173,4 +178,5 @@ def address_truth(address: str, d: DomainTruth, mailbox: Mailbox) -> AddressTrut
         greylist_seconds=d.greylist_seconds,
         never_answers=d.never_answers,
         mx_hosts=d.mx_hosts,
+        backup_accepts_all=d.backup_accepts_all,
     )

@@ -43,6 +43,7 @@ from typing import Any
 
 from mailprobe.testing.background import ThreadedServer
 from mailprobe.testing.corpus import load_corpus
+from mailprobe.testing.deadmx import SynDropper
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 from mailprobe.testing.generate import apportion, domain_name, invalid_line, local_part
 from mailprobe.testing.replies import ReplyFamily, blocked_reply, greylist_reply, reply_families
@@ -50,6 +51,7 @@ from mailprobe.testing.smtpd import MXBehavior, SimSMTPServer
 from mailprobe.testing.stats import WorldStats
 from mailprobe.testing.truth import AddressTruth, DomainTruth, GroundTruth, address_truth
 from mailprobe.testing.worldconfig import (
+    DEAD_PRIMARY_MX,
     GOOGLE_MX,
     HOSTING_MX,
     MICROSOFT_VARIANTS,
@@ -104,7 +106,8 @@ class SimWorld(ThreadedServer):
         self.dns = SimDNSServer(self.zone, host=dns_host)
         self.servers: dict[str, SimSMTPServer] = {}  # MX host name -> server
         self.host_ips: dict[str, str] = {}  # every MX host, the unreachable ones too
-        self.unreachable: set[str] = set()  # MX hosts nobody listens on
+        self.unreachable: set[str] = set()  # MX hosts nobody answers on (refused or silent)
+        self.droppers: dict[str, SynDropper] = {}  # the silent ones: connects time out
         self._next_ip = 0
         self._microsoft_domains = 0  # Kind.MICROSOFT domains take MICROSOFT_VARIANTS in turn
 
@@ -160,8 +163,9 @@ class SimWorld(ThreadedServer):
             raise ValueError("out of loopback addresses for MX hosts")
         return f"127.0.{1 + i // 254}.{1 + i % 254}"
 
-    def _host(self, host: str, behavior: MXBehavior | None) -> str:
-        """Give `host` an address (A record) and, unless unreachable, a server."""
+    def _host(self, host: str, behavior: MXBehavior | None, *, silent: bool = False) -> str:
+        """Give `host` an address (A record) and, unless unreachable, a server; a `silent`
+        unreachable host drops our SYNs (connect timeout) instead of refusing them."""
         ip = self._ip()
         self.host_ips[host] = ip
         if host not in self.zone:
@@ -170,6 +174,8 @@ class SimWorld(ThreadedServer):
             self.zone[host].a = [ip]
         if behavior is None:
             self.unreachable.add(host)
+            if silent:
+                self.droppers[host] = SynDropper(ip, self._port_wanted)
         else:
             self.servers[host] = SimSMTPServer(behavior, host=ip, port=self._port_wanted)
         return host
@@ -237,6 +243,17 @@ class SimWorld(ThreadedServer):
         elif kind is Kind.A_ONLY:
             self.zone[domain] = DomainSpec(ttl=ttl)
             hosts = (self._host(domain, self._behavior(domain, fams["postfix"])),)
+        elif kind is Kind.DEAD_PRIMARY:
+            dead, live = DEAD_PRIMARY_MX
+            if dead not in self.host_ips:
+                self._host(dead, None, silent=True)
+            hosts = (dead, *self._cluster((live,), fams["postfix"]))
+            self.zone[domain] = DomainSpec(mx=[(10, dead), (20, live)], ttl=ttl)
+        elif kind is Kind.BACKUP_ACCEPTS_ALL:
+            dead, backup = f"mx1.{domain}", f"mx2.{domain}"
+            relay = self._behavior(backup, fams["postfix"], catch_all=True)
+            hosts = (self._host(dead, None, silent=True), self._host(backup, relay))
+            self.zone[domain] = DomainSpec(mx=[(10, dead), (20, backup)], ttl=ttl)
         elif kind is Kind.BACKUP_MX:
             dead = self._host(f"mx1.{domain}", None)
             mx2 = f"mx2.{domain}"
@@ -260,8 +277,8 @@ class SimWorld(ThreadedServer):
         fam = fams[family or "postfix"]
         for host in hosts:
             server = self.servers.get(host)
-            if server is None:
-                continue
+            if server is None or kind is Kind.BACKUP_ACCEPTS_ALL:
+                continue  # (the backup has no recipient list: it accepts everyone)
             for email, mailbox in facts:
                 if mailbox is not Mailbox.MISSING:
                     server.behavior.mailboxes[email.lower()] = fam.mailbox_reply(mailbox)
@@ -271,10 +288,11 @@ class SimWorld(ThreadedServer):
             DNSStatus.A_ONLY if kind is Kind.A_ONLY else DNSStatus.MX,
             mx_hosts=hosts,
             family=family,
-            catch_all=kind is Kind.CATCH_ALL,
+            catch_all=kind in (Kind.CATCH_ALL, Kind.BACKUP_ACCEPTS_ALL),
             blocked=kind is Kind.BLOCKED,
             greylist_seconds=cfg.greylist_seconds if kind is Kind.GREYLIST else None,
             never_answers=kind is Kind.BLACKHOLE,
+            backup_accepts_all=kind is Kind.BACKUP_ACCEPTS_ALL,
         )
 
     # -- what a caller reads --------------------------------------------------------
@@ -338,10 +356,13 @@ class SimWorld(ThreadedServer):
         return self
 
     async def _start_smtp(self) -> None:
-        servers = list(self.servers.values())
+        servers: list[SimSMTPServer | SynDropper] = [
+            *self.servers.values(),
+            *self.droppers.values(),
+        ]
         for _ in range(30):
             port = self._port_wanted or _free_port()
-            started: list[SimSMTPServer] = []
+            started: list[SimSMTPServer | SynDropper] = []
             try:
                 for server in servers:
                     server.port = port
@@ -359,6 +380,7 @@ class SimWorld(ThreadedServer):
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.servers.values()), return_exceptions=True)
+        await asyncio.gather(*(d.stop() for d in self.droppers.values()), return_exceptions=True)
         await self.dns.stop()
 
     async def __aenter__(self) -> SimWorld:

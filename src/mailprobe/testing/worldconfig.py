@@ -28,6 +28,11 @@ class Kind(StrEnum):
     SLOW = "slow"  # slow greeting and replies, within a prober's timeouts
     BLOCKED = "blocked"  # refuses us at RCPT with a Spamhaus listing
     BACKUP_MX = "backup_mx"  # first MX unreachable (nobody listens), second works
+    # A shared first MX that drops our SYNs (connect timeout), and a shared second that works
+    DEAD_PRIMARY = "dead_primary"
+    # First MX drops our SYNs; the second is a backup that accepts every RCPT (it relays
+    # without the domain's recipient list): existence cannot be told there, so risky
+    BACKUP_ACCEPTS_ALL = "backup_accepts_all"
     A_ONLY = "a_only"  # no MX: mail goes to the domain's A record (RFC 5321 §5.1)
     NULL_MX = "null_mx"  # "MX 0 ." (RFC 7505): takes no mail
     NXDOMAIN = "nxdomain"  # the domain does not exist
@@ -62,6 +67,8 @@ DEFAULT_MIX: dict[str, float] = {
     Kind.NULL_MX: 0.03,
     Kind.NXDOMAIN: 0.04,
     Kind.BLACKHOLE: 0.0,  # every probe of it waits out the connect/greeting timeout
+    Kind.DEAD_PRIMARY: 0.0,  # each costs a connect timeout: in worlds that ask for them
+    Kind.BACKUP_ACCEPTS_ALL: 0.0,
 }
 DEFAULT_MAILBOX_MIX: dict[str, float] = {
     Mailbox.EXISTS: 0.62,
@@ -84,6 +91,7 @@ MICROSOFT_VARIANTS: tuple[tuple[str, str], ...] = (
     ("outlook-com", OUTLOOK_COM_MX),  # 550 5.5.0 mailbox unavailable (S2017062302)
 )
 HOSTING_MX = ("mx1.hosting-like.example", "mx2.hosting-like.example")
+DEAD_PRIMARY_MX = ("mx1.deadprimary-like.example", "mx2.deadprimary-like.example")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ How a list flows:
    4.5.3) is asked again alone and the MX remembered as one-RCPT-per-transaction;
    421 and rate limits penalise the MX's throttle; greylisting and other temporary
    failures are retried on their schedules; a timeout is retried once in a slow lane;
-   an unreachable MX hands its recipients to the next MX (`session`).
+   an MX we cannot connect to hands its recipients to the next MX (`session`), and is
+   tried last for a while (`routing`).
 5. Every final answer is decided by `results.answer_for`, handed to the sink as a
    `LineAnswer` and stored in batches (`writer`).
 
@@ -292,6 +293,7 @@ class BulkVerifier:
         """The catch-all check answered (see `retry.check_step`): retry it, or settle the
         domain and release the answers it held."""
         state = self.domain(check.domain)
+        backup, tracker = state.tracker_of(check)
         step = retry.check_step(reason, check.greylists, self.options)
         if isinstance(step, retry.Retry):
             check.greylists += 1
@@ -300,11 +302,15 @@ class BulkVerifier:
             self._check_done()
             return
         found = step.catch_all
-        if found is not None:
+        if found is not None and backup is not None:
+            # A backup's finding is its own: never the domain's (its primary may well know
+            # its recipients), so it is not stored for the domain.
+            self.ctx.behavior.mark_catch_all(backup, found)
+        elif found is not None:
             if host := state.lowest_mx:
                 self.ctx.behavior.mark_catch_all(host, found)
             self.spawn(asyncio.to_thread(self.ctx.mx_cache.save_catch_all, state.name, found))
-        for target, outcome in state.catch_all.settle(found):
+        for target, outcome in tracker.settle(found):
             self.answered(target, outcome)
 
     def finalize(self, recipient: Recipient, outcome: Outcome) -> None:
@@ -355,7 +361,7 @@ class BulkVerifier:
         state = self.router.known(target.domain)
         answer = answer_for(
             outcome,
-            catch_all=state.catch_all.finding if state else None,
+            catch_all=state.tracker(outcome.mx_host).finding if state else None,
             dns_status=state.dns_status if state else None,
             flags=flags_for(target.address.local, target.address.ascii_domain),
             attempts=target.attempts,
@@ -385,7 +391,7 @@ class BulkVerifier:
         # (or for its domain's catch-all check): those stay pending for --resume.
         waiting = 0
         if not self.options.wait_for_retries:
-            waiting = self._retrying + sum(len(s.catch_all.held) for s in self._parked)
+            waiting = self._retrying + sum(s.held for s in self._parked)
         if self._outstanding == waiting:
             self._done.set()
 

@@ -4,7 +4,9 @@ New domains are looked up together: the stored MX of a batch in one query, DNS f
 the rest (at most `dns_concurrency` at once), whose answers the writer stores in
 batches: a list of many domains must not cost a database round trip, let alone a
 commit, per domain. A domain without mail (or whose lookup failed) is answered from
-DNS; a recipient past its domain's last MX is answered with what it last got.
+DNS; a recipient past its domain's last MX is answered with what it last got. An MX
+that could not be reached is tried after the others, in this run and, through the
+behaviour cache, in later ones (for MX_DEAD_TTL).
 
 Each MX host has a lane (and a slow lane); a lane looks up its host's addresses
 before its first session, so a rate token is never spent waiting on DNS. Domains
@@ -19,6 +21,7 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from mailprobe.dns import MXResolution, ResolutionStatus, resolve_host
+from mailprobe.engine.bulk.catchall import CatchAllCheck
 from mailprobe.engine.bulk.options import MAX_DOMAIN_STATES, BulkOptions
 from mailprobe.engine.bulk.state import DomainState, MXLane
 from mailprobe.engine.bulk.targets import Recipient
@@ -134,16 +137,32 @@ class Router:
             email = recipient.address.normalized
             self.conductor.answered(recipient, no_mail_host(email, resolution, settings))
             return
-        hosts = resolution.resolution.hosts
-        if recipient.mx_index >= len(hosts):
+        host = self._next_host(recipient, state)
+        if host is None:
             outcome = recipient.last or no_mail_host(
                 recipient.address.normalized, resolution, settings
             )
             self.conductor.finalize(recipient, outcome)
             return
-        lane = self._lane(hosts[recipient.mx_index], recipient.slow)
+        lane = self._lane(host, recipient.slow)
         lane.recipients.append(recipient)
         self.conductor.kick(lane)
+
+    def _next_host(self, recipient: Recipient, state: DomainState) -> str | None:
+        """The MX to ask: the first in the domain's order that the recipient has not failed
+        to reach, hosts remembered dead last (RFC 5321 §5.1: try the next MX; the
+        domain's A record is no fallback when it has MX records). A catch-all check
+        stays with the MX tier it was made for: its finding means nothing elsewhere."""
+        hosts = [h for h in state.mx_order() if h not in recipient.tried]
+        if isinstance(recipient, CatchAllCheck):
+            backup, _ = state.tracker_of(recipient)
+            if backup is not None:
+                hosts = [h for h in hosts if h == backup]
+            else:
+                hosts = [h for h in hosts if state.tracker(h) is state.catch_all]
+        if not hosts:
+            return None
+        return self.ctx.behavior.live_first(hosts, self.ctx.settings.mx_dead_ttl)[0]
 
     # -- the MX host's lane -------------------------------------------------------------
 

@@ -9,9 +9,10 @@ a list of typed steps (see `steps`) whose replies are read in order and dispatch
 by type.
 
 Every reply becomes an `Outcome` handed to the engine (`answered`); accepted RCPTs
-go through the domain's catch-all tracker first. A broken session puts the
-recipients it never asked back in line (a few times), and an unreachable MX hands
-them to the next one.
+go through the catch-all tracker of the MX that answered first (the domain's own at
+its primary MX hosts, a backup's own elsewhere). A broken session puts the recipients
+it never asked back in line (a few times), and an MX we cannot connect to (refused,
+reset, no answer to our SYN) hands them, and whatever waits at it, to the next one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Protocol
 
 from mailprobe.classify import Reason, classify_reply
 from mailprobe.dns import DNSLookupError
-from mailprobe.engine.bulk.catchall import Accepted, CatchAllCheck
+from mailprobe.engine.bulk.catchall import Accepted, CatchAll, CatchAllCheck
 from mailprobe.engine.bulk.options import BulkOptions, Summary
 from mailprobe.engine.bulk.state import DomainState, MXLane, drain, take
 from mailprobe.engine.bulk.steps import (
@@ -98,7 +99,7 @@ class SessionRunner:
         if not ips:
             lane.ips = None
             for r in batch:
-                r.mx_index += 1
+                r.tried += (lane.host,)
                 self.engine.route(r)
             return
         settings = self.ctx.settings
@@ -130,9 +131,11 @@ class SessionRunner:
                 try:
                     await session.open()
                 except StageRefused as refused:
+                    self.ctx.behavior.mark_alive(lane.host)  # it answered, if only to refuse
                     for r in drain(pending):
                         self.engine.answered(r, _from_reply(r, session, refused.reply, 0))
                     return
+                self.ctx.behavior.mark_alive(lane.host)
                 header = len(session.transcript)
                 mail_from = options["mail_from"]
                 if session.pipelining and settings.smtp_pipelining:
@@ -176,7 +179,8 @@ class SessionRunner:
                 continue  # MAIL refused: every RCPT got that answer, no catch-all check
             # The catch-all check runs with the domain's first transaction, accepted or not,
             # so that a greylisting server's clock runs for the check and the real RCPTs at once.
-            await self._settle(session, self.engine.domain(domain), accepted, mail_from)
+            tracker = self.engine.domain(domain).tracker(lane.host)
+            await self._settle(session, domain, tracker, accepted, mail_from)
 
     async def _transaction(
         self,
@@ -212,16 +216,20 @@ class SessionRunner:
         return accepted
 
     async def _settle(
-        self, session: SMTPSession, state: DomainState, accepted: list[Accepted], mail_from: str
+        self,
+        session: SMTPSession,
+        domain: str,
+        tracker: CatchAll,
+        accepted: list[Accepted],
+        mail_from: str,
     ) -> None:
-        """The domain's catch-all check, in a transaction of its own after the real RCPTs,
-        when it has no finding and no check under way; accepted answers wait for it."""
-        tracker = state.catch_all
+        """The domain's catch-all check at this MX, in a transaction of its own after the
+        real RCPTs, when it has no finding and no check under way; accepted answers wait."""
         if not tracker.needs_check(self.options.catch_all_check):
-            self._release(state, accepted)  # known, or a check under way releases them
+            self._release(tracker, accepted)  # known, or a check under way releases them
             return
         tracker.held.extend(accepted)
-        check = tracker.start(state.name)
+        check = tracker.start(domain)
         try:
             await session.mail(mail_from)
             reply = await session.rcpt(check.address)
@@ -248,7 +256,11 @@ class SessionRunner:
         txns: list[list[Recipient]] = []
         while pending:
             txns.append(self._next_transaction(lane, pending))
-        plan = plan_session(txns, self.engine.domain, self.options.catch_all_check)
+        plan = plan_session(
+            txns,
+            lambda name: self.engine.domain(name).tracker(lane.host),
+            self.options.catch_all_check,
+        )
         group = [command(step, session, mail_from) for step in plan]
         span = (header, len(session.transcript))
         sent = time.monotonic()
@@ -277,7 +289,7 @@ class SessionRunner:
                                 self._rcpt_answered(lane, session, r, reply, sent, span, got)
                         case RsetStep(txn=t):
                             state = self.engine.domain(txns[t][0].domain)
-                            self._release(state, accepted.pop(t, []))
+                            self._release(state.tracker(lane.host), accepted.pop(t, []))
                         case CatchAllStep(check=check):
                             asked.add(id(check))
                             self.engine.checked(check, _reason(session, check_refused or reply))
@@ -289,7 +301,8 @@ class SessionRunner:
             for step in plan:
                 if isinstance(step, CatchAllStep) and id(step.check) not in asked:
                     # never answered: the next session checks again
-                    self._ask_again(self.engine.domain(step.check.domain).catch_all.abandon())
+                    state = self.engine.domain(step.check.domain)
+                    self._ask_again(state.tracker_of(step.check)[1].abandon())
             unanswered = [r for txn in txns for r in txn if id(r) not in asked]
             pending.extendleft(reversed(unanswered))  # the first was being asked
             if unanswered or read < len(plan) - 1:
@@ -319,9 +332,9 @@ class SessionRunner:
             lane.one_rcpt = True
             self.ctx.behavior.mark_one_rcpt(lane.host)  # later runs (and workers) know it
 
-    def _release(self, state: DomainState, accepted: list[Accepted]) -> None:
+    def _release(self, tracker: CatchAll, accepted: list[Accepted]) -> None:
         """A transaction's accepted answers: held for a check under way, or answered."""
-        for target, outcome in state.catch_all.hold(accepted, self.options.catch_all_check):
+        for target, outcome in tracker.hold(accepted, self.options.catch_all_check):
             self.engine.answered(target, outcome)
 
     def _ask_again(self, accepted: list[Accepted]) -> None:
@@ -339,6 +352,9 @@ class SessionRunner:
         self, lane: MXLane, session: SMTPSession, pending: deque[Recipient], kind: str, error: str
     ) -> None:
         recipients = drain(pending)
+        if session.stage == "connect" and kind in {"connection_failed", "timeout"}:
+            self._hand_over(lane, session, recipients, kind, error)
+            return
         if session.stage in {"rcpt", "rset", "mail"}:
             # At RCPT the first recipient was being asked when the session broke; the
             # others (all of them, at MAIL or RSET) never were: they go back to the lane
@@ -355,12 +371,24 @@ class SessionRunner:
             outcome = _failure(r, lane.host, kind, error, session.stage).with_evidence(
                 transcript=tuple(session.transcript), tls=session.tls
             )
-            if kind == "connection_failed" and session.stage == "connect":
-                r.last = outcome
-                r.mx_index += 1  # unreachable: the next MX takes over
-                self.engine.route(r)
-            else:
-                self.engine.answered(r, outcome)
+            self.engine.answered(r, outcome)
+
+    def _hand_over(
+        self, lane: MXLane, session: SMTPSession, recipients: list[Recipient], kind: str, error: str
+    ) -> None:
+        """No connection (refused, reset, unreachable, no SYN-ACK in time): the next MX
+        takes over (RFC 5321 §5.1; see `probe.unreachable` for Postfix's rule). The host
+        is remembered dead, so what waits at it goes to the next MX at once; the slow
+        lane is for servers that connect and then answer slowly."""
+        self.ctx.behavior.mark_dead(lane.host)
+        for r in recipients:
+            r.last = _failure(r, lane.host, kind, error, session.stage).with_evidence(
+                transcript=tuple(session.transcript), tls=session.tls
+            )
+            r.tried += (lane.host,)
+            self.engine.route(r)
+        for r in drain(lane.recipients):  # queued here, not tried here: routed afresh
+            self.engine.route(r)
 
 
 def _reason(session: SMTPSession, reply: Reply) -> str:

@@ -3,7 +3,8 @@
 Plain data, no behaviour beyond naming: the conductor and the session runner move
 recipients between these structures; the scheduler reads them to decide.
 
-- `DomainState`: a domain's resolution, the targets waiting for it, its catch-all tracker.
+- `DomainState`: a domain's resolution, the targets waiting for it, its catch-all
+  trackers (the domain's own, for its primary MX hosts, and one per backup MX asked).
 - `MXLane`: the recipients queued at one MX host (its slow lane is a lane of its own).
 """
 
@@ -13,7 +14,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
-from mailprobe.engine.bulk.catchall import CatchAll
+from mailprobe.engine.bulk.catchall import CatchAll, CatchAllCheck
 from mailprobe.engine.bulk.targets import Recipient
 from mailprobe.mxcache import CachedMX
 
@@ -24,8 +25,46 @@ class DomainState:
     waiting: list[Recipient] = field(default_factory=list)  # for the resolution
     resolution: CachedMX | None = None
     resolving: bool = False
-    catch_all: CatchAll = field(default_factory=CatchAll)
+    catch_all: CatchAll = field(default_factory=CatchAll)  # at its primary MX hosts
     pending: int = 0  # targets of this domain not answered yet
+    # A backup MX's own finding, made in this run and never stored as the domain's:
+    # backups often accept every RCPT and sort it out later (see `tracker`).
+    backups: dict[str, CatchAll] = field(default_factory=dict)
+    _order: tuple[CachedMX, list[str]] | None = None  # the MX order drawn for this run
+
+    def mx_order(self) -> list[str]:
+        """The domain's MX hosts in the order this run tries them: equal preferences
+        shuffled once per resolution (RFC 5321 §5.1), then kept, so a recipient's
+        hand-over from one host to the next means the same thing all run long."""
+        assert self.resolution is not None
+        if self._order is None or self._order[0] is not self.resolution:
+            self._order = (self.resolution, self.resolution.resolution.try_order())
+        return self._order[1]
+
+    def tracker(self, host: str | None) -> CatchAll:
+        """The catch-all tracker for RCPTs asked at `host`. The domain's own (found at, and
+        stored for, its primary MX hosts) unless `host` is a backup MX: a backup that
+        relays for the domain without its recipient list accepts every RCPT (Postfix's
+        STANDARD_CONFIGURATION_README, "Configuring Postfix as primary or backup MX
+        host": without relay_recipient_maps it takes mail for non-existent recipients,
+        https://www.postfix.org/STANDARD_CONFIGURATION_README.html#backup), so its
+        answers are weighed by a check made there, and that check's finding stays its own."""
+        mx = self.resolution.resolution if self.resolution is not None else None
+        if not host or mx is None or host not in mx.hosts or mx.is_primary(host):
+            return self.catch_all
+        return self.backups.setdefault(host, CatchAll())
+
+    def tracker_of(self, check: CatchAllCheck) -> tuple[str | None, CatchAll]:
+        """The (backup host or None, tracker) whose check this is."""
+        for host, tracker in self.backups.items():
+            if tracker.check is check:
+                return host, tracker
+        return None, self.catch_all
+
+    @property
+    def held(self) -> int:
+        """Accepted answers waiting for a catch-all finding, at every MX."""
+        return len(self.catch_all.held) + sum(len(t.held) for t in self.backups.values())
 
     @property
     def lowest_mx(self) -> str | None:
@@ -41,6 +80,7 @@ class DomainState:
         return (
             self.pending == 0
             and self.catch_all.check is None
+            and all(t.check is None for t in self.backups.values())
             and not self.waiting
             and not self.resolving
         )

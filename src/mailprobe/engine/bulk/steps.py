@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailprobe.engine.bulk.catchall import CatchAllCheck
-from mailprobe.engine.bulk.state import DomainState
+from mailprobe.engine.bulk.catchall import CatchAll, CatchAllCheck
 from mailprobe.engine.bulk.targets import Recipient
 from mailprobe.smtp import SMTPSession
 
@@ -73,16 +72,17 @@ def command(step: Step, session: SMTPSession, mail_from: str) -> tuple[str, tupl
 
 
 def plan_session(
-    txns: list[list[Recipient]], domain: Callable[[str], DomainState], catch_all_check: bool
+    txns: list[list[Recipient]], tracker: Callable[[str], CatchAll], catch_all_check: bool
 ) -> list[Step]:
     """The steps of a session carrying `txns`: each transaction, a catch-all check after
-    the first transaction of each domain that needs one (the check starts here), QUIT."""
+    the first transaction of each domain whose tracker at this MX needs one (the check
+    starts here), QUIT."""
     plan: list[Step] = []
     for t, txn in enumerate(txns):
         plan += [MailStep(t), *(RcptStep(t, r) for r in txn), RsetStep(t)]
-        state = domain(txn[0].domain)
-        if state.catch_all.needs_check(catch_all_check):
-            check = state.catch_all.start(state.name)
+        catch_all = tracker(txn[0].domain)
+        if catch_all.needs_check(catch_all_check):
+            check = catch_all.start(txn[0].domain)
             plan += [CheckMailStep(), CatchAllStep(check), CheckRsetStep()]
     plan.append(QuitStep())
     return plan

@@ -25,7 +25,7 @@ class Recipient:
     bounces: int = 0  # sessions that ended before this recipient's RCPT was answered
     slow: bool = False  # routed to its MX's slow lane (RFC 5321-sized budgets)
     alone: bool = False  # asked in a transaction of its own
-    mx_index: int = 0  # which of its domain's MX hosts it is routed to
+    tried: tuple[str, ...] = ()  # MX hosts it could not reach: the next one takes over
     last: Outcome | None = None  # the latest outcome, answered when nothing better comes
 
     @property
