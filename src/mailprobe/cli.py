@@ -48,6 +48,7 @@ class Exit(IntEnum):
     TEMP_FAIL = 3
     UNKNOWN = 4  # no usable reply: timeout, connection failure
     SERVICE_LOST = 75  # verify: the shared throttle went away mid-run (sysexits EX_TEMPFAIL)
+    OUTPUT_CLOSED = 141  # verify: whoever read the records stopped reading (128 + SIGPIPE)
 
 
 EXIT_BY_CATEGORY = {
@@ -305,7 +306,7 @@ def verify(
     ] = False,
 ) -> None:
     """Verify a list: one record per input line, streamed as results arrive."""
-    from mailprobe.engine.bulk import BulkOptions, ServiceLost
+    from mailprobe.engine.bulk import BulkOptions, ServiceLost, SinkFailed
     from mailprobe.inputs import read_addresses
     from mailprobe.report import ProgressView, RecordWriter, render_record
     from mailprobe.runs import RunState
@@ -373,13 +374,20 @@ def verify(
             err=True,
         )
         raise typer.Exit(Exit.SERVICE_LOST) from None
+    except SinkFailed as exc:
+        view.close()
+        if isinstance(exc.cause, BrokenPipeError):  # `verify ... | head`: end quietly
+            _silence_stdout()
+            raise typer.Exit(Exit.OUTPUT_CLOSED) from None
+        raise _fail(f"{exc}; what was probed is stored: rerun with --resume") from None
     except ThrottleError as exc:
         view.close()
         raise _fail(f"throttle error: {exc}") from None
     finally:
-        writer.close()
-        if output:
-            out.close()
+        with contextlib.suppress(OSError):  # a closed pipe takes no more
+            writer.close()
+            if output:
+                out.close()
     view.close()
     view.summary(summary)
     if summary.pending:
@@ -406,6 +414,14 @@ async def _run_verify(
         return await verify(lines, lambda line: write(render(line)), ctx=ctx, options=options)
     finally:
         await ctx.aclose()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush into a closed pipe does not
+    print "Exception ignored ... BrokenPipeError" (the Python docs' advice for SIGPIPE)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 async def _stop_on_sigterm(work: Coroutine[Any, Any, T]) -> T:

@@ -13,7 +13,7 @@ The package, in the order a line meets it:
 - `targets`, `state`, `options`: the data they share.
 """
 
-from mailprobe.engine.bulk.conductor import BulkVerifier, ServiceLost, verify
+from mailprobe.engine.bulk.conductor import BulkVerifier, ServiceLost, SinkFailed, verify
 from mailprobe.engine.bulk.options import BulkOptions, Sink, Summary
 from mailprobe.engine.bulk.scheduler import Ask, Scheduler, Wait
 from mailprobe.engine.bulk.state import MXLane
@@ -28,6 +28,7 @@ __all__ = [
     "Scheduler",
     "ServiceLost",
     "Sink",
+    "SinkFailed",
     "Summary",
     "Target",
     "Wait",

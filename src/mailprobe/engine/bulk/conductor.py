@@ -61,6 +61,15 @@ class ServiceLost(RuntimeError):
         self.pending = pending
 
 
+class SinkFailed(RuntimeError):
+    """The records could not be written (stdout closed, disk full): the run stopped. What was
+    answered is stored, so `--resume` goes on from there."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"cannot write records: {cause}")
+        self.cause = cause
+
+
 OUTAGE_MAX_PAUSE = 10.0  # seconds between tries of a throttle that went away
 
 
@@ -377,9 +386,12 @@ class BulkVerifier:
         verdicts = self.summary.by_verdict
         verdict = line.answer.verdict.value
         verdicts[verdict] = verdicts.get(verdict, 0) + 1
-        maybe = self.sink(line)
-        if maybe is not None:
-            await maybe
+        try:
+            maybe = self.sink(line)
+            if maybe is not None:
+                await maybe
+        except Exception as exc:  # the output is gone (closed pipe, full disk): stop the run
+            self.stop(SinkFailed(exc))
         self._outstanding -= 1
         self._slots.release()
         self._check_done()
