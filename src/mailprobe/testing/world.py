@@ -301,6 +301,9 @@ class SimWorld(ThreadedServer):
             "SMTP_PORT": str(self.smtp_port),
             "SMTP_HELO_DOMAIN": self.config.helo_domain,
             "SMTP_MAIL_FROM": self.config.mail_from,
+            # The world lives under .example (RFC 6761), a special-use name mailprobe
+            # refuses by default (reserved_domain): this world allows it.
+            "SPECIAL_USE_ALLOWED": "example",
         }
 
     def kinds(self) -> Counter[str]:
