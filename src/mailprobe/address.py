@@ -137,9 +137,7 @@ class EmailAddress:
         return self.normalized
 
 
-def parse_address(
-    raw: str, *, special_use_allowed: Collection[str] | None = None
-) -> EmailAddress:
+def parse_address(raw: str, *, special_use_allowed: Collection[str] | None = None) -> EmailAddress:
     """Strip and check `raw`; raise InvalidAddress with a message a user can act on.
 
     Every RFC 5321 Mailbox is accepted: dot-atoms, quoted strings (RFC 5321
@@ -191,13 +189,13 @@ def parse_address(
         raise InvalidAddress(f"address {text!r}: local part is longer than 64 octets")
     if len(address.wire.encode()) > MAX_PATH_OCTETS:
         raise InvalidAddress(f"address {text!r}: longer than {MAX_PATH_OCTETS} octets")
-    if special is not None and special_use_allowed is not None:
-        if special not in special_use_allowed:
-            raise ReservedDomain(
-                f"address {text!r}: {domain} is a special-use domain name ({special}, "
-                "IANA registry) and never receives mail on the public Internet; "
-                f"SPECIAL_USE_ALLOWED={special} allows it in a test environment"
-            )
+    allowed = special_use_allowed
+    if special is not None and allowed is not None and special not in allowed:
+        raise ReservedDomain(
+            f"address {text!r}: {domain} is a special-use domain name ({special}, "
+            "IANA registry) and never receives mail on the public Internet; "
+            f"SPECIAL_USE_ALLOWED={special} allows it in a test environment"
+        )
     return address
 
 

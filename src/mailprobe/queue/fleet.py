@@ -42,7 +42,7 @@ def job_verify_batch(lines: list[tuple[int, str]], force: bool = False) -> list[
         ctx = Context.create(settings, throttle=make_job_throttle(settings))
         try:
             await verify(
-                [entry(n, raw, special_use_allowed=settings.special_use_allowed) for n, raw in lines],
+                [entry(n, raw, {}, settings.special_use_allowed) for n, raw in lines],
                 lambda line: records.append(render_record(line)),
                 ctx=ctx,
                 options=BulkOptions(reuse_ttl=None if force else 86400.0),
