@@ -26,6 +26,7 @@ class DomainTruth:
     blocked: bool = False
     greylist_seconds: float | None = None
     never_answers: bool = False  # its MX never greets
+    smtputf8: bool = False  # its MX offers SMTPUTF8 (RFC 6531)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class AddressTruth:
     greylist_seconds: float | None = None
     never_answers: bool = False
     mx_hosts: tuple[str, ...] = ()
+    # A non-ASCII local part at an MX without SMTPUTF8: nothing may be asked (RFC 6531).
+    smtputf8_unsupported: bool = False
 
     @property
     def expected_reason(self) -> str:
@@ -58,6 +61,8 @@ class AddressTruth:
             return "timeout"
         if self.blocked:
             return "policy_block"
+        if self.smtputf8_unsupported:
+            return "smtputf8_unsupported"
         if self.mailbox is Mailbox.MISSING:
             return "accepted" if self.catch_all else "mailbox_not_found"
         return {
@@ -73,7 +78,7 @@ class AddressTruth:
             return Verdict.UNDELIVERABLE.value
         if self.never_answers:
             return None  # a tarpit that always times out: no prober can know
-        if self.blocked:
+        if self.blocked or self.smtputf8_unsupported:
             return Verdict.UNKNOWN.value
         if self.greylist_seconds is not None and self.greylist_seconds > greylist_retry_window:
             return Verdict.UNKNOWN.value
@@ -161,6 +166,7 @@ class GroundTruth(Mapping[str, AddressTruth]):
 def address_truth(address: str, d: DomainTruth, mailbox: Mailbox) -> AddressTruth:
     """The facts about `address`, at domain `d`, whose mailbox is `mailbox`."""
     takes_mail = d.dns in (DNSStatus.MX, DNSStatus.A_ONLY)
+    needs_smtputf8 = parse_address(address).needs_smtputf8
     return AddressTruth(
         address=address,
         valid_syntax=True,
@@ -173,4 +179,5 @@ def address_truth(address: str, d: DomainTruth, mailbox: Mailbox) -> AddressTrut
         greylist_seconds=d.greylist_seconds,
         never_answers=d.never_answers,
         mx_hosts=d.mx_hosts,
+        smtputf8_unsupported=takes_mail and needs_smtputf8 and not d.smtputf8,
     )
