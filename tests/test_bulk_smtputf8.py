@@ -42,7 +42,8 @@ def _intl(smtputf8: bool, pipelining: bool) -> MXBehavior:
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 async def test_non_ascii_local_part_never_goes_to_a_server_without_smtputf8(
-    world_factory: Any, pipelining: bool
+    world_factory: Any,  # noqa: F811  (the fixture imported above)
+    pipelining: bool,
 ) -> None:
     world = await world_factory(
         {"mx.intl.example": ("127.0.0.1", _intl(smtputf8=False, pipelining=pipelining))},
@@ -65,7 +66,8 @@ async def test_non_ascii_local_part_never_goes_to_a_server_without_smtputf8(
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 async def test_smtputf8_server_gets_a_mixed_transaction_declared(
-    world_factory: Any, pipelining: bool
+    world_factory: Any,  # noqa: F811  (the fixture imported above)
+    pipelining: bool,
 ) -> None:
     world = await world_factory(
         {"mx.intl.example": ("127.0.0.1", _intl(smtputf8=True, pipelining=pipelining))},
@@ -93,7 +95,7 @@ async def test_sim_server_refuses_like_postfix(smtp_server: MakeServer) -> None:
         553, "5.6.7 Must declare SMTPUTF8 to send unicode address")  # fmt: skip
     session.smtputf8 = True  # pretend it was offered: the server refuses the parameter
     await session.rset()
-    reply = (await session.pipeline([("mail", session.mail_command(MAIL_FROM))]).__anext__())
+    reply = await session.pipeline([("mail", session.mail_command(MAIL_FROM))]).__anext__()
     assert (reply.code, reply.message) == (555, "5.5.4 Unsupported option: SMTPUTF8")
     await session.close()
 
