@@ -70,7 +70,8 @@ GREYLISTED = Scripted(  # postgrey-rcpt-450-420-greylisted-see-help
 # address with non-ASCII characters in a transaction whose MAIL did not declare
 # SMTPUTF8 (strict_smtputf8 = yes) gets 553 5.6.7 at MAIL or RCPT; a MAIL parameter the
 # server does not offer (SMTPUTF8 with smtputf8_enable = no) gets 555 5.5.4.
-# Corpus: postfix-rcpt-553-567-must-declare-smtputf8, postfix-mail-555-554-unsupported-option-smtputf8.
+# Corpus: postfix-rcpt-553-567-must-declare-smtputf8,
+# postfix-mail-555-554-unsupported-option-smtputf8.
 MUST_DECLARE_SMTPUTF8 = Scripted(553, "5.6.7 Must declare SMTPUTF8 to send unicode address")
 UNSUPPORTED_SMTPUTF8 = Scripted(555, "5.5.4 Unsupported option: SMTPUTF8")
 
