@@ -216,3 +216,26 @@ def test_email_address_is_frozen() -> None:
     with pytest.raises(AttributeError):
         address.local = "x"  # type: ignore[misc]
     assert isinstance(address, EmailAddress)
+
+
+def test_spellings_of_one_mailbox_are_one_stored_row(tmp_path: Any) -> None:
+    """The normalised form is the database key: every spelling of a mailbox lands on it."""
+    from mailprobe import queue
+    from mailprobe.store import GeneratedEmail, Store
+
+    store = Store(f"sqlite:///{tmp_path / 'mailprobe.db'}")
+    store.upgrade()
+    ids = {
+        queue.upsert_generated_email(raw, store=store)
+        for raw in ('"d.wood"@Acme.example', "d.wood@acme.example", '"d\\.wood"@acme.example')
+    }
+    quoted = {
+        queue.upsert_generated_email(raw, store=store)
+        for raw in ('"john doe"@acme.example', '"john\\ doe"@ACME.example')
+    }
+    assert len(ids) == 1 and len(quoted) == 1 and ids != quoted
+    with store.session() as session:
+        row = session.get(GeneratedEmail, quoted.pop())
+        assert row is not None
+        assert (row.email, row.local_part) == ('"john doe"@acme.example', '"john doe"')
+    store.dispose()
