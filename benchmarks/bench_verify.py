@@ -2,6 +2,7 @@
 
     python benchmarks/bench_verify.py                      # 5,000 addresses over 300 domains
     python benchmarks/bench_verify.py --addresses 1000 --domains 60
+    python benchmarks/bench_verify.py --mix intl=0.05,intl_legacy=0.05   # weight-0 scenarios in
 
 Each contender gets its own copy of the world (same seed, so the same domains,
 mailboxes and behaviours), started in this process; each contender runs in its
@@ -40,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mailprobe.testing import SimWorld, WorldConfig
+from mailprobe.testing import Kind, SimWorld, WorldConfig
 
 CAPS = {
     "GLOBAL_MAX_CONCURRENCY": 12,
@@ -101,12 +102,17 @@ def run_contender(name: str, world: SimWorld, addresses: Path, args: argparse.Na
     records = [json.loads(line) for line in out.open()]
     right = wrong = 0
     misses: Counter[tuple[str | None, str]] = Counter()
+    by_kind: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])  # kind -> [right, all]
     for r in records:
         expected = world.expected_verdict(r["email"])
         if expected is None:
             continue
+        truth = world.truth.lookup(r["email"])
+        kind = truth.kind.value if truth is not None and truth.kind else "invalid"
+        by_kind[kind][1] += 1
         if r["verdict"] == expected:
             right += 1
+            by_kind[kind][0] += 1
         else:
             wrong += 1
             misses[(expected, r["verdict"])] += 1
@@ -123,6 +129,7 @@ def run_contender(name: str, world: SimWorld, addresses: Path, args: argparse.Na
         "right": right,
         "wrong": wrong,
         "misses": misses,
+        "by_kind": dict(by_kind),
         "data": stats.data_received,
     }
 
@@ -146,13 +153,24 @@ def main() -> int:
         action="store_true",
         help="also run mailprobe with SMTP_PIPELINING=0, side by side",
     )
+    p.add_argument(
+        "--mix",
+        default="",
+        metavar="KIND=WEIGHT,...",
+        help="change weights of the world's domain kinds (e.g. intl=0.05,intl_legacy=0.05)",
+    )
     p.add_argument("--baseline-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.baseline_worker:
         return baseline(Path(args.baseline_worker[0]), Path(args.baseline_worker[1]),
                         throttled=not args.baseline_unthrottled)  # fmt: skip
 
+    mix = dict(WorldConfig().mix)
+    for item in filter(None, args.mix.replace(" ", "").split(",")):
+        kind, _, weight = item.partition("=")
+        mix[Kind(kind)] = float(weight)
     config = WorldConfig(
+        mix=mix,
         expect_max_concurrency=CAPS["PER_MX_MAX_CONCURRENCY_DEFAULT"],
         expect_rps=CAPS["PER_MX_RPS_DEFAULT"],
         blackhole_greeting_delay=3600.0,
@@ -199,6 +217,12 @@ def main() -> int:
     for name, r in results.items():
         if r["misses"]:
             print(f"{name} verdict misses (expected -> got): {dict(r['misses'])}")
+    print("\nverdicts right / determinable, by scenario (domain kind):")
+    for kind in sorted({k for r in results.values() for k in r["by_kind"]}):
+        cells = "".join(
+            f"{'{}/{}'.format(*results[n]['by_kind'].get(kind, [0, 0])):>14}" for n in names
+        )
+        print(f"{kind:34}" + cells)
     return 0
 
 

@@ -27,6 +27,8 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
         if name.startswith(("SMTP_", "DNS_", "DATABASE_", "REDIS_", "MX_", "GLOBAL_", "PER_MX_")):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'mailprobe.db'}")
+    # Tests live under .example (RFC 6761), refused by default as reserved_domain.
+    monkeypatch.setenv("SPECIAL_USE_ALLOWED", "example")
     config.get_settings.cache_clear()
     behavior.default_cache.clear()
     yield

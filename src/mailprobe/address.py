@@ -3,13 +3,16 @@
 Every string that ends up on the SMTP wire (the address, the MX host, the HELO
 name, the MAIL FROM address) passes through here first, so a CR, LF, NUL or
 other control character can never smuggle a second SMTP command onto the line.
-Syntax is email-validator's (RFC 5321/5322, IDNA, length limits); this module
-adds the control-character gate and the shapes the rest of mailprobe uses.
+Syntax is email-validator's (RFC 5321/5322, quoted local parts, SMTPUTF8, IDNA,
+length limits); this module adds the control-character gate, the special-use
+domain names that can never receive mail on the public Internet, and the shapes
+the rest of mailprobe uses.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import email_validator
@@ -26,10 +29,48 @@ MAX_LOCAL_OCTETS = 64  # RFC 5321 §4.5.3.1.1
 MAX_PATH_OCTETS = 254  # RFC 5321 §4.5.3.1.3: 256 for the path, less the angle brackets
 
 
+# The IANA Special-Use Domain Names registry
+# (https://www.iana.org/assignments/special-use-domain-names/, listed in full on
+# https://en.wikipedia.org/wiki/Special-use_domain_name): alt (RFC 9476); example,
+# example.com, example.net, example.org, invalid, localhost and test (RFC 6761); local
+# (RFC 6762); onion (RFC 7686); and names under arpa: the private and link-local
+# reverse zones (RFC 6761, RFC 6762), ipv4only.arpa (RFC 8880), home.arpa (RFC 8375),
+# 6tisch.arpa (RFC 9031). As email-validator does (its SPECIAL_USE_DOMAIN_NAMES), all
+# of arpa counts. email-validator leaves the example names out, because RFC 6761 §6.5
+# asks applications not to treat them specially; for a verifier they are never a real
+# mailbox (the TLD is not delegated, example.com/.net/.org publish a null MX), so they
+# are here, and a test environment that uses them allows them (SPECIAL_USE_ALLOWED).
+SPECIAL_USE_DOMAINS: tuple[str, ...] = (
+    "alt", "arpa", "example", "example.com", "example.net", "example.org", "invalid",
+    "local", "localhost", "onion", "test",
+)  # fmt: skip
+
+# email-validator's own stand-in: with test_environment=True it accepts "test" and
+# "*.test" (and nothing else special), so an allowed special-use name is checked for
+# syntax as if it were "test" (same rules for every label before it).
+_STAND_IN = "test"
+
+
 class InvalidAddress(ValueError):
     """An address, host name or identity that must not be sent to a server."""
 
     reason = "invalid_syntax"
+
+
+class ReservedDomain(InvalidAddress):
+    """A syntactically valid address at a special-use domain: it never receives mail
+    on the public Internet, so nothing is asked."""
+
+    reason = "reserved_domain"
+
+
+def special_use_name(domain: str) -> str | None:
+    """The IANA special-use name `domain` is (or is under), or None."""
+    host = domain.strip().rstrip(".").lower()
+    for name in SPECIAL_USE_DOMAINS:
+        if host == name or host.endswith("." + name):
+            return name
+    return None
 
 
 def reject_control_chars(value: str, what: str) -> None:
@@ -61,7 +102,13 @@ def check_hostname(name: str, what: str = "host name") -> str:
 
 @dataclass(frozen=True, slots=True)
 class EmailAddress:
-    """A checked address: local part as given (case kept), domain normalised."""
+    """A checked address: local part in its canonical RFC 5321 form, domain normalised.
+
+    `local` is email-validator's normalisation: NFC, a quoted string unquoted when it
+    needs no quoting (`"d.wood"` is `d.wood`), otherwise quoted with only the
+    necessary quoted-pairs (`"john doe"`, `"a\\"b"`). It is the same for every
+    spelling of one mailbox, so it is what we store and what we send.
+    """
 
     local: str
     domain: str
@@ -69,27 +116,37 @@ class EmailAddress:
 
     @property
     def normalized(self) -> str:
-        """The key we store and deduplicate on: local part verbatim, domain lowercased."""
+        """The key we store and deduplicate on: canonical local part, domain lowercased."""
         return f"{self.local}@{self.domain}"
 
     @property
     def wire(self) -> str:
-        """The form sent in RCPT TO: the domain IDNA-encoded."""
+        """The form sent in RCPT TO: canonical local part, the domain IDNA-encoded."""
         return f"{self.local}@{self.ascii_domain}"
 
     @property
     def needs_smtputf8(self) -> bool:
+        """RFC 6531: a non-ASCII local part may only go to a server offering SMTPUTF8."""
         return not self.local.isascii()
+
+    @property
+    def quoted(self) -> bool:
+        return self.local.startswith('"')
 
     def __str__(self) -> str:
         return self.normalized
 
 
-def parse_address(raw: str) -> EmailAddress:
+def parse_address(raw: str, *, special_use_allowed: Collection[str] | None = None) -> EmailAddress:
     """Strip and check `raw`; raise InvalidAddress with a message a user can act on.
 
-    The local part keeps its case (RFC 5321 §2.4: only the receiving host may
-    fold it); the domain is lowercased and IDNA-encoded for the wire.
+    Every RFC 5321 Mailbox is accepted: dot-atoms, quoted strings (RFC 5321
+    §4.1.2), SMTPUTF8 local parts (RFC 6531) and IDN domains. The local part
+    keeps its case (RFC 5321 §2.4: only the receiving host may fold it); the
+    domain is lowercased and IDNA-encoded for the wire.
+
+    `special_use_allowed`: None checks syntax only; a collection (the setting
+    SPECIAL_USE_ALLOWED) refuses a special-use domain not in it with ReservedDomain.
     """
     if not isinstance(raw, str):
         raise InvalidAddress(f"address must be a string, not {type(raw).__name__}")
@@ -97,23 +154,48 @@ def parse_address(raw: str) -> EmailAddress:
     text = raw.strip()
     if not text:
         raise InvalidAddress("address is empty")
-    if text.count("@") != 1:
-        raise InvalidAddress(f"address {text!r} must contain exactly one @")
+    if "@" not in text:
+        raise InvalidAddress(f"address {text!r} must contain an @")
+    # The domain never holds an @ (not even a domain literal); a quoted local part may.
+    local_text, _, domain_text = text.rpartition("@")
+    special = special_use_name(domain_text)
+    checked = text
+    if special is not None:
+        checked = f"{local_text}@{domain_text.strip().rstrip('.')[: -len(special)]}{_STAND_IN}"
     try:
         valid = email_validator.validate_email(
-            text, check_deliverability=False, allow_smtputf8=True
+            checked,
+            check_deliverability=False,
+            allow_smtputf8=True,
+            allow_quoted_local=True,
+            # RFC 5321 Quoted-string = DQUOTE *QcontentSMTP DQUOTE: "" is a mailbox
+            # name; an unquoted empty local part is not (Dot-string needs an Atom).
+            allow_empty_local=local_text.startswith('"'),
+            test_environment=special is not None,
         )
     except email_validator.EmailNotValidError as exc:
         raise InvalidAddress(f"address {text!r}: {exc}") from exc
+    domain, ascii_domain = valid.domain, valid.ascii_domain
+    if special is not None:
+        domain = domain[: -len(_STAND_IN)] + special
+        ascii_domain = ascii_domain[: -len(_STAND_IN)] + special
     address = EmailAddress(
-        local=valid.local_part,
-        domain=valid.domain,
-        ascii_domain=valid.ascii_domain or check_hostname(valid.domain, "domain"),
+        local=valid.local_part or '""',  # email-validator gives the empty quoted string as ""
+        domain=domain,
+        ascii_domain=ascii_domain or check_hostname(domain, "domain"),
     )
+    reject_control_chars(address.wire, "address")  # RFC 5321 qtextSMTP: none, quoted or not
     if len(address.local.encode()) > MAX_LOCAL_OCTETS:
         raise InvalidAddress(f"address {text!r}: local part is longer than 64 octets")
     if len(address.wire.encode()) > MAX_PATH_OCTETS:
         raise InvalidAddress(f"address {text!r}: longer than {MAX_PATH_OCTETS} octets")
+    allowed = special_use_allowed
+    if special is not None and allowed is not None and special not in allowed:
+        raise ReservedDomain(
+            f"address {text!r}: {domain} is a special-use domain name ({special}, "
+            "IANA registry) and never receives mail on the public Internet; "
+            f"SPECIAL_USE_ALLOWED={special} allows it in a test environment"
+        )
     return address
 
 

@@ -71,6 +71,7 @@ class Reason(StrEnum):
     CONNECTION_FAILED = "connection_failed"
     TLS_FAILED = "tls_failed"
     INVALID_SYNTAX = "invalid_syntax"
+    RESERVED_DOMAIN = "reserved_domain"
     UNKNOWN = "unknown"
 
 
@@ -157,6 +158,11 @@ REASONS: dict[Reason, ReasonInfo] = {
     ),
     Reason.INVALID_SYNTAX: ReasonInfo(
         Signal.DOES_NOT_EXIST, "syntaxerror", "not a valid address: nothing was sent"
+    ),
+    Reason.RESERVED_DOMAIN: ReasonInfo(
+        Signal.DOES_NOT_EXIST,
+        "hostunknown",
+        "a special-use domain (.test, .example, .invalid, .local...): nothing was sent",
     ),
     Reason.UNKNOWN: ReasonInfo(Signal.UNDETERMINED, "undefined", "nothing we can read"),
 }

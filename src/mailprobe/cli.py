@@ -354,7 +354,13 @@ def verify(
     try:
         summary = asyncio.run(
             _stop_on_sigterm(
-                _run_verify(read_addresses(input_path), write, render_record, settings, options)
+                _run_verify(
+                    read_addresses(input_path, settings.special_use_allowed),
+                    write,
+                    render_record,
+                    settings,
+                    options,
+                )
             )
         )
     except (KeyboardInterrupt, asyncio.CancelledError):

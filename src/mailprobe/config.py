@@ -17,7 +17,12 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
-from mailprobe.address import InvalidAddress, check_hostname, parse_address
+from mailprobe.address import (
+    SPECIAL_USE_DOMAINS,
+    InvalidAddress,
+    check_hostname,
+    parse_address,
+)
 
 DEFAULT_HELO_DOMAIN = "verifier.crestwellpartners.com"
 DEFAULT_DATABASE_URL = "sqlite:///data/mailprobe.db"
@@ -81,6 +86,8 @@ class Settings:
     # THROTTLE_OUTAGE_LIMIT: seconds `verify` waits for a lost throttle Redis before it stops
     throttle_outage_limit: float = 300.0
     probe_freemail: bool = False  # PROBE_FREEMAIL: queue probes of gmail.com & co. too
+    # SPECIAL_USE_ALLOWED: special-use names ("test,example") probed anyway, for staging
+    special_use_allowed: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +129,7 @@ class Settings:
             throttle_wait=_positive_float(env, "THROTTLE_WAIT", 30.0),
             throttle_outage_limit=_positive_float(env, "THROTTLE_OUTAGE_LIMIT", 300.0),
             probe_freemail=_bool(env, "PROBE_FREEMAIL", False),
+            special_use_allowed=_special_use(env, "SPECIAL_USE_ALLOWED"),
         )
 
     def as_env(self) -> dict[str, str]:
@@ -237,6 +245,23 @@ def _mail_from(env: Mapping[str, str], name: str, default: str) -> str:
         return parse_address(raw).wire
     except InvalidAddress as exc:
         raise ConfigError(name, str(exc)) from None
+
+
+def _special_use(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """ "test, example" -> ("test", "example"): names of the IANA special-use registry
+    (address.SPECIAL_USE_DOMAINS) whose addresses are probed rather than refused."""
+    raw = _raw(env, name)
+    if raw is None:
+        return ()
+    names = []
+    for item in raw.replace(",", " ").split():
+        entry = item.strip(".").lower()
+        if entry not in SPECIAL_USE_DOMAINS:
+            known = ", ".join(SPECIAL_USE_DOMAINS)
+            raise ConfigError(name, f"{item!r} is not a special-use domain name (one of {known})")
+        if entry not in names:
+            names.append(entry)
+    return tuple(names)
 
 
 def _ip_or_none(env: Mapping[str, str], name: str) -> str | None:

@@ -35,7 +35,11 @@ async def run_demo(settings: Settings) -> int:
             demo_settings = _settings_for(world, settings, f"sqlite:///{tmp}/demo.db")
             store = Store(demo_settings.database_url)
             store.upgrade()
-            lines = [entry(n, raw) for n, raw in enumerate(world.addresses(True), start=1)]
+            allowed = demo_settings.special_use_allowed
+            lines = [
+                entry(n, raw, special_use_allowed=allowed)
+                for n, raw in enumerate(world.addresses(True), start=1)
+            ]
             greylist = world.config.greylist_seconds + 0.5
             options = BulkOptions(reuse_ttl=None, greylist_delays=(greylist, greylist))
             console.print(f"[bold]mailprobe demo[/]: {world.describe()}\n")
@@ -78,6 +82,7 @@ def _settings_for(world: SimWorld, settings: Settings, database_url: str) -> Set
         smtp_port=int(env["SMTP_PORT"]),
         smtp_helo_domain=env["SMTP_HELO_DOMAIN"],
         smtp_mail_from=env["SMTP_MAIL_FROM"],
+        special_use_allowed=tuple(env["SPECIAL_USE_ALLOWED"].split(",")),
         smtp_connect_timeout=3.0,
         smtp_command_timeout=3.0,
         smtp_probe_deadline=20.0,

@@ -48,7 +48,8 @@ def render_record(line: LineAnswer) -> dict[str, Any]:
         "category": o.category,
         "code": o.code,
         "enhanced_status": o.enhanced_status,
-        "message": o.message or "",
+        # A line refused before anything was sent has no reply: its message is why.
+        "message": o.message or (o.error if o.stage == "input" else "") or "",
         "mx_host": o.mx_host,
         "catch_all": a.catch_all,
         "flags": a.flags.as_dict() if a.flags else {},

@@ -91,11 +91,14 @@ class Outcome:
         )
 
     @classmethod
-    def bad_input(cls, email: str, error: str, **evidence: Any) -> Outcome:
-        """Nothing was sent: the address (or an identity) is not one we may put on the wire."""
+    def bad_input(
+        cls, email: str, error: str, reason: str = Reason.INVALID_SYNTAX.value, **evidence: Any
+    ) -> Outcome:
+        """Nothing was sent: the address (or an identity) is not one we may put on the wire
+        (invalid_syntax), or its domain is special-use (reserved_domain)."""
         return cls(
             email=email,
-            reason=Reason.INVALID_SYNTAX.value,
+            reason=reason,
             stage="input",
             error=error,
             error_kind="bad_input",
@@ -208,9 +211,12 @@ def answer_for(
     )
 
 
-def invalid_answer(raw: str, error: str | None) -> Answer:
-    """A line that is no address: undeliverable, and nothing was sent."""
-    return answer_for(Outcome.bad_input(raw, error or "invalid address"), attempts=0)
+def invalid_answer(
+    raw: str, error: str | None, reason: str = Reason.INVALID_SYNTAX.value
+) -> Answer:
+    """A line that is no address (or one at a special-use domain): undeliverable, and
+    nothing was sent."""
+    return answer_for(Outcome.bad_input(raw, error or "invalid address", reason), attempts=0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,11 @@ class Verdict(StrEnum):
 # (condition, verdict, reason shown) — the README table is generated from this.
 VERDICT_TABLE: tuple[tuple[str, Verdict, str], ...] = (
     ("not a valid address", Verdict.UNDELIVERABLE, "invalid_syntax"),
+    (
+        "a special-use domain (IANA registry: .test, .example, .invalid, .local, .onion...)",
+        Verdict.UNDELIVERABLE,
+        "reserved_domain",
+    ),
     ("DNS: no such domain (NXDOMAIN)", Verdict.UNDELIVERABLE, "no_such_domain"),
     ("DNS: null MX (RFC 7505)", Verdict.UNDELIVERABLE, "null_mx"),
     ("DNS: no MX and no A/AAAA", Verdict.UNDELIVERABLE, "no_mail_host"),
@@ -41,13 +46,15 @@ VERDICT_TABLE: tuple[tuple[str, Verdict, str], ...] = (
 
 _UNDELIVERABLE_DNS = {"no_such_domain", "null_mx", "no_mail_host"}
 _UNDELIVERABLE_REASONS = {"mailbox_not_found", "mailbox_disabled", "invalid_syntax"}
+# Said before anything was sent: the address can never receive mail on the Internet.
+_INPUT_REASONS = {"invalid_syntax", "reserved_domain"}
 
 
 def decide(
     reason: str, *, catch_all: bool | None = None, dns_status: str | None = None
 ) -> tuple[Verdict, str]:
     """The verdict and the reason to show with it."""
-    if reason == "invalid_syntax":
+    if reason in _INPUT_REASONS:
         return Verdict.UNDELIVERABLE, reason
     if dns_status in _UNDELIVERABLE_DNS:
         return Verdict.UNDELIVERABLE, dns_status or reason

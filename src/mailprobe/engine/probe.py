@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from mailprobe.address import InvalidAddress, parse_address
+from mailprobe.address import InvalidAddress, ReservedDomain, parse_address
 from mailprobe.config import Settings
 from mailprobe.dns import DNSLookupError, resolve_host
 from mailprobe.engine.context import Context
@@ -72,10 +72,15 @@ async def probe_email(
     would (RFC 5321 §5.1), and is remembered dead. Host names are resolved with our
     resolver (DNS_NAMESERVERS), never the operating system's. Raises
     InvalidAddress for bad input (nothing is sent) and ResultNotStored when the
-    answer could not be stored.
+    answer could not be stored. An address at a special-use domain (not allowed by
+    SPECIAL_USE_ALLOWED) is answered reserved_domain, with nothing looked up or sent.
     """
     settings = ctx.settings
-    address = parse_address(email)
+    try:
+        address = parse_address(email, special_use_allowed=settings.special_use_allowed)
+    except ReservedDomain as exc:
+        reserved = Outcome.bad_input(email.strip(), str(exc), exc.reason)
+        return await _stored(ctx, answer_for(reserved, attempts=0), email_id, persist)
     resolution: CachedMX | None = None
     if mx_host is None:
         resolution = await ctx.mx_cache.get(address.ascii_domain, force=force_resolve)
@@ -113,6 +118,10 @@ async def probe_email(
         dns_status=resolution.status.value if resolution else None,
         flags=flags_for(address.local, address.ascii_domain),
     )
+    return await _stored(ctx, answer, email_id, persist)
+
+
+async def _stored(ctx: Context, answer: Answer, email_id: int | None, persist: bool) -> Answer:
     if persist:
         try:
             await asyncio.to_thread(_save, ctx, answer, email_id)
@@ -156,7 +165,10 @@ async def probe_in_slot(
     when the throttle is Redis-backed); penalise the MX when it pushed back (421, rate
     limit); store the answer and what the MX showed. Raises ThrottleTimeout when no slot
     frees up within THROTTLE_WAIT."""
-    address = parse_address(email)
+    try:
+        address = parse_address(email, special_use_allowed=ctx.settings.special_use_allowed)
+    except ReservedDomain:  # nothing to resolve or dial: probe_email answers reserved_domain
+        return await probe_email(ctx, email, email_id=email_id)
     resolution = await ctx.mx_cache.get(address.ascii_domain, force=force)
     mx = resolution.lowest_mx
     if mx is None:  # nothing to dial, so no slot: DNS answers

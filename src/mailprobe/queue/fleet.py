@@ -42,7 +42,7 @@ def job_verify_batch(lines: list[tuple[int, str]], force: bool = False) -> list[
         ctx = Context.create(settings, throttle=make_job_throttle(settings))
         try:
             await verify(
-                [entry(n, raw) for n, raw in lines],
+                [entry(n, raw, {}, settings.special_use_allowed) for n, raw in lines],
                 lambda line: records.append(render_record(line)),
                 ctx=ctx,
                 options=BulkOptions(reuse_ttl=None if force else 86400.0),
@@ -108,7 +108,7 @@ def enqueue_verify(
     for line in lines:
         count += 1
         if line.address is None:
-            sink(_job_failed_record(line.line_no, line.raw, None, invalid=line.error))
+            sink(_job_failed_record(line.line_no, line.raw, None, line.error, line.reason))
             continue
         group = groups.setdefault(line.address.ascii_domain, [])
         group.append((line.line_no, line.raw))
@@ -123,11 +123,15 @@ def enqueue_verify(
 
 
 def _job_failed_record(
-    line_no: int, raw: str, job_id: str | None, invalid: str | None = None
+    line_no: int,
+    raw: str,
+    job_id: str | None,
+    invalid: str | None = None,
+    reason: str = "invalid_syntax",
 ) -> dict[str, Any]:
     """The record of a line no worker answered (or that is no address): never lost."""
     if invalid is not None:
-        answer = invalid_answer(raw, invalid)
+        answer = invalid_answer(raw, invalid, reason)
     else:
         error = f"queue job {job_id} failed: see RQ's failed registry"
         outcome = Outcome(email=raw, reason="job_failed", stage="queue", error=error)

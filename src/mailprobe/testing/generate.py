@@ -72,6 +72,29 @@ def local_part(rng: random.Random, used: set[str]) -> str:
             return local
 
 
+# First names with non-ASCII letters, for SMTPUTF8 local parts (RFC 6531).
+_UNICODE_FIRST = ("jöe", "zoë", "andré", "françois", "josé", "søren", "łukasz", "añeta")
+
+
+def intl_local_part(rng: random.Random, used: set[str], j: int) -> str:
+    """The j-th local part of an INTL domain, cycling through the RFC 5321 / 6531 forms
+    real lists hold: a quoted string that needs no quotes ("d.wood", sent as d.wood),
+    one that does ("jane smith"), a non-ASCII local part, and a plus tag."""
+    while True:
+        first, last = rng.choice(_FIRST), rng.choice(_LAST)
+        core = {
+            0: f"{first}.{last}",
+            1: f"{first} {last}",
+            2: f"{rng.choice(_UNICODE_FIRST)}.{last}",
+            3: f"{first}+{rng.choice(('news', 'crm', 'list'))}",
+        }[j % 4]
+        if core in used:
+            core = f"{core}{rng.randrange(100, 10000)}"
+        if core not in used:
+            used.add(core)
+            return f'"{core}"' if j % 4 in (0, 1) else core
+
+
 def invalid_line(rng: random.Random, email: str) -> str:
     """A line that is not an address (mailprobe.address.parse_address refuses it)."""
     local, _, domain = email.partition("@")

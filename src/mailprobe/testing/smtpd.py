@@ -66,6 +66,35 @@ GREYLISTED = Scripted(  # postgrey-rcpt-450-420-greylisted-see-help
     "4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, "
     "see http://postgrey.schweikert.ch/help/{domain}.html",
 )
+# Postfix smtpd's replies (github:vdukhovni/postfix, postfix/src/smtpd/smtpd.c): an
+# address with non-ASCII characters in a transaction whose MAIL did not declare
+# SMTPUTF8 (strict_smtputf8 = yes) gets 553 5.6.7 at MAIL or RCPT; a MAIL parameter the
+# server does not offer (SMTPUTF8 with smtputf8_enable = no) gets 555 5.5.4.
+# Corpus: postfix-rcpt-553-567-must-declare-smtputf8,
+# postfix-mail-555-554-unsupported-option-smtputf8.
+MUST_DECLARE_SMTPUTF8 = Scripted(553, "5.6.7 Must declare SMTPUTF8 to send unicode address")
+UNSUPPORTED_SMTPUTF8 = Scripted(555, "5.5.4 Unsupported option: SMTPUTF8")
+
+
+def split_path(arg: str) -> tuple[str, list[str]]:
+    """A MAIL/RCPT argument ("TO:<path> PARAMS") as (the address inside <>, the
+    parameters). A quoted local part (RFC 5321 §4.1.2) may hold spaces, ">" and "@"."""
+    rest = arg.partition(":")[2].lstrip()
+    if not rest.startswith("<"):
+        words = rest.split()
+        return (words[0] if words else ""), words[1:]
+    i, quoted = 1, False
+    while i < len(rest):
+        c = rest[i]
+        if c == "\\" and quoted:
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == ">" and not quoted:
+            break
+        i += 1
+    return rest[1:i], rest[i + 1 :].split()
 
 
 @dataclass
@@ -76,6 +105,7 @@ class SessionState:
     tls: bool = False
     helo: str | None = None
     mail_from: str | None = None
+    smtputf8: bool = False  # this transaction's MAIL declared SMTPUTF8 (RFC 6531)
     rcpts: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     client_ip: str = ""
@@ -131,6 +161,13 @@ class MXBehavior:
     # -- politeness: the caps the prober promised; the server counts breaches ----
     expect_max_concurrency: int | None = None
     expect_rps: float | None = None  # connection starts per second (burst: rps + 1)
+
+    @property
+    def offers_smtputf8(self) -> bool:
+        """SMTPUTF8 in the EHLO reply: `smtputf8`, or a scripted EHLO that lists it."""
+        if self.ehlo is not None:
+            return "SMTPUTF8" in self.ehlo.text.upper().split()
+        return self.smtputf8
 
     def rcpt_reply(self, rcpt: str, state: SessionState) -> Scripted:
         """The mailbox's answer (after limits, greylisting and blocking have passed)."""
@@ -382,7 +419,15 @@ class SimSMTPServer(ThreadedServer):
             if b.require_tls and not state.tls:
                 await self._send(writer, Scripted(530, "5.7.0 Must issue a STARTTLS command first"))
                 return True
-            state.mail_from, state.rcpts = arg, []
+            sender, params = split_path(arg)
+            declared = any(p.upper() == "SMTPUTF8" for p in params)
+            if declared and not b.offers_smtputf8:
+                await self._send(writer, UNSUPPORTED_SMTPUTF8)
+                return True
+            if not declared and not sender.isascii():
+                await self._send(writer, MUST_DECLARE_SMTPUTF8)
+                return True
+            state.mail_from, state.rcpts, state.smtputf8 = arg, [], declared
             state.txn_rcpts, state.txn_domain = 0, None
             if 200 <= b.mail.code < 300:
                 rec.transactions += 1
@@ -393,14 +438,17 @@ class SimSMTPServer(ThreadedServer):
             if state.mail_from is None:
                 await self._send(writer, Scripted(503, "5.5.1 Error: need MAIL command"))
                 return True
-            rcpt = arg.partition(":")[2].strip().split(" ")[0].strip("<>")
+            rcpt = split_path(arg)[0]
             state.rcpts.append(rcpt)
             rec.rcpts += 1
             if state.conn is not None:
                 state.conn.rcpts += 1
+            if not rcpt.isascii() and not state.smtputf8:
+                await self._send(writer, MUST_DECLARE_SMTPUTF8, rcpt=rcpt)
+                return True
             await self._send(writer, self._rcpt_answer(rcpt, state), rcpt=rcpt)
         elif verb == "RSET":
-            state.mail_from, state.rcpts = None, []
+            state.mail_from, state.rcpts, state.smtputf8 = None, [], False
             state.txn_rcpts, state.txn_domain = 0, None
             await self._send(writer, Scripted(250, "2.0.0 Ok"))
         elif verb == "NOOP":

@@ -27,6 +27,7 @@ class DomainTruth:
     greylist_seconds: float | None = None
     never_answers: bool = False  # its MX never greets
     backup_accepts_all: bool = False  # the only MX that answers accepts every RCPT
+    smtputf8: bool = False  # its MX offers SMTPUTF8 (RFC 6531)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,8 @@ class AddressTruth:
     never_answers: bool = False
     mx_hosts: tuple[str, ...] = ()
     backup_accepts_all: bool = False  # only a backup answers, and it accepts every RCPT
+    # A non-ASCII local part at an MX without SMTPUTF8: nothing may be asked (RFC 6531).
+    smtputf8_unsupported: bool = False
 
     @property
     def expected_reason(self) -> str:
@@ -60,6 +63,8 @@ class AddressTruth:
             return "timeout"
         if self.blocked:
             return "policy_block"
+        if self.smtputf8_unsupported:
+            return "smtputf8_unsupported"
         if self.backup_accepts_all:
             return "accepted"  # whatever the mailbox: the backup sorts it out later
         if self.mailbox is Mailbox.MISSING:
@@ -77,7 +82,7 @@ class AddressTruth:
             return Verdict.UNDELIVERABLE.value
         if self.never_answers:
             return None  # a tarpit that always times out: no prober can know
-        if self.blocked:
+        if self.blocked or self.smtputf8_unsupported:
             return Verdict.UNKNOWN.value
         if self.greylist_seconds is not None and self.greylist_seconds > greylist_retry_window:
             return Verdict.UNKNOWN.value
@@ -166,6 +171,7 @@ class GroundTruth(Mapping[str, AddressTruth]):
 def address_truth(address: str, d: DomainTruth, mailbox: Mailbox) -> AddressTruth:
     """The facts about `address`, at domain `d`, whose mailbox is `mailbox`."""
     takes_mail = d.dns in (DNSStatus.MX, DNSStatus.A_ONLY)
+    needs_smtputf8 = parse_address(address).needs_smtputf8
     return AddressTruth(
         address=address,
         valid_syntax=True,
@@ -179,4 +185,5 @@ def address_truth(address: str, d: DomainTruth, mailbox: Mailbox) -> AddressTrut
         never_answers=d.never_answers,
         mx_hosts=d.mx_hosts,
         backup_accepts_all=d.backup_accepts_all,
+        smtputf8_unsupported=takes_mail and needs_smtputf8 and not d.smtputf8,
     )

@@ -41,13 +41,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mailprobe.address import is_valid_address, parse_address
 from mailprobe.testing.background import ThreadedServer
 from mailprobe.testing.corpus import load_corpus
 from mailprobe.testing.deadmx import SynDropper
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
-from mailprobe.testing.generate import apportion, domain_name, invalid_line, local_part
+from mailprobe.testing.generate import (
+    apportion,
+    domain_name,
+    intl_local_part,
+    invalid_line,
+    local_part,
+)
 from mailprobe.testing.replies import ReplyFamily, blocked_reply, greylist_reply, reply_families
-from mailprobe.testing.smtpd import MXBehavior, SimSMTPServer
+from mailprobe.testing.smtpd import MXBehavior, Scripted, SimSMTPServer
 from mailprobe.testing.stats import WorldStats
 from mailprobe.testing.truth import AddressTruth, DomainTruth, GroundTruth, address_truth
 from mailprobe.testing.worldconfig import (
@@ -133,7 +140,11 @@ class SimWorld(ThreadedServer):
         for i, (kind, mailboxes) in enumerate(plan, start=1):
             domain = domain_name(rng, i)
             used: set[str] = set()
-            emails = [f"{local_part(rng, used)}@{domain}" for _ in mailboxes]
+            if kind in (Kind.INTL, Kind.INTL_LEGACY):
+                locals_ = [intl_local_part(rng, used, j) for j in range(len(mailboxes))]
+            else:
+                locals_ = [local_part(rng, used) for _ in mailboxes]
+            emails = [f"{local}@{domain}" for local in locals_]
             facts = list(zip(emails, mailboxes, strict=True))
             d = self._add_domain(domain, kind, facts)
             domain_truth[domain] = d
@@ -145,8 +156,8 @@ class SimWorld(ThreadedServer):
         n_invalid = round(len(valid) * cfg.invalid_fraction) if valid else 0
         for _ in range(n_invalid):
             line = invalid_line(rng, rng.choice(valid))
-            if line.lower() in truths:
-                continue
+            if line.lower() in truths or is_valid_address(line):
+                continue  # (a quoted local part can make a mangled line valid)
             truths[line.lower()] = AddressTruth(address=line, valid_syntax=False)
             lines.insert(rng.randrange(len(lines) + 1), line)
         self._valid, self._lines = valid, lines
@@ -259,6 +270,15 @@ class SimWorld(ThreadedServer):
             mx2 = f"mx2.{domain}"
             hosts = (dead, self._host(mx2, self._behavior(mx2, fams["postfix"])))
             self.zone[domain] = DomainSpec(mx=[(10, hosts[0]), (20, hosts[1])], ttl=ttl)
+        elif kind in (Kind.INTL, Kind.INTL_LEGACY):
+            mx1 = f"mx1.{domain}"
+            behavior = self._behavior(mx1, fams["postfix"], smtputf8=kind is Kind.INTL)
+            if kind is Kind.INTL and behavior.ehlo is not None:
+                # Postfix with smtputf8_enable = yes appends SMTPUTF8 to its EHLO reply
+                # (github:vdukhovni/postfix, postfix/src/smtpd/smtpd.c: EHLO_APPEND).
+                behavior.ehlo = Scripted(behavior.ehlo.code, behavior.ehlo.text + "\nSMTPUTF8")
+            hosts = (self._host(mx1, behavior),)
+            self.zone[domain] = DomainSpec(mx=[(10, hosts[0])], ttl=ttl)
         else:
             if kind is Kind.CATCH_ALL:
                 extra["catch_all"] = True
@@ -280,8 +300,9 @@ class SimWorld(ThreadedServer):
             if server is None or kind is Kind.BACKUP_ACCEPTS_ALL:
                 continue  # (the backup has no recipient list: it accepts everyone)
             for email, mailbox in facts:
-                if mailbox is not Mailbox.MISSING:
-                    server.behavior.mailboxes[email.lower()] = fam.mailbox_reply(mailbox)
+                if mailbox is not Mailbox.MISSING:  # keyed as the RCPT names it
+                    key = parse_address(email).wire.lower()
+                    server.behavior.mailboxes[key] = fam.mailbox_reply(mailbox)
         return DomainTruth(
             domain,
             kind,
@@ -293,6 +314,9 @@ class SimWorld(ThreadedServer):
             greylist_seconds=cfg.greylist_seconds if kind is Kind.GREYLIST else None,
             never_answers=kind is Kind.BLACKHOLE,
             backup_accepts_all=kind is Kind.BACKUP_ACCEPTS_ALL,
+            smtputf8=any(
+                s.behavior.offers_smtputf8 for h in hosts if (s := self.servers.get(h)) is not None
+            ),
         )
 
     # -- what a caller reads --------------------------------------------------------
@@ -323,6 +347,9 @@ class SimWorld(ThreadedServer):
             "SMTP_PORT": str(self.smtp_port),
             "SMTP_HELO_DOMAIN": self.config.helo_domain,
             "SMTP_MAIL_FROM": self.config.mail_from,
+            # The world lives under .example (RFC 6761), a special-use name mailprobe
+            # refuses by default (reserved_domain): this world allows it.
+            "SPECIAL_USE_ALLOWED": "example",
         }
 
     def kinds(self) -> Counter[str]:

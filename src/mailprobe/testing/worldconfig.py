@@ -37,6 +37,11 @@ class Kind(StrEnum):
     NULL_MX = "null_mx"  # "MX 0 ." (RFC 7505): takes no mail
     NXDOMAIN = "nxdomain"  # the domain does not exist
     BLACKHOLE = "blackhole"  # MX accepts TCP and never greets: not determinable
+    # RFC 5321 quoted local parts, plus tags and SMTPUTF8 (non-ASCII) local parts, at an
+    # MX that offers SMTPUTF8 (INTL) or does not (INTL_LEGACY: its non-ASCII addresses
+    # are not determinable, unknown / smtputf8_unsupported; the rest answer as usual).
+    INTL = "intl"
+    INTL_LEGACY = "intl_legacy"
 
 
 class Mailbox(StrEnum):
@@ -69,6 +74,8 @@ DEFAULT_MIX: dict[str, float] = {
     Kind.BLACKHOLE: 0.0,  # every probe of it waits out the connect/greeting timeout
     Kind.DEAD_PRIMARY: 0.0,  # each costs a connect timeout: in worlds that ask for them
     Kind.BACKUP_ACCEPTS_ALL: 0.0,
+    Kind.INTL: 0.0,
+    Kind.INTL_LEGACY: 0.0,
 }
 DEFAULT_MAILBOX_MIX: dict[str, float] = {
     Mailbox.EXISTS: 0.62,

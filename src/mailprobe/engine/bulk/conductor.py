@@ -154,7 +154,7 @@ class BulkVerifier:
 
     async def answer_invalid(self, line: InputLine) -> None:
         await self._deliver(
-            LineAnswer(line.line_no, line.raw, invalid_answer(line.raw, line.error))
+            LineAnswer(line.line_no, line.raw, invalid_answer(line.raw, line.error, line.reason))
         )
 
     async def answer_reused(self, target: Target, answer: Answer) -> None:

@@ -138,6 +138,9 @@ class SessionRunner:
                 self.ctx.behavior.mark_alive(lane.host)
                 header = len(session.transcript)
                 mail_from = options["mail_from"]
+                self._without_smtputf8(session, pending)
+                if not pending:
+                    return
                 if session.pipelining and settings.smtp_pipelining:
                     await self._grouped(lane, session, pending, header, mail_from)
                 else:
@@ -311,6 +314,21 @@ class SessionRunner:
 
     # -- replies and failures ------------------------------------------------------------
 
+    def _without_smtputf8(self, session: SMTPSession, pending: deque[Recipient]) -> None:
+        """RFC 6531 §3.4: a non-ASCII local part goes only to a server that offers
+        SMTPUTF8 (and then in a transaction whose MAIL carries the SMTPUTF8 parameter,
+        see SMTPSession.mail_command). Elsewhere it is answered smtputf8_unsupported
+        without a RCPT: a strict server would refuse it (Postfix: "553 5.6.7 Must declare
+        SMTPUTF8 to send unicode address"), a lax one might answer for a mangled name."""
+        if session.smtputf8 or not any(r.address.needs_smtputf8 for r in pending):
+            return
+        kept = [r for r in pending if not r.address.needs_smtputf8]
+        for r in pending:
+            if r.address.needs_smtputf8:
+                self.engine.answered(r, _smtputf8_unsupported(r, session))
+        pending.clear()
+        pending.extend(kept)
+
     def _rcpt_answered(
         self,
         lane: MXLane,
@@ -417,6 +435,20 @@ def _from_reply(
         elapsed_ms=elapsed_ms,
         tls=session.tls,
         transcript=tuple(transcript),
+    )
+
+
+def _smtputf8_unsupported(recipient: Recipient, session: SMTPSession) -> Outcome:
+    """The same outcome `smtp.probe_address` gives: nothing asked, the server cannot."""
+    return Outcome(
+        email=recipient.address.normalized,
+        reason=Reason.SMTPUTF8_UNSUPPORTED.value,
+        stage="ehlo",
+        mx_host=session.mx_host,
+        helo_domain=session.helo_domain,
+        error="address needs SMTPUTF8 and the server does not offer it",
+        tls=session.tls,
+        transcript=tuple(session.transcript),
     )
 
 
