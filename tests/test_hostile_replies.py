@@ -191,3 +191,45 @@ async def test_bulk_verify_answers_stores_and_writes_valid_utf8(
         assert {(r["verdict"], r["reason"]) for r in records} == {
             ("undeliverable", "mailbox_not_found")
         }
+
+
+async def test_a_failing_session_answers_what_it_held_and_the_run_ends(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a session (simulated: reading a RCPT reply raises) answers the addresses that
+    session held, `unknown / internal_error`, logs once, and the run goes on and ends."""
+    from mailprobe.engine.bulk import session as session_module
+
+    real = session_module._from_reply
+
+    def broken(recipient: Any, session: Any, reply: Any, *args: Any) -> Any:
+        if reply.stage == "rcpt" and "bug" in recipient.address.normalized:
+            raise RuntimeError("simulated bug")
+        return real(recipient, session, reply, *args)
+
+    monkeypatch.setattr(session_module, "_from_reply", broken)
+    port = await server(b"250 2.1.5 ok\r\n")
+    dns = SimDNSServer({"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
+                        "mx.acme.example": DomainSpec(a=["127.0.0.1"]),
+                        "other.example": DomainSpec(mx=[(10, "mx.acme.example")])})  # fmt: skip
+    await dns.start()
+    store = Store(f"sqlite:///{tmp_path / 'bug.db'}")
+    store.upgrade()
+    settings = Settings.from_env({
+        "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(port), "DATABASE_URL": store.url,
+        "GLOBAL_RPS": "100", "PER_MX_RPS_DEFAULT": "100"})  # fmt: skip
+    records: list[dict[str, Any]] = []
+    ctx = Context.create(settings, store=store)
+    text = "a@acme.example\nbug@acme.example\nb@acme.example\nc@other.example\n"
+    try:
+        await asyncio.wait_for(
+            verify(read_addresses(io.StringIO(text)), lambda la: records.append(render_record(la)),
+                   ctx=ctx, options=BulkOptions(catch_all_check=False, rcpts_per_session=3)),
+            30)  # fmt: skip
+    finally:
+        await ctx.aclose()
+        await dns.stop()
+    by_email = {r["email"]: (r["verdict"], r["reason"]) for r in records}
+    assert len(records) == 4
+    assert by_email["bug@acme.example"] == ("unknown", "internal_error")
+    assert by_email["c@other.example"] == ("risky", "catch_all_unknown")  # the run went on

@@ -71,6 +71,7 @@ class Reason(StrEnum):
     CONNECTION_FAILED = "connection_failed"
     TLS_FAILED = "tls_failed"
     INVALID_SYNTAX = "invalid_syntax"
+    INTERNAL_ERROR = "internal_error"
     RESERVED_DOMAIN = "reserved_domain"
     UNKNOWN = "unknown"
 
@@ -140,7 +141,9 @@ REASONS: dict[Reason, ReasonInfo] = {
         Signal.UNDETERMINED, "systemerror", "another temporary failure (4xx)"
     ),
     Reason.PROTOCOL_ERROR: ReasonInfo(
-        Signal.UNDETERMINED, "syntaxerror", "the server did not understand a command (500-504)"
+        Signal.UNDETERMINED,
+        "syntaxerror",
+        "the server did not understand a command (500-504), or its reply was no SMTP reply",
     ),
     Reason.SMTPUTF8_UNSUPPORTED: ReasonInfo(
         Signal.UNDETERMINED,
@@ -163,6 +166,9 @@ REASONS: dict[Reason, ReasonInfo] = {
         Signal.DOES_NOT_EXIST,
         "hostunknown",
         "a special-use domain (.test, .example, .invalid, .local...): nothing was sent",
+    ),
+    Reason.INTERNAL_ERROR: ReasonInfo(
+        Signal.UNDETERMINED, "undefined", "mailprobe failed while asking (logged with its cause)"
     ),
     Reason.UNKNOWN: ReasonInfo(Signal.UNDETERMINED, "undefined", "nothing we can read"),
 }

@@ -69,6 +69,8 @@ class CatchAll:
     def hold(self, accepted: list[Accepted], enabled: bool) -> list[Accepted]:
         """A transaction's accepted answers: kept while a check is under way; the rest
         (returned) go now, with the finding if there is one, else catch-all unknown."""
+        for target, _ in accepted:
+            target.in_session = False  # held here, or answered by the caller
         if enabled and self.finding is None and self.check is not None:
             self.held.extend(accepted)
             return []

@@ -99,7 +99,7 @@ class BulkVerifier:
         self._slots = asyncio.Semaphore(self.options.max_in_flight)
         self._outstanding = 0  # lines counted in and not answered yet
         self._done = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._retrying = 0  # targets waiting in a retry timer
         self._parked: set[DomainState] = set()  # domains whose catch-all check waits to retry
@@ -114,7 +114,8 @@ class BulkVerifier:
     async def run(self, lines: Lines) -> Summary:
         started = time.monotonic()
         writer = asyncio.create_task(self.writer.run())
-        self.spawn(self._schedule())
+        self._scheduler = asyncio.ensure_future(self._schedule())
+        self.watch(self._scheduler, critical=True)
         reader = asyncio.create_task(read(lines, self, self.ctx, self.options))
         stopped = asyncio.create_task(self._done.wait())
         try:
@@ -171,6 +172,7 @@ class BulkVerifier:
         return self.router.domain(name)
 
     def route(self, recipient: Recipient) -> None:
+        recipient.in_session = False
         self.router.route(recipient)
 
     def look_up(self, lane: MXLane) -> None:
@@ -259,6 +261,7 @@ class BulkVerifier:
 
     def answered(self, recipient: Recipient, outcome: Outcome) -> None:
         """Retry what deserves a retry (see `retry.next_step`); answer the rest."""
+        recipient.in_session = False
         if isinstance(recipient, CatchAllCheck):
             self.checked(recipient, outcome.reason)
             return
@@ -414,15 +417,25 @@ class BulkVerifier:
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def watch(self, task: asyncio.Task[Any]) -> None:
-        """Cancel `task` with the run (its own callbacks report its result)."""
+    def watch(self, task: asyncio.Future[Any], *, critical: bool = False) -> None:
+        """Cancel `task` with the run. A critical task (the scheduler) that fails stops the
+        run with its exception: without it nothing more would ever start."""
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if critical:
+            task.add_done_callback(self._critical_done)
+        else:
+            task.add_done_callback(self._tasks.discard)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("bulk verifier task failed", exc_info=task.exception())
+
+    def _critical_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None and not self._stopping:
+            log.error("bulk verifier scheduler failed", exc_info=exc)
+            self.stop(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
 
 
 async def verify(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from typing import Protocol
@@ -55,6 +56,9 @@ from mailprobe.smtp import (
 Span = tuple[int, int]  # the transcript's header (up to EHLO) and where this exchange began
 
 
+log = logging.getLogger(__name__)
+
+
 class Engine(Protocol):
     """What a session reports to (the conductor)."""
 
@@ -86,6 +90,18 @@ class SessionRunner:
         batch = take(lane.recipients, self.options.rcpts_per_session)
         if not batch:
             return
+        for r in batch:
+            r.in_session = True
+        try:
+            await self._run(lane, batch)
+        except Exception as exc:  # a bug, or a reply nobody foresaw: never lose an address
+            log.error("session with %s failed", lane.host, exc_info=exc)
+            detail = f"internal error in the session with {lane.host}: {type(exc).__name__}: {exc}"
+            for r in batch:
+                if r.in_session:
+                    self.engine.answered(r, _internal_error(r, lane.host, detail))
+
+    async def _run(self, lane: MXLane, batch: list[Recipient]) -> None:
         if lane.ips is None:
             self.engine.look_up(lane)
         assert lane.ips is not None
@@ -450,6 +466,14 @@ def _smtputf8_unsupported(recipient: Recipient, session: SMTPSession) -> Outcome
         tls=session.tls,
         transcript=tuple(session.transcript),
     )
+
+
+def _internal_error(recipient: Recipient, mx_host: str, detail: str) -> Outcome:
+    """What a session that failed on our side tells about an address: nothing."""
+    return Outcome(
+        email=recipient.address.normalized, reason=Reason.INTERNAL_ERROR.value, stage="session",
+        mx_host=mx_host, error=detail, error_kind="internal",
+    )  # fmt: skip
 
 
 def _failure(
