@@ -64,9 +64,12 @@ class Settings:
     # DNS
     dns_nameservers: tuple[str, ...] = ()  # DNS_NAMESERVERS, "host[:port]" list; () = resolv.conf
     dns_timeout: float = 5.0  # DNS_TIMEOUT, seconds for one lookup (all tries)
+    dns_max_timeout: float = 30.0  # DNS_MAX_TIMEOUT, seconds of patience for a slow domain
     mx_cache_min_ttl: int = 300  # MX_CACHE_MIN_TTL, seconds: floor on a record's TTL
     mx_cache_max_ttl: int = 86400  # MX_CACHE_MAX_TTL, seconds: ceiling on a record's TTL
-    mx_negative_ttl: int = 600  # MX_NEGATIVE_TTL, seconds to remember NXDOMAIN / null MX / no MX
+    mx_negative_ttl: int = 600  # MX_NEGATIVE_TTL, ceiling on NXDOMAIN / no-MX SOA TTL; null MX
+    mx_error_ttl: int = 30  # MX_ERROR_TTL, seconds to remember SERVFAIL / timeout (0-300)
+    reuse_unknown_ttl: int = 300  # REUSE_UNKNOWN_TTL, seconds a stored `unknown` may stand
     # Storage and queue
     database_url: str = DEFAULT_DATABASE_URL  # DATABASE_URL (or the seed's DATABASE_PATH)
     redis_url: str | None = None  # REDIS_URL; None = everything in-process
@@ -91,6 +94,12 @@ class Settings:
                 "SMTP_PROBE_DEADLINE",
                 f"{deadline:g}s is shorter than a single connect or command timeout",
             )
+        dns_timeout = _positive_float(env, "DNS_TIMEOUT", 5.0)
+        dns_max_timeout = _positive_float(env, "DNS_MAX_TIMEOUT", max(30.0, dns_timeout))
+        if dns_max_timeout < dns_timeout:
+            raise ConfigError(
+                "DNS_MAX_TIMEOUT", f"{dns_max_timeout:g}s is shorter than DNS_TIMEOUT"
+            )
         return cls(
             smtp_helo_domain=helo,
             smtp_mail_from=_mail_from(env, "SMTP_MAIL_FROM", f"bounce@{helo}"),
@@ -104,10 +113,15 @@ class Settings:
             smtp_tls_verify=_bool(env, "SMTP_TLS_VERIFY", False),
             smtp_tls_cafile=_existing_file_or_none(env, "SMTP_TLS_CAFILE"),
             dns_nameservers=_nameservers(env, "DNS_NAMESERVERS"),
-            dns_timeout=_positive_float(env, "DNS_TIMEOUT", 5.0),
+            dns_timeout=dns_timeout,
+            dns_max_timeout=dns_max_timeout,
             mx_cache_min_ttl=_int(env, "MX_CACHE_MIN_TTL", 300),
             mx_cache_max_ttl=_int(env, "MX_CACHE_MAX_TTL", 86400),
             mx_negative_ttl=_int(env, "MX_NEGATIVE_TTL", 600),
+            # RFC 2308 §7.1 and RFC 9520 §3.2: a resolution failure MUST NOT be cached
+            # for longer than five minutes.
+            mx_error_ttl=_int(env, "MX_ERROR_TTL", 30, 0, 300, "seconds (RFC 9520: at most 300)"),
+            reuse_unknown_ttl=_int(env, "REUSE_UNKNOWN_TTL", 300, 0),
             database_url=_database_url(env),
             redis_url=_redis_url(env, "REDIS_URL"),
             global_max_concurrency=_int(env, "GLOBAL_MAX_CONCURRENCY", 12),
