@@ -100,7 +100,9 @@ class Router:
             stored = {}
         for state in states:
             cached = stored.get(state.name)
-            if cached is not None and cache.fresh(cached):
+            # A remembered DNS failure spares a burst of single probes; a run asks again,
+            # since its retries of a failed domain are already spaced (temp_delays).
+            if cached is not None and cache.fresh(cached) and not cached.resolution.is_temporary:
                 self._resolved(state, cached)
             else:
                 self.conductor.spawn(self._resolve(state, cached))
