@@ -118,8 +118,10 @@ class Settings:
             mx_cache_min_ttl=_int(env, "MX_CACHE_MIN_TTL", 300),
             mx_cache_max_ttl=_int(env, "MX_CACHE_MAX_TTL", 86400),
             mx_negative_ttl=_int(env, "MX_NEGATIVE_TTL", 600),
-            # RFC 2308 §7.1 and RFC 9520 §3.2: a resolution failure MUST NOT be cached
-            # for longer than five minutes.
+            # RFC 2308 §7.1 and RFC 9520 §3.2 ("resolution failures MUST NOT be cached for
+            # longer than 5 minutes"), https://www.rfc-editor.org/rfc/rfc9520#section-3.2.
+            # 30 s as KumoMTA's transient MX failure TTL, kept apart from NXDOMAIN's:
+            # https://docs.kumomta.com/reference/kumo.dns/set_mx_transient_negative_cache_ttl/
             mx_error_ttl=_int(env, "MX_ERROR_TTL", 30, 0, 300, "seconds (RFC 9520: at most 300)"),
             reuse_unknown_ttl=_int(env, "REUSE_UNKNOWN_TTL", 300, 0),
             database_url=_database_url(env),

@@ -156,7 +156,10 @@ def attempt_budgets(first: float, total: float) -> tuple[float, ...]:
 
 def with_budget(resolver: dns.asyncresolver.Resolver, seconds: float) -> dns.asyncresolver.Resolver:
     """A copy of `resolver` whose lookup and each try may last `seconds`: a retry of a
-    slow server must wait for its answer, not resend after the usual 2 s and give up."""
+    slow server must wait for its answer, not resend after the usual 2 s and give up.
+
+    dnspython bounds each try by min(lifetime left, `timeout`), `timeout` 2.0 by default
+    (dns/resolver.py, BaseResolver.__init__ and _compute_timeout, dnspython 2.9)."""
     patient = copy.copy(resolver)
     patient.lifetime = seconds
     patient.timeout = seconds

@@ -13,6 +13,8 @@ A resolution is served from the table until it expires. How long each status liv
   failure not stored (stale-if-error); otherwise the failure is stored for only
   MX_ERROR_TTL seconds (RFC 2308 §7.1, RFC 9520 §3.2: at most five minutes), so a
   burst of callers does not hammer a broken domain, nor is it remembered as final.
+  (RFC 2308 §7.1: a server failure "MUST NOT" be cached "for longer than five (5)
+  minutes"; RFC 9520 §3.2 keeps that bound: https://www.rfc-editor.org/rfc/rfc9520.)
 Concurrent callers for one domain share a single lookup.
 """
 
