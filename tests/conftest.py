@@ -24,7 +24,9 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     import os
 
     for name in list(os.environ):
-        if name.startswith(("SMTP_", "DNS_", "DATABASE_", "REDIS_", "MX_", "GLOBAL_", "PER_MX_")):
+        if name.startswith(
+            ("SMTP_", "DNS_", "DATABASE_", "REDIS_", "MX_", "GLOBAL_", "PER_MX_", "REUSE_")
+        ):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'mailprobe.db'}")
     # Tests live under .example (RFC 6761), refused by default as reserved_domain.

@@ -52,8 +52,9 @@ def cache_for(tmp_path: Path, dns_server: SimDNSServer):
     store = Store(f"sqlite:///{tmp_path / 'cache.db'}")
     store.upgrade()
     settings = Settings.from_env(
-        {"MX_CACHE_MIN_TTL": "300", "MX_CACHE_MAX_TTL": "86400", "MX_NEGATIVE_TTL": "600"}
-    )
+        {"MX_CACHE_MIN_TTL": "300", "MX_CACHE_MAX_TTL": "86400", "MX_NEGATIVE_TTL": "600",
+         "DNS_TIMEOUT": "1", "DNS_MAX_TIMEOUT": "1"}  # one try: patience is tested apart
+    )  # fmt: skip
     clock = Clock()
 
     def make() -> MXCache:
@@ -93,17 +94,24 @@ async def test_ttl_clamped_to_maximum_and_force(cache_for, dns_server) -> None:
     assert mx_queries(dns_server, "long.example") == 2
 
 
-async def test_negative_answers_cached_briefly(cache_for, dns_server) -> None:
+async def test_negative_answers_cached_per_rfc2308(cache_for, dns_server) -> None:
+    """NXDOMAIN is authoritative: kept for the SOA's negative TTL (RFC 2308 §5), at most
+    MX_NEGATIVE_TTL; a null MX is a published record and keeps MX_NEGATIVE_TTL."""
     make, clock, store = cache_for
     cache = make()
+    dns_server.zone["gone.example"] = DomainSpec(nxdomain=True, negative_ttl=7200)
     null = await cache.get("nomail.example")
-    missing = await cache.get("missing.example")
+    missing = await cache.get("missing.example")  # not in the zone: SOA minimum 60
+    gone = await cache.get("gone.example")
     assert null.status is ResolutionStatus.NULL_MX and null.lowest_mx is None
-    assert missing.status is ResolutionStatus.NO_SUCH_DOMAIN
-    assert missing.expires_at - missing.resolved_at == timedelta(seconds=600)
+    assert null.expires_at - null.resolved_at == timedelta(seconds=600)
+    assert missing.status is gone.status is ResolutionStatus.NO_SUCH_DOMAIN
+    assert missing.expires_at - missing.resolved_at == timedelta(seconds=60)
+    assert gone.expires_at - gone.resolved_at == timedelta(seconds=600)  # capped
     assert (await cache.get("missing.example")).from_cache
-    clock.advance(601)
+    clock.advance(61)
     assert not (await cache.get("missing.example")).from_cache
+    assert (await cache.get("gone.example")).from_cache
     with store.session() as session:
         row = session.scalar(
             select(DomainResolution).where(DomainResolution.domain == "nomail.example")
@@ -111,29 +119,58 @@ async def test_negative_answers_cached_briefly(cache_for, dns_server) -> None:
         assert row is not None and row.status == "null_mx"
 
 
-async def test_dns_error_never_cached_and_stale_served(cache_for, dns_server) -> None:
+async def test_dns_failure_cached_only_briefly(cache_for, dns_server) -> None:
+    """SERVFAIL is no answer: remembered MX_ERROR_TTL seconds at most (RFC 2308 §7.1,
+    RFC 9520 §3.2: five minutes at most), not like NXDOMAIN."""
     make, clock, store = cache_for
     cache = make()
     dns_server.zone["broken.example"] = DomainSpec(servfail=True)
     failed = await cache.get("broken.example")
     assert failed.status is ResolutionStatus.DNS_ERROR and not failed.from_cache
+    assert failed.expires_at - failed.resolved_at == timedelta(seconds=30)  # MX_ERROR_TTL
+    before = mx_queries(dns_server, "broken.example")
+    again = await cache.get("broken.example")
+    assert again.from_cache and again.status is ResolutionStatus.DNS_ERROR
+    assert mx_queries(dns_server, "broken.example") == before  # a burst does not hammer it
+    dns_server.zone["broken.example"] = DomainSpec(mx=[(10, "mx.broken.example")])
+    clock.advance(31)
+    recovered = await cache.get("broken.example")
+    assert recovered.status is ResolutionStatus.OK and not recovered.from_cache
     with store.session() as session:
-        assert (
-            session.scalar(
-                select(DomainResolution).where(DomainResolution.domain == "broken.example")
-            )
-            is None
+        row = session.scalar(
+            select(DomainResolution).where(DomainResolution.domain == "broken.example")
         )
+        assert row is not None and row.status == "ok"
+
+
+async def test_dns_failure_not_stored_with_zero_ttl(tmp_path: Path, dns_server) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'zero.db'}")
+    store.upgrade()
+    settings = Settings.from_env({"MX_ERROR_TTL": "0", "DNS_TIMEOUT": "1", "DNS_MAX_TIMEOUT": "1"})
+    cache = MXCache(store, settings, resolver=make_resolver([dns_server.nameserver], 1.0))
+    dns_server.zone["broken.example"] = DomainSpec(servfail=True)
+    assert (await cache.get("broken.example")).status is ResolutionStatus.DNS_ERROR
+    assert cache.read_many(["broken.example"]) == {}
     before = mx_queries(dns_server, "broken.example")
     await cache.get("broken.example")
     assert mx_queries(dns_server, "broken.example") > before  # asked again, not cached
 
+
+async def test_stale_if_error_serves_only_a_good_answer(cache_for, dns_server) -> None:
+    make, clock, _ = cache_for
+    cache = make()
     good = await cache.get("flaky.example")
+    dns_server.zone["gone.example"] = DomainSpec(nxdomain=True)
+    assert (await cache.get("gone.example")).status is ResolutionStatus.NO_SUCH_DOMAIN
     dns_server.zone["flaky.example"] = DomainSpec(servfail=True)
-    clock.advance(7200)  # expired, and DNS now fails: serve the stale answer
+    dns_server.zone["gone.example"] = DomainSpec(servfail=True)
+    clock.advance(7200)  # both expired, and DNS now fails
     stale = await cache.get("flaky.example")
     assert stale.stale and stale.lowest_mx == good.lowest_mx == "mx.flaky.example"
     assert stale.status is ResolutionStatus.OK
+    assert cache.read_many(["flaky.example"])["flaky.example"].status is ResolutionStatus.OK
+    # An expired NXDOMAIN is not served as final while DNS cannot confirm it.
+    assert (await cache.get("gone.example")).status is ResolutionStatus.DNS_ERROR
 
 
 async def test_concurrent_callers_resolve_once(cache_for, dns_server) -> None:

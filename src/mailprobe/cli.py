@@ -289,8 +289,21 @@ def verify(
     ] = False,
     reuse_ttl: Annotated[
         float,
-        typer.Option("--reuse-ttl", help="Reuse stored results younger than this many seconds."),
+        typer.Option(
+            "--reuse-ttl",
+            help="Reuse stored final verdicts (deliverable, undeliverable, risky) younger "
+            "than this many seconds.",
+        ),
     ] = 86400.0,
+    reuse_unknown_ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--reuse-unknown-ttl",
+            min=0.0,
+            help="Reuse stored 'unknown' results younger than this many seconds "
+            "(default REUSE_UNKNOWN_TTL; 0: never).",
+        ),
+    ] = None,
     rcpts_per_session: Annotated[
         int, typer.Option("--rcpts-per-session", min=1, help="RCPTs per SMTP connection.")
     ] = 20,
@@ -330,6 +343,7 @@ def verify(
         greylist_delays=delays,
         reuse_ttl=None if force else reuse_ttl,
         reuse_since=run.resume_since,
+        reuse_unknown_ttl=0.0 if force else reuse_unknown_ttl,
         wait_for_retries=not no_wait,
     )
     out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115

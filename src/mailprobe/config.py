@@ -69,9 +69,12 @@ class Settings:
     # DNS
     dns_nameservers: tuple[str, ...] = ()  # DNS_NAMESERVERS, "host[:port]" list; () = resolv.conf
     dns_timeout: float = 5.0  # DNS_TIMEOUT, seconds for one lookup (all tries)
+    dns_max_timeout: float = 30.0  # DNS_MAX_TIMEOUT, seconds of patience for a slow domain
     mx_cache_min_ttl: int = 300  # MX_CACHE_MIN_TTL, seconds: floor on a record's TTL
     mx_cache_max_ttl: int = 86400  # MX_CACHE_MAX_TTL, seconds: ceiling on a record's TTL
-    mx_negative_ttl: int = 600  # MX_NEGATIVE_TTL, seconds to remember NXDOMAIN / null MX / no MX
+    mx_negative_ttl: int = 600  # MX_NEGATIVE_TTL, ceiling on NXDOMAIN / no-MX SOA TTL; null MX
+    mx_error_ttl: int = 30  # MX_ERROR_TTL, seconds to remember SERVFAIL / timeout (0-300)
+    reuse_unknown_ttl: int = 300  # REUSE_UNKNOWN_TTL, seconds a stored `unknown` may stand
     mx_dead_ttl: float = 300.0  # MX_DEAD_TTL, seconds an MX we could not reach is tried last
     # Storage and queue
     database_url: str = DEFAULT_DATABASE_URL  # DATABASE_URL (or the seed's DATABASE_PATH)
@@ -101,6 +104,12 @@ class Settings:
                 "SMTP_PROBE_DEADLINE",
                 f"{deadline:g}s is shorter than a single connect or command timeout",
             )
+        dns_timeout = _positive_float(env, "DNS_TIMEOUT", 5.0)
+        dns_max_timeout = _positive_float(env, "DNS_MAX_TIMEOUT", max(30.0, dns_timeout))
+        if dns_max_timeout < dns_timeout:
+            raise ConfigError(
+                "DNS_MAX_TIMEOUT", f"{dns_max_timeout:g}s is shorter than DNS_TIMEOUT"
+            )
         return cls(
             smtp_helo_domain=helo,
             smtp_mail_from=_mail_from(env, "SMTP_MAIL_FROM", f"bounce@{helo}"),
@@ -114,11 +123,18 @@ class Settings:
             smtp_tls_verify=_bool(env, "SMTP_TLS_VERIFY", False),
             smtp_tls_cafile=_existing_file_or_none(env, "SMTP_TLS_CAFILE"),
             dns_nameservers=_nameservers(env, "DNS_NAMESERVERS"),
-            dns_timeout=_positive_float(env, "DNS_TIMEOUT", 5.0),
+            dns_timeout=dns_timeout,
+            dns_max_timeout=dns_max_timeout,
             mx_cache_min_ttl=_int(env, "MX_CACHE_MIN_TTL", 300),
             mx_cache_max_ttl=_int(env, "MX_CACHE_MAX_TTL", 86400),
             mx_negative_ttl=_int(env, "MX_NEGATIVE_TTL", 600),
             mx_dead_ttl=_positive_float(env, "MX_DEAD_TTL", 300.0),
+            # RFC 2308 §7.1 and RFC 9520 §3.2 ("resolution failures MUST NOT be cached for
+            # longer than 5 minutes"), https://www.rfc-editor.org/rfc/rfc9520#section-3.2.
+            # 30 s as KumoMTA's transient MX failure TTL, kept apart from NXDOMAIN's:
+            # https://docs.kumomta.com/reference/kumo.dns/set_mx_transient_negative_cache_ttl/
+            mx_error_ttl=_int(env, "MX_ERROR_TTL", 30, 0, 300, "seconds (RFC 9520: at most 300)"),
+            reuse_unknown_ttl=_int(env, "REUSE_UNKNOWN_TTL", 300, 0),
             database_url=_database_url(env),
             redis_url=_redis_url(env, "REDIS_URL"),
             global_max_concurrency=_int(env, "GLOBAL_MAX_CONCURRENCY", 12),

@@ -10,12 +10,14 @@ could help it. The TTL travels with the answer so the store can cache it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import ipaddress
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -34,6 +36,7 @@ from mailprobe.config import Settings, get_settings, parse_nameserver
 # the lifetime should always fire first; this only guards against a resolver bug.
 _BELT_SLACK = 1.0
 _DEFAULT_RNG = random.Random()
+T = TypeVar("T")
 
 
 class ResolutionStatus(StrEnum):
@@ -147,6 +150,66 @@ def default_resolver(settings: Settings | None = None) -> dns.asyncresolver.Reso
     """The resolver DNS_NAMESERVERS and DNS_TIMEOUT describe."""
     settings = settings or get_settings()
     return make_resolver(settings.dns_nameservers, settings.dns_timeout)
+
+
+# -- patience: a slow or failing domain is asked again with a growing budget -----------
+
+
+def attempt_budgets(first: float, total: float) -> tuple[float, ...]:
+    """Seconds for each try of a patient lookup: `first`, then doubling, the last one
+    cut so the tries add up to `total` (5 and 30 give 5, 10, 15).
+
+    A domain whose servers take longer than DNS_TIMEOUT to answer is not broken, only
+    slow: a single short try would call it a failure, a single long one would hold
+    every lookup of a broken domain for the whole budget."""
+    budgets: list[float] = []
+    spent, budget = 0.0, first
+    while total - spent > 1e-9:
+        budgets.append(min(budget, total - spent))
+        spent += budgets[-1]
+        budget *= 2
+    return tuple(budgets) or (first,)
+
+
+def with_budget(resolver: dns.asyncresolver.Resolver, seconds: float) -> dns.asyncresolver.Resolver:
+    """A copy of `resolver` whose lookup and each try may last `seconds`: a retry of a
+    slow server must wait for its answer, not resend after the usual 2 s and give up.
+
+    dnspython bounds each try by min(lifetime left, `timeout`), `timeout` 2.0 by default
+    (dns/resolver.py, BaseResolver.__init__ and _compute_timeout, dnspython 2.9)."""
+    patient = copy.copy(resolver)
+    patient.lifetime = seconds
+    patient.timeout = seconds
+    return patient
+
+
+async def patiently(
+    attempt: Callable[[dns.asyncresolver.Resolver], Awaitable[T]],
+    failed: Callable[[T], bool],
+    *,
+    resolver: dns.asyncresolver.Resolver,
+    total: float,
+    slots: asyncio.Semaphore | None = None,
+) -> T:
+    """Run `attempt` until it does not fail or `total` seconds are spent.
+
+    Each try gets the next budget of `attempt_budgets` (the first is the resolver's
+    own lifetime); a try that fails early (SERVFAIL) waits out its budget before the
+    next, so a failing domain is asked a few times with growing gaps, never in a
+    loop. `slots` (the bulk engine's DNS concurrency) is held only while a try runs,
+    so other domains proceed while this one waits."""
+    loop = asyncio.get_running_loop()
+    budgets = attempt_budgets(float(resolver.lifetime), max(total, float(resolver.lifetime)))
+    result: T | None = None
+    for i, budget in enumerate(budgets):
+        started = loop.time()
+        async with slots or contextlib.nullcontext():
+            result = await attempt(resolver if i == 0 else with_budget(resolver, budget))
+        if not failed(result) or i == len(budgets) - 1:
+            return result
+        await asyncio.sleep(max(0.0, budget - (loop.time() - started)))
+    assert result is not None
+    return result
 
 
 def _soa_ttl(response: dns.message.Message | None) -> int | None:
@@ -296,7 +359,10 @@ def _from_mx(domain: str, answer: dns.resolver.Answer, rng: random.Random) -> MX
 
 
 async def resolve_host(
-    host: str, *, resolver: dns.asyncresolver.Resolver | None = None
+    host: str,
+    *,
+    resolver: dns.asyncresolver.Resolver | None = None,
+    patience: float | None = None,
 ) -> list[str]:
     """The IP addresses to dial for an MX host (A, then AAAA), through *our* resolver.
 
@@ -304,6 +370,7 @@ async def resolve_host(
     be the one DNS_NAMESERVERS names (and cannot see a simulated world). An IP
     literal is returned as is; no answer gives [] and a DNS failure raises
     DNSLookupError, so the caller can tell "no address" from "ask again later".
+    With `patience` (seconds, DNS_MAX_TIMEOUT) a failure is retried as `patiently` does.
     """
     try:
         return [str(ipaddress.ip_address(host))]
@@ -311,6 +378,26 @@ async def resolve_host(
         pass
     name = dns.name.from_text(check_hostname(host, "MX host"))
     resolver = resolver or default_resolver()
+    if patience is None:
+        return await _host_addresses(host, name, resolver)
+
+    async def attempt(r: dns.asyncresolver.Resolver) -> list[str] | DNSLookupError:
+        try:
+            return await _host_addresses(host, name, r)
+        except DNSLookupError as exc:
+            return exc
+
+    outcome = await patiently(
+        attempt, lambda o: isinstance(o, DNSLookupError), resolver=resolver, total=patience
+    )
+    if isinstance(outcome, DNSLookupError):
+        raise outcome
+    return outcome
+
+
+async def _host_addresses(
+    host: str, name: dns.name.Name, resolver: dns.asyncresolver.Resolver
+) -> list[str]:
     lookup = _Lookup(resolver, name)
     addresses: list[str] = []
     try:

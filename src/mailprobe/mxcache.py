@@ -1,10 +1,20 @@
 """MX lookups through the domain_resolutions table: the seed's `get_or_resolve_mx`.
 
-A resolution is served from the table until it expires: positive answers live for
-their DNS TTL clamped to [MX_CACHE_MIN_TTL, MX_CACHE_MAX_TTL]; NXDOMAIN, null
-MX and "no mail host" live for MX_NEGATIVE_TTL. A temporary DNS failure is
-never stored: the previous answer, even stale, is served instead, and when
-there is none the failure is returned uncached, so the next call asks again.
+A resolution is served from the table until it expires. How long each status lives:
+
+- OK: the DNS TTL clamped to [MX_CACHE_MIN_TTL, MX_CACHE_MAX_TTL].
+- NXDOMAIN and "no mail host" (NODATA): authoritative negative answers, kept for
+  their RFC 2308 §5 negative TTL (min of the SOA's TTL and MINIMUM), at most
+  MX_NEGATIVE_TTL; without an SOA not at all (RFC 2308 §5: SHOULD NOT be cached).
+- null MX: a published record saying "no mail", kept MX_NEGATIVE_TTL.
+- DNS_ERROR (SERVFAIL, timeout, no server answered): temporary, so first asked again
+  patiently (growing budgets up to DNS_MAX_TIMEOUT, see `dns.patiently`); if that
+  fails too and a previous good answer exists, that answer is served stale and the
+  failure not stored (stale-if-error); otherwise the failure is stored for only
+  MX_ERROR_TTL seconds (RFC 2308 §7.1, RFC 9520 §3.2: at most five minutes), so a
+  burst of callers does not hammer a broken domain, nor is it remembered as final.
+  (RFC 2308 §7.1: a server failure "MUST NOT" be cached "for longer than five (5)
+  minutes"; RFC 9520 §3.2 keeps that bound: https://www.rfc-editor.org/rfc/rfc9520.)
 Concurrent callers for one domain share a single lookup.
 """
 
@@ -21,7 +31,14 @@ import dns.asyncresolver
 
 from mailprobe.address import check_hostname
 from mailprobe.config import Settings, get_settings
-from mailprobe.dns import MXRecord, MXResolution, ResolutionStatus, default_resolver, resolve_mx
+from mailprobe.dns import (
+    MXRecord,
+    MXResolution,
+    ResolutionStatus,
+    default_resolver,
+    patiently,
+    resolve_mx,
+)
 from mailprobe.flags import is_disposable, is_freemail
 from mailprobe.store import Store
 from mailprobe.store import queries as q
@@ -127,13 +144,19 @@ class MXCache:
             return {row.domain: _from_row(row) for row in q.get_resolutions(session, domains)}
 
     async def refresh(
-        self, domain: str, *, previous: CachedMX | None = None, defer_write: bool = False
+        self,
+        domain: str,
+        *,
+        previous: CachedMX | None = None,
+        defer_write: bool = False,
+        slots: asyncio.Semaphore | None = None,
     ) -> CachedMX:
         """Ask DNS now (one lookup per domain at a time, however many callers) and store
         the answer; `previous` is the stored entry, served stale if DNS fails.
 
         With `defer_write` the answer is kept for the next `flush()` rather than written
-        at once: the bulk engine writes a batch of them in one transaction."""
+        at once: the bulk engine writes a batch of them in one transaction. `slots`
+        bounds the DNS queries in flight (held per try, not while waiting to retry)."""
         name = check_hostname(domain, "domain")
         pending = self._inflight.get(name)
         if pending is not None:
@@ -141,7 +164,7 @@ class MXCache:
         future: asyncio.Future[CachedMX] = asyncio.get_running_loop().create_future()
         self._inflight[name] = future
         try:
-            answer = await self._refresh(name, previous=previous, defer_write=defer_write)
+            answer = await self._refresh(name, previous, defer_write, slots)
             future.set_result(answer)
             return answer
         except BaseException as exc:
@@ -151,26 +174,54 @@ class MXCache:
         finally:
             del self._inflight[name]
 
-    async def _refresh(self, name: str, previous: CachedMX | None, defer_write: bool) -> CachedMX:
-        resolution = await resolve_mx(name, resolver=self.resolver)
+    async def _refresh(
+        self,
+        name: str,
+        previous: CachedMX | None,
+        defer_write: bool,
+        slots: asyncio.Semaphore | None,
+    ) -> CachedMX:
+        # With a good answer in hand one try will do (served stale if it fails);
+        # without one, a slow or failing domain gets the whole DNS_MAX_TIMEOUT.
+        good = previous is not None and previous.status is ResolutionStatus.OK
+        patience = 0.0 if good else self.settings.dns_max_timeout
+        resolution = await patiently(
+            lambda r: resolve_mx(name, resolver=r),
+            lambda r: r.is_temporary,
+            resolver=self.resolver,
+            total=patience,
+            slots=slots,
+        )
         now = self.clock()
         if resolution.is_temporary:
             stale = previous or await asyncio.to_thread(self._read, name)  # None when forced
-            if stale is None:
-                return CachedMX(resolution, now, now, flags=domain_flags(name))
-            return replace(stale, stale=True)
-        s = self.settings
-        if resolution.status is ResolutionStatus.OK:
-            ttl = min(max(resolution.ttl, s.mx_cache_min_ttl), s.mx_cache_max_ttl)
-        else:
-            ttl = s.mx_negative_ttl
+            # Only a good answer is served stale: an old "no mail" must not become a
+            # final verdict while DNS cannot confirm it, nor an old failure live on.
+            if stale is not None and stale.status is ResolutionStatus.OK:
+                return replace(stale, stale=True)
+        ttl = self.ttl_for(resolution)
         cached = CachedMX(resolution, now, now + timedelta(seconds=ttl), flags=domain_flags(name))
+        if ttl <= 0:
+            return cached  # nothing to remember: the next call asks again
         if defer_write:
             with self._unsaved_lock:
                 self._unsaved[name] = cached
         else:
             await asyncio.to_thread(self._write, cached)
         return cached
+
+    def ttl_for(self, resolution: MXResolution) -> float:
+        """Seconds to keep `resolution`, by status (see the module docstring)."""
+        s = self.settings
+        match resolution.status:
+            case ResolutionStatus.OK:
+                return min(max(resolution.ttl, s.mx_cache_min_ttl), s.mx_cache_max_ttl)
+            case ResolutionStatus.NO_SUCH_DOMAIN | ResolutionStatus.NO_MAIL_HOST:
+                return min(resolution.ttl, s.mx_negative_ttl)  # RFC 2308 §5
+            case ResolutionStatus.NULL_MX:
+                return s.mx_negative_ttl
+            case _:  # DNS_ERROR: RFC 2308 §7.1, RFC 9520 §3.2: five minutes at most
+                return min(s.mx_error_ttl, 300)
 
     def flush(self) -> None:
         """Write the deferred answers in one transaction (sync: call it in a thread). On a

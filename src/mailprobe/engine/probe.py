@@ -91,7 +91,9 @@ async def probe_email(
     outcome = no_mail_host(address.normalized, resolution, settings)
     for host in hosts:
         try:
-            ips = await resolve_host(host, resolver=ctx.mx_cache.resolver)
+            ips = await resolve_host(
+                host, resolver=ctx.mx_cache.resolver, patience=settings.dns_max_timeout
+            )
         except (DNSLookupError, InvalidAddress) as exc:
             outcome = Outcome.failure(
                 address.normalized, kind="dns_error", error=str(exc), mx_host=host,

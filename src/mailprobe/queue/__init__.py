@@ -116,10 +116,10 @@ def resolve_job_id(domain: str) -> str:
 
 
 def job_timeout(settings: Settings) -> int:
-    """RQ's hard limit for one probe job: the slot wait, DNS, and two MX attempts, plus slack."""
-    return int(
-        settings.throttle_wait + 3 * settings.dns_timeout + 2 * settings.smtp_probe_deadline + 30
-    )
+    """RQ's hard limit for one probe job: the slot wait, DNS (patient: up to DNS_MAX_TIMEOUT
+    for the domain and each of two MX hosts), and two MX attempts, plus slack."""
+    dns = 3 * settings.dns_max_timeout
+    return int(settings.throttle_wait + dns + 2 * settings.smtp_probe_deadline + 30)
 
 
 def slot_lease(settings: Settings) -> float:
@@ -186,7 +186,7 @@ def enqueue_resolve_mx(domain: str, force: bool = False) -> str:
         task_resolve_mx,
         (domain, force),
         retry=Retry(max=RETRY_MAX, interval=list(RETRY_INTERVALS)),
-        job_timeout=int(4 * settings.dns_timeout + 30),
+        job_timeout=int(settings.dns_max_timeout + 4 * settings.dns_timeout + 30),
         description=f"resolve {domain}",
     )
     return job_id

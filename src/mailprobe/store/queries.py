@@ -148,19 +148,42 @@ def save_catch_all(session: Session, domain: str, catch_all: bool, when: datetim
     )
 
 
-def latest_results(
-    session: Session, emails: Iterable[str], newer_than: datetime
+FINAL_VERDICTS = frozenset(v.value for v in (Verdict.DELIVERABLE, Verdict.UNDELIVERABLE,
+                                             Verdict.RISKY))  # fmt: skip
+
+
+def reusable_results(
+    session: Session,
+    emails: Iterable[str],
+    final_after: datetime,
+    unknown_after: datetime | None,
 ) -> dict[str, VerificationResult]:
-    """The newest stored result of each address, if newer than `newer_than` (for reuse)."""
+    """Each address's stored result that may stand for a new probe: its newest final
+    verdict (deliverable, undeliverable, risky) stored after `final_after`, else its
+    newest `unknown` stored after `unknown_after` (None: an unknown is never reused).
+
+    An unknown says why we could not tell (DNS failed, the server timed out or
+    blocked us): it is worth remembering for minutes, not for a day. A final verdict
+    beats a later unknown, which says nothing new about the mailbox."""
     wanted = list(emails)
     if not wanted:
         return {}
+    oldest = final_after if unknown_after is None else min(final_after, unknown_after)
     rows = session.scalars(
         select(VerificationResult)
-        .where(VerificationResult.email.in_(wanted), VerificationResult.created_at > newer_than)
+        .where(VerificationResult.email.in_(wanted), VerificationResult.created_at > oldest)
         .order_by(VerificationResult.id)
     )
-    return {row.email: row for row in rows}  # later ids overwrite earlier ones
+    final: dict[str, VerificationResult] = {}
+    unknown: dict[str, VerificationResult] = {}
+    for row in rows:  # later ids overwrite earlier ones
+        verdict = row.verdict or answer_from_row(row).verdict.value  # rows before 0002
+        if verdict in FINAL_VERDICTS:
+            if row.created_at > final_after:
+                final[row.email] = row
+        elif unknown_after is not None and row.created_at > unknown_after:
+            unknown[row.email] = row
+    return {**unknown, **final}
 
 
 def _text(value: str | None, limit: int | None = None) -> str | None:

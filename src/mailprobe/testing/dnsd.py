@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -51,7 +52,9 @@ class DomainSpec:
     `mx` None means no MX record (so a client falls back to A/AAAA); `null_mx`
     publishes RFC 7505's "0 ." instead. `nxdomain`, `servfail`, `refused` and `drop`
     (never answer) override everything else. `truncate_udp` answers every UDP query
-    with only the TC bit, forcing a retry over TCP.
+    with only the TC bit, forcing a retry over TCP. `servfail_first` answers SERVFAIL to
+    the first N queries for the name, then normally: DNS that fails and recovers.
+    `delay` holds every answer back, e.g. longer than a prober's first DNS timeout.
 
     `ptr` holds reverse-DNS targets (for names like "1.0.0.127.in-addr.arpa") and
     `txt` whole TXT strings such as SPF records ("v=spf1 ip4:127.0.0.1 -all"); a
@@ -70,6 +73,7 @@ class DomainSpec:
     nxdomain: bool = False
     servfail: bool = False
     refused: bool = False
+    servfail_first: int = 0  # SERVFAIL for the first N queries of this name, then answer
     drop: bool = False
     delay: float = 0.0  # seconds before answering (both transports)
     truncate_udp: bool = False
@@ -130,6 +134,7 @@ class SimDNSServer(ThreadedServer):
         self.port = port
         self.negative_ttl = negative_ttl  # for names not in the zone
         self.queries: list[DNSQuery] = []
+        self._asked: Counter[str] = Counter()  # queries per name, for `servfail_first`
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -236,12 +241,16 @@ class SimDNSServer(ThreadedServer):
         qname = _norm(str(question.qname))
         qtype = QTYPE.get(question.qtype, str(question.qtype))
         self.queries.append(DNSQuery(qname, str(qtype), transport))
+        self._asked[qname] += 1
         spec = self.zone.get(qname)
         if spec is not None and spec.delay:
             await asyncio.sleep(spec.delay)
         if spec is not None and spec.drop:
             return None
         reply = request.reply()  # QR, AA, RD copied, RA set; the question echoed
+        if spec is not None and self._asked[qname] <= spec.servfail_first:
+            reply.header.rcode = RCODE.SERVFAIL
+            return bytes(reply.pack())
         if spec is not None and transport == "udp" and spec.truncate_udp:
             reply.header.tc = 1
             return bytes(reply.pack())

@@ -294,6 +294,10 @@ class SimWorld(ThreadedServer):
             mx1 = f"mx1.{domain}"
             hosts = (self._host(mx1, self._behavior(mx1, fams["postfix"], **extra)),)
             self.zone[domain] = DomainSpec(mx=[(10, hosts[0])], ttl=ttl)
+            if kind is Kind.DNS_FLAKY:
+                self.zone[domain].servfail_first = cfg.dns_flaky_failures
+            elif kind is Kind.DNS_SLOW:  # one slow zone: the MX host's name is in it too
+                self.zone[domain].delay = self.zone[mx1].delay = cfg.dns_slow_delay
         fam = fams[family or "postfix"]
         for host in hosts:
             server = self.servers.get(host)

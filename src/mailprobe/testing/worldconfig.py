@@ -42,6 +42,8 @@ class Kind(StrEnum):
     # are not determinable, unknown / smtputf8_unsupported; the rest answer as usual).
     INTL = "intl"
     INTL_LEGACY = "intl_legacy"
+    DNS_FLAKY = "dns_flaky"  # its DNS answers SERVFAIL a few times, then answers
+    DNS_SLOW = "dns_slow"  # its DNS (domain and MX host) answers after several seconds
 
 
 class Mailbox(StrEnum):
@@ -76,6 +78,8 @@ DEFAULT_MIX: dict[str, float] = {
     Kind.BACKUP_ACCEPTS_ALL: 0.0,
     Kind.INTL: 0.0,
     Kind.INTL_LEGACY: 0.0,
+    Kind.DNS_FLAKY: 0.0,  # opt in through WorldConfig(mix=...)
+    Kind.DNS_SLOW: 0.0,  # opt in: each lookup of it takes dns_slow_delay seconds
 }
 DEFAULT_MAILBOX_MIX: dict[str, float] = {
     Mailbox.EXISTS: 0.62,
@@ -113,6 +117,10 @@ class WorldConfig:
     slow_greeting_delay: float = 0.3
     slow_reply_delay: float = 0.05
     blackhole_greeting_delay: float = 3600.0
+    dns_flaky_failures: int = 2  # SERVFAILs before a DNS_FLAKY domain answers
+    # A DNS_SLOW domain answers after this long: past the default DNS_TIMEOUT (5 s),
+    # within DNS_MAX_TIMEOUT (30 s), so a patient prober gets the truth.
+    dns_slow_delay: float = 8.0
     google_max_rcpts: int = 100  # per transaction
     microsoft_max_rcpts: int = 4  # per transaction (below the engine's 5, to be exercised)
     cluster_max_connections: int | None = 10  # provider clusters refuse more at the greeting

@@ -29,7 +29,8 @@ class BulkOptions:
     slow_retry: bool = True
     slow_timeouts: tuple[float, float, float] = (60.0, 60.0, 300.0)  # connect, command, deadline
     reuse_ttl: float | None = 86400.0  # seconds; None never reuses
-    reuse_since: datetime | None = None  # --resume: reuse anything stored since then
+    reuse_since: datetime | None = None  # --resume: reuse final verdicts stored since then
+    reuse_unknown_ttl: float | None = None  # seconds an `unknown` may stand; None: setting
     wait_for_retries: bool = True
     max_in_flight: int = 5000  # targets between reading and answering: bounds memory
     persist: bool = True

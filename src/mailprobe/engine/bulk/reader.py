@@ -1,9 +1,16 @@
 """The input side of a run: lines read ahead in a thread, taken in chunks, admitted.
 
 Admission turns each good line into a `Target` and answers the ones a stored answer
-may stand for (younger than --reuse-ttl, or stored since the run being resumed):
-those are read back with `queries.answer_from_row`, the one reading of a row, so the
-stored verdict and shown reason stand whoever wrote them. The rest go to routing.
+may stand for: those are read back with `queries.answer_from_row`, the one reading of
+a row, so the stored verdict and shown reason stand whoever wrote them. The rest go to
+routing. Which stored answers stand (`reuse_window`):
+
+- a final verdict (deliverable, undeliverable, risky) younger than --reuse-ttl, or
+  stored since the start of the run being resumed (--resume);
+- an `unknown` only while younger than --reuse-unknown-ttl (REUSE_UNKNOWN_TTL, minutes),
+  also on --resume: an unknown is not finished work (DNS failed, a server timed out),
+  so resuming asks again once its short TTL is over, rather than carrying the
+  interrupted run's failures forward. Nothing temporary is remembered as final.
 """
 
 from __future__ import annotations
@@ -70,8 +77,8 @@ async def _admit(batch: list[Target], into: Admitting, ctx: Context, options: Bu
     if not batch:
         return
     emails = [t.address.normalized for t in batch]
-    cutoff = reuse_cutoff(options, utcnow())
-    stored = await asyncio.to_thread(stored_answers, ctx, emails, cutoff) if cutoff else {}
+    window = reuse_window(options, ctx.settings.reuse_unknown_ttl, utcnow())
+    stored = await asyncio.to_thread(stored_answers, ctx, emails, window) if window else {}
     for target in batch:
         answer = stored.get(target.address.normalized)
         if answer is not None:
@@ -80,20 +87,38 @@ async def _admit(batch: list[Target], into: Admitting, ctx: Context, options: Bu
             into.admit(target)
 
 
-def reuse_cutoff(options: BulkOptions, now: datetime) -> datetime | None:
-    """Stored answers newer than this may stand (None: probe everything)."""
+@dataclass(frozen=True, slots=True)
+class ReuseWindow:
+    """Since when stored answers may stand: final verdicts, and unknowns (None: never)."""
+
+    final_after: datetime
+    unknown_after: datetime | None
+
+
+def reuse_window(
+    options: BulkOptions, unknown_ttl_default: float, now: datetime
+) -> ReuseWindow | None:
+    """Which stored answers may stand for a new probe (None: probe everything)."""
     cutoffs = []
     if options.reuse_ttl is not None:
         cutoffs.append(now - timedelta(seconds=options.reuse_ttl))
     if options.reuse_since is not None:
         cutoffs.append(options.reuse_since)
-    return min(cutoffs) if cutoffs else None
+    if not cutoffs:
+        return None
+    unknown_ttl = options.reuse_unknown_ttl
+    if unknown_ttl is None:
+        unknown_ttl = unknown_ttl_default
+    if options.reuse_ttl is not None:
+        unknown_ttl = min(unknown_ttl, options.reuse_ttl)  # never longer than a final one
+    unknown_after = now - timedelta(seconds=unknown_ttl) if unknown_ttl > 0 else None
+    return ReuseWindow(min(cutoffs), unknown_after)
 
 
-def stored_answers(ctx: Context, emails: list[str], newer_than: datetime) -> dict[str, Answer]:
-    """Each address's newest stored answer newer than `newer_than` (reused=True)."""
+def stored_answers(ctx: Context, emails: list[str], window: ReuseWindow) -> dict[str, Answer]:
+    """Each address's stored answer that may stand (reused=True), see `reuse_window`."""
     with ctx.store.session() as session:
-        rows = q.latest_results(session, emails, newer_than)
+        rows = q.reusable_results(session, emails, window.final_after, window.unknown_after)
         return {email: q.answer_from_row(row) for email, row in rows.items()}
 
 

@@ -103,17 +103,18 @@ class Router:
             stored = {}
         for state in states:
             cached = stored.get(state.name)
-            if cached is not None and cache.fresh(cached):
+            # A remembered DNS failure spares a burst of single probes; a run asks again,
+            # since its retries of a failed domain are already spaced (temp_delays).
+            if cached is not None and cache.fresh(cached) and not cached.resolution.is_temporary:
                 self._resolved(state, cached)
             else:
                 self.conductor.spawn(self._resolve(state, cached))
 
     async def _resolve(self, state: DomainState, previous: CachedMX | None) -> None:
-        try:
-            async with self._dns_slots:
-                resolution = await self.ctx.mx_cache.refresh(
-                    state.name, previous=previous, defer_write=True
-                )
+        try:  # patient: a slow domain is asked again (slots held per try, not between)
+            resolution = await self.ctx.mx_cache.refresh(
+                state.name, previous=previous, defer_write=True, slots=self._dns_slots
+            )
         except Exception as exc:  # an unexpected failure still answers every target
             log.exception("resolving %s failed", state.name)
             resolution = _failed_resolution(state.name, exc)
@@ -179,7 +180,11 @@ class Router:
         once they are known, so a rate token is never spent waiting on DNS, and the server
         sees our connections as evenly spaced as the throttle gave them."""
         task = lane.ips = asyncio.ensure_future(
-            resolve_host(lane.host, resolver=self.ctx.mx_cache.resolver)
+            resolve_host(
+                lane.host,
+                resolver=self.ctx.mx_cache.resolver,
+                patience=self.ctx.settings.dns_max_timeout,
+            )
         )
         self.conductor.watch(task)
 
