@@ -28,7 +28,11 @@ from mailprobe.testing.worldconfig import Kind, Mailbox, WorldConfig
 FIRST = 0.5  # DNS_TIMEOUT in these tests
 PATIENCE = 3.0  # DNS_MAX_TIMEOUT: tries of 0.5, 1 and 1.5 s
 LATE = 1.2  # a slow server's delay: more than 2 x DNS_TIMEOUT, well within the patience
-ENV = {"DNS_TIMEOUT": str(FIRST), "DNS_MAX_TIMEOUT": str(PATIENCE)}
+ENV = {
+    "DNS_TIMEOUT": str(FIRST),
+    "DNS_MAX_TIMEOUT": str(PATIENCE),
+    "SPECIAL_USE_ALLOWED": "example",
+}
 
 
 def test_budgets_grow_and_add_up_to_the_patience() -> None:
