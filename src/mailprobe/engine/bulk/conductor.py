@@ -15,7 +15,10 @@ How a list flows:
    4.5.3) is asked again alone and the MX remembered as one-RCPT-per-transaction;
    421 and rate limits penalise the MX's throttle; greylisting and other temporary
    failures are retried on their schedules; a timeout is retried once in a slow lane;
-   an unreachable MX hands its recipients to the next MX (`session`).
+   an unreachable MX hands its recipients to the next MX (`session`). Greylisting goes
+   at the server's pace (`retry.greylist_wait`: the reply's hint, the MX's learned
+   delay), and the retries of one MX due at about the same moment are routed together
+   (`_later`), so its lane batches them into sessions within the per-MX caps.
 5. Every final answer is decided by `results.answer_for`, handed to the sink as a
    `LineAnswer` and stored in batches (`writer`).
 
@@ -30,10 +33,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from mailprobe.classify import Reason
 from mailprobe.engine.bulk import retry
-from mailprobe.engine.bulk.catchall import CatchAllCheck
+from mailprobe.engine.bulk.catchall import CatchAllCheck, finding_for
 from mailprobe.engine.bulk.options import MAX_UNSTORED_ROWS, BulkOptions, Sink, Summary
 from mailprobe.engine.bulk.reader import Lines, read
 from mailprobe.engine.bulk.routing import Router
@@ -46,9 +51,26 @@ from mailprobe.engine.context import Context
 from mailprobe.flags import flags_for
 from mailprobe.inputs import InputLine
 from mailprobe.results import Answer, LineAnswer, Outcome, answer_for, invalid_answer
+from mailprobe.retry_hint import retry_hint
 from mailprobe.throttle import Slot, ThrottleError, ThrottleTimeout
 
 log = logging.getLogger(__name__)
+
+# Retries of one MX due within this share of their delay (at most RETRY_COALESCE_MAX
+# seconds) of each other go together, at the latest one's time: never early for any.
+RETRY_COALESCE = 0.1
+RETRY_COALESCE_MAX = 2.0
+
+
+@dataclass(eq=False)
+class _DueTogether:
+    """Retries of one MX that are routed together when the latest of them is due."""
+
+    first: float  # the earliest member's due time (monotonic)
+    at: float  # when they go: the latest member's due time
+    window: float
+    actions: list[Callable[[], None]] = field(default_factory=list)
+    handle: asyncio.TimerHandle | None = None
 
 
 class BulkVerifier:
@@ -79,6 +101,7 @@ class BulkVerifier:
         self._done = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._due: dict[str, _DueTogether] = {}  # per MX host: the retries it may join
         self._retrying = 0  # targets waiting in a retry timer
         self._parked: set[DomainState] = set()  # domains whose catch-all check waits to retry
         self._wake = asyncio.Event()
@@ -204,10 +227,11 @@ class BulkVerifier:
             code=outcome.code,
             reason=outcome.reason,
         )
+        waited, pace = self._greylisting(target, outcome.reason, outcome.message, host)
         counters = retry.Counters(
-            target.greylists, target.temps, target.batching_retries, target.slow
+            target.greylists, target.temps, target.batching_retries, target.slow, waited
         )
-        step = retry.next_step(outcome.reason, counters, self.options)
+        step = retry.next_step(outcome.reason, counters, self.options, pace)
         if isinstance(step, retry.Retry | retry.Final) and step.penalize and host:
             self.spawn(self.throttle.penalize(host, reason=outcome.reason))
         match step:
@@ -221,31 +245,68 @@ class BulkVerifier:
                 self._retry(target, 0.0)
             case retry.Retry(delay=delay, counter="greylists"):
                 target.greylists += 1
-                self._retry(target, delay)
+                self._retry(target, delay, host)
             case retry.Retry(delay=delay):
                 target.temps += 1
-                self._retry(target, delay)
+                self._retry(target, delay, host)
             case retry.Final():
                 self.finalize(target, target.last)
 
-    def checked(self, check: CatchAllCheck, reason: str) -> None:
+    def checked(self, check: CatchAllCheck, reason: str, message: str = "") -> None:
         """The catch-all check answered (see `retry.check_step`): retry it, or settle the
         domain and release the answers it held."""
         state = self.domain(check.domain)
-        step = retry.check_step(reason, check.greylists, self.options)
+        host = state.lowest_mx or check.domain
+        self._learn(check, finding_for(reason) is not None, host)
+        waited, pace = self._greylisting(check, reason, message, host)
+        step = retry.check_step(reason, check.greylists, self.options, waited=waited,
+                                pace=pace, batching_retries=check.batching_retries)  # fmt: skip
+        if isinstance(step, retry.Alone):  # our batching was refused: again now, alone
+            check.batching_retries += 1
+            check.alone = True
+            self.route(check)
+            return
         if isinstance(step, retry.Retry):
             check.greylists += 1
-            self._retry_check(check, step.delay)
+            check.alone = True  # its own transaction, in the session of its MX's retries
+            self._retry_check(check, step.delay, host)
             self._parked.add(state)  # its held answers now wait for a retry too
             self._check_done()
             return
         found = step.catch_all
         if found is not None:
-            if host := state.lowest_mx:
-                self.ctx.behavior.mark_catch_all(host, found)
+            if lowest := state.lowest_mx:
+                self.ctx.behavior.mark_catch_all(lowest, found)
             self.spawn(asyncio.to_thread(self.ctx.mx_cache.save_catch_all, state.name, found))
         for target, outcome in state.catch_all.settle(found):
             self.answered(target, outcome)
+
+    def heard(self, recipient: Recipient, outcome: Outcome) -> None:
+        """A RCPT's reply, as it comes (before any catch-all hold): a greylisted
+        recipient let through teaches its MX's delay (`behavior.mark_greylist_passed`)."""
+        code = outcome.code
+        said = code is not None and not 400 <= code < 500  # a word on the address at last
+        self._learn(recipient, said, outcome.mx_host)
+
+    def _learn(self, r: Recipient, said: bool, host: str | None) -> None:
+        if r.greylisted_at is None or not said or not host:
+            return
+        passed = time.monotonic() - r.greylisted_at
+        self.ctx.behavior.mark_greylist_passed(host, passed, first_retry=r.greylists <= 1)
+        r.greylisted_at = None
+
+    def _greylisting(
+        self, r: Recipient, reason: str, message: str, host: str
+    ) -> tuple[float, retry.Pace | None]:
+        """Seconds since the recipient's first greylisting, and what says when to retry."""
+        if reason != Reason.GREYLISTED and r.greylisted_at is None:
+            return 0.0, None
+        now = time.monotonic()
+        if r.greylisted_at is None:
+            r.greylisted_at = now
+        hint = retry_hint(message) if reason == Reason.GREYLISTED else None
+        learned = self.ctx.behavior.greylist_delay(host) if host else None
+        return now - r.greylisted_at, retry.Pace(hint, learned)
 
     def finalize(self, recipient: Recipient, outcome: Outcome) -> None:
         if isinstance(recipient, CatchAllCheck):  # no input line: it only settles its domain
@@ -254,8 +315,11 @@ class BulkVerifier:
         assert isinstance(recipient, Target)
         self.spawn(self._emit(recipient, outcome))
 
-    def _retry(self, target: Target, delay: float) -> None:
+    def _retry(self, target: Target, delay: float, host: str = "") -> None:
         if self._stopping:
+            return
+        if delay <= 0:  # the slow lane's second chance: at once
+            self.route(target)
             return
         self._retrying += 1
 
@@ -263,10 +327,10 @@ class BulkVerifier:
             self._retrying -= 1
             self.route(target)
 
-        self._later(delay, again)
+        self._later(delay, again, host or target.domain)
         self._check_done()
 
-    def _retry_check(self, check: CatchAllCheck, delay: float) -> None:
+    def _retry_check(self, check: CatchAllCheck, delay: float, host: str) -> None:
         if self._stopping:
             return
 
@@ -274,18 +338,38 @@ class BulkVerifier:
             self._parked.discard(self.domain(check.domain))
             self.route(check)
 
-        self._later(delay, again)
+        self._later(delay, again, host)
 
-    def _later(self, delay: float, action: Callable[[], None]) -> None:
+    def _later(self, delay: float, action: Callable[[], None], host: str) -> None:
+        """Run `action` after `delay`, with the other retries of `host` due about then:
+        one timer routes them all, so the MX's lane batches them into sessions (within
+        its caps) instead of one session per timer, a burst that provokes 421s."""
         loop = asyncio.get_running_loop()
-        handle: asyncio.TimerHandle
+        due = loop.time() + delay
+        group = self._due.get(host)
+        if group is None or group.handle is None or abs(due - group.first) > group.window:
+            window = min(RETRY_COALESCE_MAX, RETRY_COALESCE * delay)
+            group = self._due[host] = _DueTogether(first=due, at=due, window=window)
+        group.actions.append(action)
+        if group.handle is not None and due <= group.at:
+            return
+        if group.handle is not None:  # a later member: the group goes at its time
+            group.handle.cancel()
+            self._timers.discard(group.handle)
+        group.at = due
+        member = group
 
         def fire() -> None:
-            self._timers.discard(handle)
-            action()
+            if member.handle is not None:
+                self._timers.discard(member.handle)
+            member.handle = None
+            if self._due.get(host) is member:
+                del self._due[host]
+            for act in member.actions:
+                act()
 
-        handle = loop.call_later(delay, fire)
-        self._timers.add(handle)
+        member.handle = loop.call_at(due, fire)
+        self._timers.add(member.handle)
 
     # -- answers --------------------------------------------------------------------
 
