@@ -78,6 +78,10 @@ class Settings:
     mx_limits: tuple[MXLimit, ...] = ()  # MX_LIMITS, "*.google.com=5:2,..." or "@file"
     throttle_wait: float = 30.0  # THROTTLE_WAIT, seconds to wait for a slot before rescheduling
     probe_freemail: bool = False  # PROBE_FREEMAIL: queue probes of gmail.com & co. too
+    # Greylisting (bulk verify): first retry when the reply gives no wait, and the
+    # longest greylisting waited out (postgrey's default delay is 300 s)
+    greylist_first_retry: float = 30.0  # GREYLIST_FIRST_RETRY, seconds
+    greylist_max_delay: float = 900.0  # GREYLIST_MAX_DELAY, seconds
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -117,6 +121,8 @@ class Settings:
             mx_limits=_mx_limits(env, "MX_LIMITS"),
             throttle_wait=_positive_float(env, "THROTTLE_WAIT", 30.0),
             probe_freemail=_bool(env, "PROBE_FREEMAIL", False),
+            greylist_first_retry=_positive_float(env, "GREYLIST_FIRST_RETRY", 30.0),
+            greylist_max_delay=_positive_float(env, "GREYLIST_MAX_DELAY", 900.0),
         )
 
     def as_env(self) -> dict[str, str]:

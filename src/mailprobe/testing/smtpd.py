@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 import time
 from collections import deque
@@ -66,6 +67,17 @@ GREYLISTED = Scripted(  # postgrey-rcpt-450-420-greylisted-see-help
     "4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, "
     "see http://postgrey.schweikert.ch/help/{domain}.html",
 )
+
+
+def with_wait(reply: Scripted, left: float) -> Scripted:
+    """A greylisting reply that says how long is left (rounded up, as a retry hint must
+    be), as seconds ({wait}, postgrey's %s) or HH:MM:SS ({wait_hms}, milter-greylist)."""
+    if "{wait" not in reply.text:
+        return reply
+    seconds = max(0, math.ceil(left))
+    hms = f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    text = reply.text.replace("{wait}", str(seconds)).replace("{wait_hms}", hms)
+    return Scripted(reply.code, text)
 
 
 @dataclass
@@ -125,7 +137,7 @@ class MXBehavior:
     catch_all: bool = False  # a recipient not in `mailboxes` gets `catch_all_reply`
     catch_all_reply: Scripted = ACCEPT
     greylist_seconds: float | None = None  # (client IP, MAIL FROM, RCPT) triplets
-    greylist_reply: Scripted = GREYLISTED
+    greylist_reply: Scripted = GREYLISTED  # {wait} / {wait_hms}: the time left, as postgrey's %s
     clock: Callable[[], float] = time.monotonic  # greylisting's clock, injectable for tests
     blocked: Scripted | None = None  # refuse every RCPT with this (a blocklist reply)
     # -- politeness: the caps the prober promised; the server counts breaches ----
@@ -341,7 +353,7 @@ class SimSMTPServer(ThreadedServer):
             now = b.clock()
             first = self.greylist.setdefault(key, now)
             if now - first < b.greylist_seconds:
-                return b.greylist_reply
+                return with_wait(b.greylist_reply, b.greylist_seconds - (now - first))
         return b.rcpt_reply(rcpt, state)
 
     async def _dispatch(
