@@ -33,8 +33,8 @@ async def run(world: World, text: str, options: BulkOptions, behavior: BehaviorC
     records: list[dict[str, Any]] = []
     ctx = Context.create(world.settings(**env), store=world.store, behavior=behavior)
     try:
-        await verify(read_addresses(io.StringIO(text)),
-                     lambda la: records.append(render_record(la)), ctx=ctx, options=options)  # fmt: skip
+        lines = read_addresses(io.StringIO(text))
+        await verify(lines, lambda la: records.append(render_record(la)), ctx=ctx, options=options)
     finally:
         await ctx.aclose()
     return records
@@ -48,8 +48,8 @@ async def greylister(world_factory: Any, behavior: MXBehavior, domains: int = 1)
 
 async def test_the_reply_hint_sets_the_retry(world_factory: Any) -> None:  # noqa: F811
     boxes = {"real@d0.example": ACCEPT}
-    world = await greylister(world_factory,
-                             MXBehavior(mailboxes=boxes, greylist_seconds=0.6, greylist_reply=HINTED))  # fmt: skip
+    server = MXBehavior(mailboxes=boxes, greylist_seconds=0.6, greylist_reply=HINTED)
+    world = await greylister(world_factory, server)
     behavior = BehaviorCache()
     # A fixed schedule of 5 s: the server's "try again in 1 seconds" wins over it.
     options = BulkOptions(reuse_ttl=None, greylist_delays=(5.0, 5.0))

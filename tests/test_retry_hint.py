@@ -20,8 +20,10 @@ from mailprobe.retry_hint import MAX_HINT, MIN_HINT, retry_hint
         # github:schweikert/postgrey:postgrey), as configured by many deployments
         ("4.2.0 <user@example.com>: Recipient address rejected: Greylisted for 45 seconds", 45.0),
         # https://www.simplefastwebsites.com/errors/email/smtp-451-4-7-1-greylisting-try-again-later/
-        ("4.7.1 <u@example.com>: Recipient address rejected: Greylisted, try again in 300 seconds",
-         300.0),  # fmt: skip
+        (
+            "4.7.1 <u@example.com>: Recipient address rejected: Greylisted, try again in 300 seconds",
+            300.0,
+        ),
         # https://ac.roguewd.com/index.php?rp=/knowledgebase/126/451-Greylisted-please-try-again-in-900-seconds.html
         ("Greylisted, please try again in 900 seconds", 900.0),
         # https://hoststud.com/resources/email-error-450-and-it%E2%80%99s-solution.317/updates
@@ -30,8 +32,10 @@ from mailprobe.retry_hint import MAX_HINT, MIN_HINT, retry_hint
         # https://stwalkerster.co.uk/support/greylisted/
         ("Greylisted, see or wait 300 seconds", 300.0),  # the help URL elided on the page
         # https://github.com/mailcow/mailcow-dockerized/issues/4443
-        ("Recipient address rejected: Greylisting in action, please come back in 180 seconds",
-         180.0),  # fmt: skip
+        (
+            "Recipient address rejected: Greylisting in action, please come back in 180 seconds",
+            180.0,
+        ),
         # http://www.exchangefreaks.com/Grey-list-t128141.html (lower case, trailing dots)
         ("Recipient address rejected greylisted for 300 seconds.....", 300.0),
         # the forms the issue names, with abbreviations Postfix/Exim users write
@@ -58,7 +62,8 @@ def test_a_real_wording_gives_its_wait(text: str, seconds: float) -> None:
         "4.7.1 Greylisting in action, please come back later",
         # https://www.spam-mail-blocker.de/greylisted.html: a placeholder, no number
         "4.2.0 Sender address rejected: Greylisted for XX sec.",
-        # stalwart (github:stalwartlabs/mail-server:resources/config/spamfilter/scripts/greylist.sieve)
+        # stalwart: github:stalwartlabs/mail-server,
+        # resources/config/spamfilter/scripts/greylist.sieve
         "4.2.2 Greylisted, please try again in a few moments.",
         # numbers that are not waits: codes, addresses, a count
         "4.7.1 192.0.2.1 is not yet authorized to deliver mail from <a@b.example>",
