@@ -70,7 +70,10 @@ async def test_the_learned_delay_starts_the_next_run_from_the_store(world_factor
     first = await run(world, "u0@d0.example\nu1@d0.example\nu2@d0.example\n", options,
                       BehaviorCache())  # fmt: skip
     assert {r["reason"] for r in first} == {"catch_all_unknown"}
-    assert all(r["attempts"] > 2 for r in first)  # 0.2 s, 0.3 s, 0.45 s...: found by growing
+    # one scout finds the delay (0.2 s, 0.23 s, 0.26 s...), the others wait behind it and
+    # go once, at their own first refusal plus the delay it found
+    assert sorted(r["attempts"] for r in first)[:2] == [2, 2]
+    assert max(r["attempts"] for r in first) > 2
     with world.store.session() as session:
         stored = load_mx_behavior(session, [HOST])[HOST]
     assert 0.5 <= stored["greylist_passed_after"] < 1.5

@@ -11,6 +11,7 @@ import pytest
 from mailprobe.engine.bulk.options import BulkOptions
 from mailprobe.engine.bulk.retry import (
     Alone,
+    Behind,
     Counters,
     Final,
     Finding,
@@ -118,3 +119,15 @@ def test_a_fixed_schedule_is_kept_but_a_hint_wins() -> None:
     assert greylist_wait(0, 0.0, Pace(learned=10.0), fixed) == 60.0
     assert greylist_wait(1, 60.0, Pace(hint=120.0), fixed) == 121.0
     assert greylist_wait(2, 360.0, Pace(hint=1.0), fixed) is None
+
+
+def test_behind_a_scout_until_the_maximum() -> None:
+    behind = Pace(behind=True)
+    assert next_step("greylisted", Counters(), GROWING, behind) == Behind()
+    assert check_step("greylisted", 0, GROWING, pace=behind) == Behind()
+    assert next_step("greylisted", Counters(greylists=1, waited=900.0), GROWING, behind) == Final()
+
+
+def test_the_scout_searches_on_a_finer_schedule() -> None:
+    assert greylist_wait(1, 30.0, Pace(scout=True), GROWING) == pytest.approx(4.5)  # at 34.5 s
+    assert greylist_wait(1, 30.0, Pace(), GROWING) == pytest.approx(15.0)  # at 45 s

@@ -73,6 +73,15 @@ class _DueTogether:
     handle: asyncio.TimerHandle | None = None
 
 
+@dataclass(eq=False)
+class _Scout:
+    """A recipient finding its greylisting MX's delay alone (`retry.SCOUT_GROWTH`); the
+    MX's other greylisted recipients wait behind it, each with how to send it again."""
+
+    recipient: Recipient
+    behind: list[tuple[Recipient, Callable[[], None]]] = field(default_factory=list)
+
+
 class BulkVerifier:
     """One run over one input. `await run(lines)`; answers go to `sink` as they are final."""
 
@@ -102,6 +111,7 @@ class BulkVerifier:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._due: dict[str, _DueTogether] = {}  # per MX host: the retries it may join
+        self._scouts: dict[str, _Scout] = {}  # per greylisting MX host with no known delay
         self._retrying = 0  # targets waiting in a retry timer
         self._parked: set[DomainState] = set()  # domains whose catch-all check waits to retry
         self._wake = asyncio.Event()
@@ -234,6 +244,7 @@ class BulkVerifier:
         step = retry.next_step(outcome.reason, counters, self.options, pace)
         if isinstance(step, retry.Retry | retry.Final) and step.penalize and host:
             self.spawn(self.throttle.penalize(host, reason=outcome.reason))
+        self._scout_step(host, target, step)
         match step:
             case retry.Alone():
                 target.batching_retries += 1
@@ -249,6 +260,14 @@ class BulkVerifier:
             case retry.Retry(delay=delay):
                 target.temps += 1
                 self._retry(target, delay, host)
+            case retry.Behind():
+                self._retrying += 1
+
+                def again() -> None:
+                    self._retrying -= 1
+                    self.route(target)
+
+                self._wait_behind(host, target, again)
             case retry.Final():
                 self.finalize(target, target.last)
 
@@ -261,6 +280,18 @@ class BulkVerifier:
         waited, pace = self._greylisting(check, reason, message, host)
         step = retry.check_step(reason, check.greylists, self.options, waited=waited,
                                 pace=pace, batching_retries=check.batching_retries)  # fmt: skip
+        self._scout_step(host, check, step)
+        if isinstance(step, retry.Behind):
+            check.alone = True
+            self._parked.add(state)
+
+            def again() -> None:
+                self._parked.discard(state)
+                self.route(check)
+
+            self._wait_behind(host, check, again)
+            self._check_done()
+            return
         if isinstance(step, retry.Alone):  # our batching was refused: again now, alone
             check.batching_retries += 1
             check.alone = True
@@ -294,6 +325,37 @@ class BulkVerifier:
         passed = time.monotonic() - r.greylisted_at
         self.ctx.behavior.mark_greylist_passed(host, passed, first_retry=r.greylists <= 1)
         r.greylisted_at = None
+        scout = self._scouts.get(host)
+        if scout is not None and scout.recipient is r:
+            self._scout_over(host, passed)
+
+    def _scout_step(self, host: str, r: Recipient, step: object) -> None:
+        """The scout's answer ended its search without a delay (given up, or another
+        reply): the ones behind it are asked again now, and one of them scouts."""
+        scout = self._scouts.get(host)
+        if scout is None or scout.recipient is not r:
+            return
+        if not (isinstance(step, retry.Retry) and step.counter == "greylists"):
+            self._scout_over(host, None)
+
+    def _wait_behind(self, host: str, r: Recipient, again: Callable[[], None]) -> None:
+        scout = self._scouts.get(host)
+        if scout is None or self._stopping:  # cannot happen: `Behind` needs a scout
+            again()
+            return
+        scout.behind.append((r, again))
+        self._check_done()
+
+    def _scout_over(self, host: str, passed: float | None) -> None:
+        """Send the ones behind the scout: each at its own first refusal plus the delay
+        the scout found (they go together, `_later`), or now when it found none."""
+        scout = self._scouts.pop(host)
+        now = time.monotonic()
+        for r, again in scout.behind:
+            r.greylists += 1
+            since = r.greylisted_at if r.greylisted_at is not None else now
+            delay = 0.0 if passed is None else max(0.0, since + passed - now)
+            self._later(delay, again, host)
 
     def _greylisting(
         self, r: Recipient, reason: str, message: str, host: str
@@ -306,7 +368,13 @@ class BulkVerifier:
             r.greylisted_at = now
         hint = retry_hint(message) if reason == Reason.GREYLISTED else None
         learned = self.ctx.behavior.greylist_delay(host) if host else None
-        return now - r.greylisted_at, retry.Pace(hint, learned)
+        scout = behind = False
+        unknown = hint is None and learned is None and not self.options.greylist_delays
+        if reason == Reason.GREYLISTED and unknown and host:
+            current = self._scouts.setdefault(host, _Scout(r))
+            scout = current.recipient is r
+            behind = not scout
+        return now - r.greylisted_at, retry.Pace(hint, learned, scout, behind)
 
     def finalize(self, recipient: Recipient, outcome: Outcome) -> None:
         if isinstance(recipient, CatchAllCheck):  # no input line: it only settles its domain
