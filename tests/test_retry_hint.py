@@ -21,7 +21,8 @@ from mailprobe.retry_hint import MAX_HINT, MIN_HINT, retry_hint
         ("4.2.0 <user@example.com>: Recipient address rejected: Greylisted for 45 seconds", 45.0),
         # https://www.simplefastwebsites.com/errors/email/smtp-451-4-7-1-greylisting-try-again-later/
         (
-            "4.7.1 <u@example.com>: Recipient address rejected: Greylisted, try again in 300 seconds",
+            "4.7.1 <u@example.com>: Recipient address rejected: "
+            "Greylisted, try again in 300 seconds",
             300.0,
         ),
         # https://ac.roguewd.com/index.php?rp=/knowledgebase/126/451-Greylisted-please-try-again-in-900-seconds.html
