@@ -223,7 +223,7 @@ class BulkVerifier:
     def answered(self, recipient: Recipient, outcome: Outcome) -> None:
         """Retry what deserves a retry (see `retry.next_step`); answer the rest."""
         if isinstance(recipient, CatchAllCheck):
-            self.checked(recipient, outcome.reason)
+            self.checked(recipient, outcome.reason, outcome.message)
             return
         assert isinstance(recipient, Target)
         target = recipient
