@@ -18,7 +18,8 @@ How a list flows:
    an unreachable MX hands its recipients to the next MX (`session`). Greylisting goes
    at the server's pace (`retry.greylist_wait`: the reply's hint, the MX's learned
    delay), and the retries of one MX due at about the same moment are routed together
-   (`_later`), so its lane batches them into sessions within the per-MX caps.
+   (`pacing`), so its lane batches them into sessions within the per-MX caps; an
+   unknown delay is found by one scout while the MX's others wait behind it.
 5. Every final answer is decided by `results.answer_for`, handed to the sink as a
    `LineAnswer` and stored in batches (`writer`).
 
@@ -32,14 +33,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any
 
-from mailprobe.classify import Reason
 from mailprobe.engine.bulk import retry
 from mailprobe.engine.bulk.catchall import CatchAllCheck, finding_for
 from mailprobe.engine.bulk.options import MAX_UNSTORED_ROWS, BulkOptions, Sink, Summary
+from mailprobe.engine.bulk.pacing import Pacer
 from mailprobe.engine.bulk.reader import Lines, read
 from mailprobe.engine.bulk.routing import Router
 from mailprobe.engine.bulk.scheduler import Ask, Scheduler, Wait
@@ -51,35 +51,9 @@ from mailprobe.engine.context import Context
 from mailprobe.flags import flags_for
 from mailprobe.inputs import InputLine
 from mailprobe.results import Answer, LineAnswer, Outcome, answer_for, invalid_answer
-from mailprobe.retry_hint import retry_hint
 from mailprobe.throttle import Slot, ThrottleError, ThrottleTimeout
 
 log = logging.getLogger(__name__)
-
-# Retries of one MX due within this share of their delay (at most RETRY_COALESCE_MAX
-# seconds) of each other go together, at the latest one's time: never early for any.
-RETRY_COALESCE = 0.1
-RETRY_COALESCE_MAX = 2.0
-
-
-@dataclass(eq=False)
-class _DueTogether:
-    """Retries of one MX that are routed together when the latest of them is due."""
-
-    first: float  # the earliest member's due time (monotonic)
-    at: float  # when they go: the latest member's due time
-    window: float
-    actions: list[Callable[[], None]] = field(default_factory=list)
-    handle: asyncio.TimerHandle | None = None
-
-
-@dataclass(eq=False)
-class _Scout:
-    """A recipient finding its greylisting MX's delay alone (`retry.SCOUT_GROWTH`); the
-    MX's other greylisted recipients wait behind it, each with how to send it again."""
-
-    recipient: Recipient
-    behind: list[tuple[Recipient, Callable[[], None]]] = field(default_factory=list)
 
 
 class BulkVerifier:
@@ -109,9 +83,7 @@ class BulkVerifier:
         self._outstanding = 0  # lines counted in and not answered yet
         self._done = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._due: dict[str, _DueTogether] = {}  # per MX host: the retries it may join
-        self._scouts: dict[str, _Scout] = {}  # per greylisting MX host with no known delay
+        self.pacer = Pacer(ctx.behavior, self.options)  # retry timers, greylisting pace
         self._retrying = 0  # targets waiting in a retry timer
         self._parked: set[DomainState] = set()  # domains whose catch-all check waits to retry
         self._wake = asyncio.Event()
@@ -130,8 +102,7 @@ class BulkVerifier:
             await self._done.wait()
         finally:
             self._stopping = True
-            for timer in self._timers:
-                timer.cancel()
+            self.pacer.cancel()
             self.summary.pending = self._outstanding
             for task in list(self._tasks):
                 task.cancel()
@@ -237,14 +208,14 @@ class BulkVerifier:
             code=outcome.code,
             reason=outcome.reason,
         )
-        waited, pace = self._greylisting(target, outcome.reason, outcome.message, host)
+        waited, pace = self.pacer.greylisting(target, outcome.reason, outcome.message, host)
         counters = retry.Counters(
             target.greylists, target.temps, target.batching_retries, target.slow, waited
         )
         step = retry.next_step(outcome.reason, counters, self.options, pace)
         if isinstance(step, retry.Retry | retry.Final) and step.penalize and host:
             self.spawn(self.throttle.penalize(host, reason=outcome.reason))
-        self._scout_step(host, target, step)
+        self.pacer.stepped(host, target, step)
         match step:
             case retry.Alone():
                 target.batching_retries += 1
@@ -267,7 +238,8 @@ class BulkVerifier:
                     self._retrying -= 1
                     self.route(target)
 
-                self._wait_behind(host, target, again)
+                self.pacer.wait_behind(host, target, again)
+                self._check_done()
             case retry.Final():
                 self.finalize(target, target.last)
 
@@ -276,11 +248,11 @@ class BulkVerifier:
         domain and release the answers it held."""
         state = self.domain(check.domain)
         host = state.lowest_mx or check.domain
-        self._learn(check, finding_for(reason) is not None, host)
-        waited, pace = self._greylisting(check, reason, message, host)
+        self.pacer.learn(check, finding_for(reason) is not None, host)
+        waited, pace = self.pacer.greylisting(check, reason, message, host)
         step = retry.check_step(reason, check.greylists, self.options, waited=waited,
                                 pace=pace, batching_retries=check.batching_retries)  # fmt: skip
-        self._scout_step(host, check, step)
+        self.pacer.stepped(host, check, step)
         if isinstance(step, retry.Behind):
             check.alone = True
             self._parked.add(state)
@@ -289,7 +261,7 @@ class BulkVerifier:
                 self._parked.discard(state)
                 self.route(check)
 
-            self._wait_behind(host, check, again)
+            self.pacer.wait_behind(host, check, again)
             self._check_done()
             return
         if isinstance(step, retry.Alone):  # our batching was refused: again now, alone
@@ -317,64 +289,7 @@ class BulkVerifier:
         recipient let through teaches its MX's delay (`behavior.mark_greylist_passed`)."""
         code = outcome.code
         said = code is not None and not 400 <= code < 500  # a word on the address at last
-        self._learn(recipient, said, outcome.mx_host)
-
-    def _learn(self, r: Recipient, said: bool, host: str | None) -> None:
-        if r.greylisted_at is None or not said or not host:
-            return
-        passed = time.monotonic() - r.greylisted_at
-        self.ctx.behavior.mark_greylist_passed(host, passed, first_retry=r.greylists <= 1)
-        r.greylisted_at = None
-        scout = self._scouts.get(host)
-        if scout is not None and scout.recipient is r:
-            self._scout_over(host, passed)
-
-    def _scout_step(self, host: str, r: Recipient, step: object) -> None:
-        """The scout's answer ended its search without a delay (given up, or another
-        reply): the ones behind it are asked again now, and one of them scouts."""
-        scout = self._scouts.get(host)
-        if scout is None or scout.recipient is not r:
-            return
-        if not (isinstance(step, retry.Retry) and step.counter == "greylists"):
-            self._scout_over(host, None)
-
-    def _wait_behind(self, host: str, r: Recipient, again: Callable[[], None]) -> None:
-        scout = self._scouts.get(host)
-        if scout is None or self._stopping:  # cannot happen: `Behind` needs a scout
-            again()
-            return
-        scout.behind.append((r, again))
-        self._check_done()
-
-    def _scout_over(self, host: str, passed: float | None) -> None:
-        """Send the ones behind the scout: each at its own first refusal plus the delay
-        the scout found (they go together, `_later`), or now when it found none."""
-        scout = self._scouts.pop(host)
-        now = time.monotonic()
-        for r, again in scout.behind:
-            r.greylists += 1
-            since = r.greylisted_at if r.greylisted_at is not None else now
-            delay = 0.0 if passed is None else max(0.0, since + passed - now)
-            self._later(delay, again, host)
-
-    def _greylisting(
-        self, r: Recipient, reason: str, message: str, host: str
-    ) -> tuple[float, retry.Pace | None]:
-        """Seconds since the recipient's first greylisting, and what says when to retry."""
-        if reason != Reason.GREYLISTED and r.greylisted_at is None:
-            return 0.0, None
-        now = time.monotonic()
-        if r.greylisted_at is None:
-            r.greylisted_at = now
-        hint = retry_hint(message) if reason == Reason.GREYLISTED else None
-        learned = self.ctx.behavior.greylist_delay(host) if host else None
-        scout = behind = False
-        unknown = hint is None and learned is None and not self.options.greylist_delays
-        if reason == Reason.GREYLISTED and unknown and host:
-            current = self._scouts.setdefault(host, _Scout(r))
-            scout = current.recipient is r
-            behind = not scout
-        return now - r.greylisted_at, retry.Pace(hint, learned, scout, behind)
+        self.pacer.learn(recipient, said, outcome.mx_host)
 
     def finalize(self, recipient: Recipient, outcome: Outcome) -> None:
         if isinstance(recipient, CatchAllCheck):  # no input line: it only settles its domain
@@ -395,7 +310,7 @@ class BulkVerifier:
             self._retrying -= 1
             self.route(target)
 
-        self._later(delay, again, host or target.domain)
+        self.pacer.later(delay, again, host or target.domain)
         self._check_done()
 
     def _retry_check(self, check: CatchAllCheck, delay: float, host: str) -> None:
@@ -406,38 +321,7 @@ class BulkVerifier:
             self._parked.discard(self.domain(check.domain))
             self.route(check)
 
-        self._later(delay, again, host)
-
-    def _later(self, delay: float, action: Callable[[], None], host: str) -> None:
-        """Run `action` after `delay`, with the other retries of `host` due about then:
-        one timer routes them all, so the MX's lane batches them into sessions (within
-        its caps) instead of one session per timer, a burst that provokes 421s."""
-        loop = asyncio.get_running_loop()
-        due = loop.time() + delay
-        group = self._due.get(host)
-        if group is None or group.handle is None or abs(due - group.first) > group.window:
-            window = min(RETRY_COALESCE_MAX, RETRY_COALESCE * delay)
-            group = self._due[host] = _DueTogether(first=due, at=due, window=window)
-        group.actions.append(action)
-        if group.handle is not None and due <= group.at:
-            return
-        if group.handle is not None:  # a later member: the group goes at its time
-            group.handle.cancel()
-            self._timers.discard(group.handle)
-        group.at = due
-        member = group
-
-        def fire() -> None:
-            if member.handle is not None:
-                self._timers.discard(member.handle)
-            member.handle = None
-            if self._due.get(host) is member:
-                del self._due[host]
-            for act in member.actions:
-                act()
-
-        member.handle = loop.call_at(due, fire)
-        self._timers.add(member.handle)
+        self.pacer.later(delay, again, host)
 
     # -- answers --------------------------------------------------------------------
 
