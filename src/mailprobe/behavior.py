@@ -46,6 +46,7 @@ class MXStats:
     catch_all_seen: bool = False
     one_rcpt_since: float | None = None  # when it last refused a second RCPT (time.time)
     dead_since: float | None = None  # when a connection to it last failed (time.time)
+    greylist_passed_after: float | None = None  # seconds from greylisted to let through
     last_code: int | None = None
     last_reason: str | None = None
     last_seen: float = field(default_factory=time.time)
@@ -118,6 +119,25 @@ class BehaviorCache:
         with self._lock:
             self._stats.setdefault(key, MXStats()).one_rcpt_since = time.time()
             self._dirty.add(key)
+
+    def mark_greylist_passed(self, mx_host: str, seconds: float, *, first_retry: bool) -> None:
+        """A greylisted RCPT got through `seconds` after its first refusal: the next
+        greylisting of this MX (this run, or the next) waits that long first. Passing at
+        the first retry only ever lowers it (no creep by scheduling delays); needing more
+        retries means the old figure was too short."""
+        key = mx_host.lower()
+        with self._lock:
+            stats = self._stats.setdefault(key, MXStats())
+            old = stats.greylist_passed_after
+            if first_retry and old is not None:
+                seconds = min(old, seconds)
+            stats.greylist_passed_after = round(seconds, 3)
+            self._dirty.add(key)
+
+    def greylist_delay(self, mx_host: str) -> float | None:
+        """The delay that got a greylisted RCPT through at this MX before, if any."""
+        stats = self.stats(mx_host)
+        return stats.greylist_passed_after if stats is not None else None
 
     def one_rcpt(self, mx_host: str) -> bool:
         """Send this MX one RCPT per transaction (it refused more, not long ago)?"""

@@ -308,8 +308,13 @@ def verify(
         int, typer.Option("--rcpts-per-session", min=1, help="RCPTs per SMTP connection.")
     ] = 20,
     greylist_delays: Annotated[
-        str, typer.Option("--greylist-delays", help="Seconds between greylisting retries.")
-    ] = "60,300,900",
+        str,
+        typer.Option(
+            "--greylist-delays",
+            help="A fixed greylisting schedule (seconds, e.g. 60,300,900) instead of "
+            "GREYLIST_FIRST_RETRY growing to GREYLIST_MAX_DELAY; a reply's own wait still wins.",
+        ),
+    ] = "",
     port: Annotated[
         int | None, typer.Option("--port", help="SMTP port (default SMTP_PORT).")
     ] = None,
@@ -341,6 +346,8 @@ def verify(
     options = BulkOptions(
         rcpts_per_session=rcpts_per_session,
         greylist_delays=delays,
+        greylist_first_retry=settings.greylist_first_retry,
+        greylist_max_delay=settings.greylist_max_delay,
         reuse_ttl=None if force else reuse_ttl,
         reuse_since=run.resume_since,
         reuse_unknown_ttl=0.0 if force else reuse_unknown_ttl,

@@ -91,6 +91,10 @@ class Settings:
     probe_freemail: bool = False  # PROBE_FREEMAIL: queue probes of gmail.com & co. too
     # SPECIAL_USE_ALLOWED: special-use names ("test,example") probed anyway, for staging
     special_use_allowed: tuple[str, ...] = ()
+    # Greylisting (bulk verify): first retry when the reply gives no wait, and the
+    # longest greylisting waited out (postgrey's default delay is 300 s)
+    greylist_first_retry: float = 30.0  # GREYLIST_FIRST_RETRY, seconds
+    greylist_max_delay: float = 900.0  # GREYLIST_MAX_DELAY, seconds
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -146,6 +150,8 @@ class Settings:
             throttle_outage_limit=_positive_float(env, "THROTTLE_OUTAGE_LIMIT", 300.0),
             probe_freemail=_bool(env, "PROBE_FREEMAIL", False),
             special_use_allowed=_special_use(env, "SPECIAL_USE_ALLOWED"),
+            greylist_first_retry=_positive_float(env, "GREYLIST_FIRST_RETRY", 30.0),
+            greylist_max_delay=_positive_float(env, "GREYLIST_MAX_DELAY", 900.0),
         )
 
     def as_env(self) -> dict[str, str]:

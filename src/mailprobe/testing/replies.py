@@ -209,6 +209,16 @@ def greylist_reply(corpus: Mapping[str, CorpusReply]) -> Scripted:
     )
 
 
+def greylist_hint_replies(corpus: Mapping[str, CorpusReply]) -> tuple[Scripted, ...]:
+    """Greylisting replies that say the time left (filled in by the server: `with_wait`)."""
+    return (
+        corpus_reply(corpus, "milter-greylist-rcpt-451-471-come-back-in-hms",
+                     ("00:04:59", "{wait_hms}")),
+        corpus_reply(corpus, "hosting-rcpt-451-greylisted-try-again-in-900-seconds",
+                     ("900", "{wait}")),
+    )  # fmt: skip
+
+
 def blocked_reply(corpus: Mapping[str, CorpusReply]) -> Scripted:
     return corpus_reply(
         corpus, "postscreen-rcpt-550-571-blocked-zen-spamhaus", ("[187.127.191.207]", "[{client}]")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 import time
 from collections import deque
@@ -97,6 +98,17 @@ def split_path(arg: str) -> tuple[str, list[str]]:
     return rest[1:i], rest[i + 1 :].split()
 
 
+def with_wait(reply: Scripted, left: float) -> Scripted:
+    """A greylisting reply that says how long is left (rounded up, as a retry hint must
+    be), as seconds ({wait}, postgrey's %s) or HH:MM:SS ({wait_hms}, milter-greylist)."""
+    if "{wait" not in reply.text:
+        return reply
+    seconds = max(0, math.ceil(left))
+    hms = f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    text = reply.text.replace("{wait}", str(seconds)).replace("{wait_hms}", hms)
+    return Scripted(reply.code, text)
+
+
 @dataclass
 class SessionState:
     """What one client connection has done so far; handlers may read it."""
@@ -155,7 +167,7 @@ class MXBehavior:
     catch_all: bool = False  # a recipient not in `mailboxes` gets `catch_all_reply`
     catch_all_reply: Scripted = ACCEPT
     greylist_seconds: float | None = None  # (client IP, MAIL FROM, RCPT) triplets
-    greylist_reply: Scripted = GREYLISTED
+    greylist_reply: Scripted = GREYLISTED  # {wait} / {wait_hms}: the time left, as postgrey's %s
     clock: Callable[[], float] = time.monotonic  # greylisting's clock, injectable for tests
     blocked: Scripted | None = None  # refuse every RCPT with this (a blocklist reply)
     # -- politeness: the caps the prober promised; the server counts breaches ----
@@ -378,7 +390,7 @@ class SimSMTPServer(ThreadedServer):
             now = b.clock()
             first = self.greylist.setdefault(key, now)
             if now - first < b.greylist_seconds:
-                return b.greylist_reply
+                return with_wait(b.greylist_reply, b.greylist_seconds - (now - first))
         return b.rcpt_reply(rcpt, state)
 
     async def _dispatch(

@@ -53,7 +53,13 @@ from mailprobe.testing.generate import (
     invalid_line,
     local_part,
 )
-from mailprobe.testing.replies import ReplyFamily, blocked_reply, greylist_reply, reply_families
+from mailprobe.testing.replies import (
+    ReplyFamily,
+    blocked_reply,
+    greylist_hint_replies,
+    greylist_reply,
+    reply_families,
+)
 from mailprobe.testing.smtpd import MXBehavior, Scripted, SimSMTPServer
 from mailprobe.testing.stats import WorldStats
 from mailprobe.testing.truth import AddressTruth, DomainTruth, GroundTruth, address_truth
@@ -108,6 +114,7 @@ class SimWorld(ThreadedServer):
         self.corpus = load_corpus(corpus_path)
         self.families = reply_families(self.corpus)
         self._greylisted = greylist_reply(self.corpus)
+        self._greylisted_hint = greylist_hint_replies(self.corpus)
         self._blocked = blocked_reply(self.corpus)
         self.zone: dict[str, DomainSpec] = {}
         self.dns = SimDNSServer(self.zone, host=dns_host)
@@ -191,8 +198,14 @@ class SimWorld(ThreadedServer):
             self.servers[host] = SimSMTPServer(behavior, host=ip, port=self._port_wanted)
         return host
 
+    def _greylist_delay(self, domain: str) -> float:
+        """This domain's MX's greylisting delay: one of `greylist_delays`, or the one."""
+        choices = self.config.greylist_delays
+        return random.Random(domain).choice(choices) if choices else self.config.greylist_seconds
+
     def _behavior(self, host: str, family: ReplyFamily, **kw: Any) -> MXBehavior:
         cfg = self.config
+        kw.setdefault("greylist_reply", self._greylisted)
         return MXBehavior(
             hostname=host,
             banner=family.banner,
@@ -204,7 +217,6 @@ class SimWorld(ThreadedServer):
             too_many_connections=family.too_many_connections,
             multiple_domains=family.multiple_domains,
             catch_all_reply=family.accept,
-            greylist_reply=self._greylisted,
             clock=self.clock,
             expect_max_concurrency=cfg.expect_max_concurrency,
             expect_rps=cfg.expect_rps,
@@ -282,8 +294,11 @@ class SimWorld(ThreadedServer):
         else:
             if kind is Kind.CATCH_ALL:
                 extra["catch_all"] = True
-            elif kind is Kind.GREYLIST:
-                extra["greylist_seconds"] = cfg.greylist_seconds
+            elif kind in (Kind.GREYLIST, Kind.GREYLIST_HINT):
+                extra["greylist_seconds"] = self._greylist_delay(domain)
+                if kind is Kind.GREYLIST_HINT:
+                    pick = random.Random(f"hint:{domain}").randrange(len(self._greylisted_hint))
+                    extra["greylist_reply"] = self._greylisted_hint[pick]
             elif kind is Kind.SLOW:
                 extra["greeting_delay"] = cfg.slow_greeting_delay
                 extra["reply_delay"] = cfg.slow_reply_delay
@@ -315,7 +330,7 @@ class SimWorld(ThreadedServer):
             family=family,
             catch_all=kind in (Kind.CATCH_ALL, Kind.BACKUP_ACCEPTS_ALL),
             blocked=kind is Kind.BLOCKED,
-            greylist_seconds=cfg.greylist_seconds if kind is Kind.GREYLIST else None,
+            greylist_seconds=extra.get("greylist_seconds"),
             never_answers=kind is Kind.BLACKHOLE,
             backup_accepts_all=kind is Kind.BACKUP_ACCEPTS_ALL,
             smtputf8=any(

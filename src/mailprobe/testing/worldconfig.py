@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-GREYLIST_RETRY_WINDOW = 60.0 + 300.0 + 900.0  # the bulk engine's default greylist retries
+GREYLIST_RETRY_WINDOW = 900.0  # the bulk engine's GREYLIST_MAX_DELAY: longer is unknown
 
 
 class Kind(StrEnum):
@@ -25,6 +25,7 @@ class Kind(StrEnum):
     MICROSOFT = "microsoft"  # Outlook-like clusters: 452 4.5.3 past N rcpts; 5.1.10/5.4.1/5.5.0
     CATCH_ALL = "catch_all"  # accepts every unknown recipient
     GREYLIST = "greylist"  # postgrey: 450 4.2.0 for a new triplet, then answers
+    GREYLIST_HINT = "greylist_hint"  # greylisting whose reply says the time left
     SLOW = "slow"  # slow greeting and replies, within a prober's timeouts
     BLOCKED = "blocked"  # refuses us at RCPT with a Spamhaus listing
     BACKUP_MX = "backup_mx"  # first MX unreachable (nobody listens), second works
@@ -67,6 +68,7 @@ DEFAULT_MIX: dict[str, float] = {
     Kind.MICROSOFT: 0.12,
     Kind.CATCH_ALL: 0.07,
     Kind.GREYLIST: 0.05,
+    Kind.GREYLIST_HINT: 0.0,
     Kind.SLOW: 0.04,
     Kind.BLOCKED: 0.02,
     Kind.BACKUP_MX: 0.04,
@@ -113,6 +115,9 @@ class WorldConfig:
     mailbox_mix: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MAILBOX_MIX))
     invalid_fraction: float = 0.01  # extra invalid input lines, per valid address
     greylist_seconds: float = 2.0
+    # Per-MX greylisting delays: each greylisting domain's MX draws one (by its name);
+    # empty: every one uses greylist_seconds.
+    greylist_delays: tuple[float, ...] = ()
     greylist_retry_window: float = GREYLIST_RETRY_WINDOW  # longer greylisting: truth unknown
     slow_greeting_delay: float = 0.3
     slow_reply_delay: float = 0.05

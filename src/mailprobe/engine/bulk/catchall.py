@@ -2,8 +2,10 @@
 
 An accepted RCPT means something only once we know whether the domain accepts any
 local part. The check is one RCPT for a local part that cannot exist (`mp-` and 16
-random hex digits), sent in a transaction of its own after a domain's first real
-RCPTs, so that it can neither spoil nor be spoilt by them. Until the check answers,
+random hex digits, drawn once per domain and run: a retry asks for the same one, so a
+greylister's clock for it keeps running), sent in a transaction of its own after a
+domain's first real RCPTs, so that it can neither spoil nor be spoilt by them, and
+so that its greylisting clock starts with theirs. Until the check answers,
 the domain's accepted answers are held here; the check's answer (or its failure)
 releases them with the finding.
 
@@ -38,10 +40,16 @@ Accepted = tuple[Target, Outcome]  # an accepted RCPT waiting for its domain's f
 class CatchAllCheck(Recipient):
     """The RCPT of a domain's catch-all check (no input line: it only settles its domain)."""
 
+    batching_retries: int = 0  # asked again at once after our batching was refused
+
     @classmethod
-    def for_domain(cls, domain: str) -> CatchAllCheck:
-        local = f"mp-{secrets.token_hex(8)}"
-        return cls(EmailAddress(local, domain, domain))
+    def for_domain(cls, domain: str, local: str | None = None) -> CatchAllCheck:
+        return cls(EmailAddress(local or random_local(), domain, domain))
+
+
+def random_local() -> str:
+    """A local part no one has: `mp-` and 16 random hex digits."""
+    return f"mp-{secrets.token_hex(8)}"
 
 
 def finding_for(reason: str) -> bool | None:
@@ -56,14 +64,17 @@ class CatchAll:
     finding: bool | None = None  # known (from the MX cache, or found in this run)
     check: CatchAllCheck | None = None  # the check under way, if any
     held: list[Accepted] = field(default_factory=list)  # accepted, waiting for the finding
+    local: str | None = None  # the check's local part, the same for the whole run
 
     def needs_check(self, enabled: bool) -> bool:
         """No finding and no check under way: the next session of the domain asks."""
         return enabled and self.finding is None and self.check is None
 
     def start(self, domain: str) -> CatchAllCheck:
-        """A check begins (its RCPT goes out in this session)."""
-        self.check = CatchAllCheck.for_domain(domain)
+        """A check begins (its RCPT goes out in this session), for the run's local part."""
+        if self.local is None:
+            self.local = random_local()
+        self.check = CatchAllCheck.for_domain(domain, self.local)
         return self.check
 
     def hold(self, accepted: list[Accepted], enabled: bool) -> list[Accepted]:

@@ -16,7 +16,11 @@ How a list flows:
    421 and rate limits penalise the MX's throttle; greylisting and other temporary
    failures are retried on their schedules; a timeout is retried once in a slow lane;
    an MX we cannot connect to hands its recipients to the next MX (`session`), and is
-   tried last for a while (`routing`).
+   tried last for a while (`routing`). Greylisting goes
+   at the server's pace (`retry.greylist_wait`: the reply's hint, the MX's learned
+   delay), and the retries of one MX due at about the same moment are routed together
+   (`pacing`), so its lane batches them into sessions within the per-MX caps; an
+   unknown delay is found by one scout while the MX's others wait behind it.
 5. Every final answer is decided by `results.answer_for`, handed to the sink as a
    `LineAnswer` and stored in batches (`writer`).
 
@@ -30,12 +34,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from mailprobe.engine.bulk import retry
-from mailprobe.engine.bulk.catchall import CatchAllCheck
+from mailprobe.engine.bulk.catchall import CatchAllCheck, finding_for
 from mailprobe.engine.bulk.options import MAX_UNSTORED_ROWS, BulkOptions, Sink, Summary
+from mailprobe.engine.bulk.pacing import Pacer
 from mailprobe.engine.bulk.reader import Lines, read
 from mailprobe.engine.bulk.routing import Router
 from mailprobe.engine.bulk.scheduler import Ask, Scheduler, Wait
@@ -100,7 +105,7 @@ class BulkVerifier:
         self._outstanding = 0  # lines counted in and not answered yet
         self._done = asyncio.Event()
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
+        self.pacer = Pacer(ctx.behavior, self.options)  # retry timers, greylisting pace
         self._retrying = 0  # targets waiting in a retry timer
         self._parked: set[DomainState] = set()  # domains whose catch-all check waits to retry
         self._wake = asyncio.Event()
@@ -130,8 +135,7 @@ class BulkVerifier:
             for waiting in (reader, stopped):
                 waiting.cancel()
             await asyncio.gather(reader, stopped, return_exceptions=True)
-            for timer in self._timers:
-                timer.cancel()
+            self.pacer.cancel()
             self.summary.pending = self._outstanding
             for task in list(self._tasks):
                 task.cancel()
@@ -263,7 +267,7 @@ class BulkVerifier:
         """Retry what deserves a retry (see `retry.next_step`); answer the rest."""
         recipient.in_session = False
         if isinstance(recipient, CatchAllCheck):
-            self.checked(recipient, outcome.reason)
+            self.checked(recipient, outcome.reason, outcome.message)
             return
         assert isinstance(recipient, Target)
         target = recipient
@@ -277,12 +281,14 @@ class BulkVerifier:
             code=outcome.code,
             reason=outcome.reason,
         )
+        waited, pace = self.pacer.greylisting(target, outcome.reason, outcome.message, host)
         counters = retry.Counters(
-            target.greylists, target.temps, target.batching_retries, target.slow
+            target.greylists, target.temps, target.batching_retries, target.slow, waited
         )
-        step = retry.next_step(outcome.reason, counters, self.options)
+        step = retry.next_step(outcome.reason, counters, self.options, pace)
         if isinstance(step, retry.Retry | retry.Final) and step.penalize and host:
             self.spawn(self.throttle.penalize(host, reason=outcome.reason))
+        self.pacer.stepped(host, target, step)
         match step:
             case retry.Alone():
                 target.batching_retries += 1
@@ -294,22 +300,54 @@ class BulkVerifier:
                 self._retry(target, 0.0)
             case retry.Retry(delay=delay, counter="greylists"):
                 target.greylists += 1
-                self._retry(target, delay)
+                self._retry(target, delay, host)
             case retry.Retry(delay=delay):
                 target.temps += 1
-                self._retry(target, delay)
+                self._retry(target, delay, host)
+            case retry.Behind():
+                self._retrying += 1
+
+                def again() -> None:
+                    self._retrying -= 1
+                    self.route(target)
+
+                self.pacer.wait_behind(host, target, again)
+                self._check_done()
             case retry.Final():
                 self.finalize(target, target.last)
 
-    def checked(self, check: CatchAllCheck, reason: str) -> None:
+    def checked(self, check: CatchAllCheck, reason: str, message: str = "") -> None:
         """The catch-all check answered (see `retry.check_step`): retry it, or settle the
         domain and release the answers it held."""
         state = self.domain(check.domain)
+        check.in_session = False
         backup, tracker = state.tracker_of(check)
-        step = retry.check_step(reason, check.greylists, self.options)
+        host = backup or state.lowest_mx or check.domain
+        self.pacer.learn(check, finding_for(reason) is not None, host)
+        waited, pace = self.pacer.greylisting(check, reason, message, host)
+        step = retry.check_step(reason, check.greylists, self.options, waited=waited,
+                                pace=pace, batching_retries=check.batching_retries)  # fmt: skip
+        self.pacer.stepped(host, check, step)
+        if isinstance(step, retry.Behind):
+            check.alone = True
+            self._parked.add(state)
+
+            def again() -> None:
+                self._parked.discard(state)
+                self.route(check)
+
+            self.pacer.wait_behind(host, check, again)
+            self._check_done()
+            return
+        if isinstance(step, retry.Alone):  # our batching was refused: again now, alone
+            check.batching_retries += 1
+            check.alone = True
+            self.route(check)
+            return
         if isinstance(step, retry.Retry):
             check.greylists += 1
-            self._retry_check(check, step.delay)
+            check.alone = True  # its own transaction, in the session of its MX's retries
+            self._retry_check(check, step.delay, host)
             self._parked.add(state)  # its held answers now wait for a retry too
             self._check_done()
             return
@@ -319,11 +357,18 @@ class BulkVerifier:
             # its recipients), so it is not stored for the domain.
             self.ctx.behavior.mark_catch_all(backup, found)
         elif found is not None:
-            if host := state.lowest_mx:
-                self.ctx.behavior.mark_catch_all(host, found)
+            if lowest := state.lowest_mx:
+                self.ctx.behavior.mark_catch_all(lowest, found)
             self.spawn(asyncio.to_thread(self.ctx.mx_cache.save_catch_all, state.name, found))
         for target, outcome in tracker.settle(found):
             self.answered(target, outcome)
+
+    def heard(self, recipient: Recipient, outcome: Outcome) -> None:
+        """A RCPT's reply, as it comes (before any catch-all hold): a greylisted
+        recipient let through teaches its MX's delay (`behavior.mark_greylist_passed`)."""
+        code = outcome.code
+        said = code is not None and not 400 <= code < 500  # a word on the address at last
+        self.pacer.learn(recipient, said, outcome.mx_host)
 
     def finalize(self, recipient: Recipient, outcome: Outcome) -> None:
         if isinstance(recipient, CatchAllCheck):  # no input line: it only settles its domain
@@ -332,8 +377,11 @@ class BulkVerifier:
         assert isinstance(recipient, Target)
         self.spawn(self._emit(recipient, outcome))
 
-    def _retry(self, target: Target, delay: float) -> None:
+    def _retry(self, target: Target, delay: float, host: str = "") -> None:
         if self._stopping:
+            return
+        if delay <= 0:  # the slow lane's second chance: at once
+            self.route(target)
             return
         self._retrying += 1
 
@@ -341,10 +389,10 @@ class BulkVerifier:
             self._retrying -= 1
             self.route(target)
 
-        self._later(delay, again)
+        self.pacer.later(delay, again, host or target.domain)
         self._check_done()
 
-    def _retry_check(self, check: CatchAllCheck, delay: float) -> None:
+    def _retry_check(self, check: CatchAllCheck, delay: float, host: str) -> None:
         if self._stopping:
             return
 
@@ -352,18 +400,7 @@ class BulkVerifier:
             self._parked.discard(self.domain(check.domain))
             self.route(check)
 
-        self._later(delay, again)
-
-    def _later(self, delay: float, action: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        handle: asyncio.TimerHandle
-
-        def fire() -> None:
-            self._timers.discard(handle)
-            action()
-
-        handle = loop.call_later(delay, fire)
-        self._timers.add(handle)
+        self.pacer.later(delay, again, host)
 
     # -- answers --------------------------------------------------------------------
 

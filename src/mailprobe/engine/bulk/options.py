@@ -24,7 +24,12 @@ class BulkOptions:
     rcpts_per_transaction: int = 5
     catch_all_check: bool = True
     catch_all_ttl: float = 7 * 86400.0
-    greylist_delays: tuple[float, ...] = (60.0, 300.0, 900.0)  # real greylisting: minutes
+    # Greylisting (see retry.greylist_wait): a hint in the reply is followed; otherwise the
+    # first retry goes after the MX's learned delay or greylist_first_retry, later ones grow
+    # toward greylist_max_delay (counted from the first refusal), then the address is unknown.
+    greylist_first_retry: float = 30.0  # GREYLIST_FIRST_RETRY
+    greylist_max_delay: float = 900.0  # GREYLIST_MAX_DELAY: the longest greylisting waited out
+    greylist_delays: tuple[float, ...] = ()  # --greylist-delays: a fixed schedule instead
     temp_delays: tuple[float, ...] = (30.0, 120.0)
     slow_retry: bool = True
     slow_timeouts: tuple[float, float, float] = (60.0, 60.0, 300.0)  # connect, command, deadline

@@ -128,8 +128,9 @@ class Scheduler:
         plus a greylisting delay if we have never talked to it (it may greylist us)."""
         sessions = -(-len(lane.recipients) // self.options.rcpts_per_session)
         left = sessions / self.policy.limits_for(lane.host).rps
-        if lane.started == 0 and self.options.greylist_delays:
-            left += self.options.greylist_delays[0]
+        if lane.started == 0:
+            delays = self.options.greylist_delays
+            left += delays[0] if delays else self.options.greylist_first_retry
         return left
 
     def cap(self, lane: MXLane) -> int:

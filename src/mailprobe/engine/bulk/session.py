@@ -68,7 +68,9 @@ class Engine(Protocol):
 
     def domain(self, name: str) -> DomainState: ...
 
-    def checked(self, check: CatchAllCheck, reason: str) -> None: ...
+    def checked(self, check: CatchAllCheck, reason: str, message: str = "") -> None: ...
+
+    def heard(self, recipient: Recipient, outcome: Outcome) -> None: ...
 
     def look_up(self, lane: MXLane) -> None: ...
 
@@ -258,7 +260,7 @@ class SessionRunner:
         except SessionError:
             self.engine.checked(check, Reason.CONNECTION_FAILED)
             raise
-        self.engine.checked(check, _reason(session, reply))
+        self.engine.checked(check, _reason(session, reply), reply.message)
 
     # -- with PIPELINING: the whole session is one group ------------------------------
 
@@ -311,7 +313,8 @@ class SessionRunner:
                             self._release(state.tracker(lane.host), accepted.pop(t, []))
                         case CatchAllStep(check=check):
                             asked.add(id(check))
-                            self.engine.checked(check, _reason(session, check_refused or reply))
+                            said = check_refused or reply
+                            self.engine.checked(check, _reason(session, said), said.message)
                         case CheckRsetStep() | QuitStep():
                             pass
         except SessionError:
@@ -358,6 +361,7 @@ class SessionRunner:
         self.summary.rcpts += 1
         elapsed = int((time.monotonic() - sent) * 1000)
         outcome = _from_reply(recipient, session, reply, elapsed, span)
+        self.engine.heard(recipient, outcome)
         if outcome.reason == Reason.ACCEPTED and isinstance(recipient, Target):
             accepted.append((recipient, outcome))  # waits for the catch-all check
         else:

@@ -22,6 +22,7 @@ class Recipient:
 
     address: EmailAddress
     greylists: int = 0  # greylisting retries so far
+    greylisted_at: float | None = None  # its first greylisting reply (monotonic clock)
     bounces: int = 0  # sessions that ended before this recipient's RCPT was answered
     slow: bool = False  # routed to its MX's slow lane (RFC 5321-sized budgets)
     alone: bool = False  # asked in a transaction of its own
