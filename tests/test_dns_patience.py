@@ -58,6 +58,9 @@ async def dns_server():
         "mx.snail.example": DomainSpec(a=["127.0.0.1"], delay=LATE),
         "flaky.example": DomainSpec(mx=[(10, "mx.flaky.example")], servfail_first=2),
         "dead.example": DomainSpec(drop=True),
+        "once.example": DomainSpec(
+            mx=[(10, "mx.once.example")], delay=LATE, answer_first_only=True
+        ),  # fmt: skip
     }
     async with SimDNSServer(zone) as server:
         yield server
@@ -76,6 +79,14 @@ async def test_slow_domain_answers_within_the_patience(tmp_path: Path, dns_serve
     got = await cache(tmp_path, dns_server).get("snail.example")
     assert got.status is ResolutionStatus.OK and got.lowest_mx == "mx.snail.example"
     assert len(dns_server.queries_for("snail.example", "MX")) >= 2
+
+
+async def test_a_late_answer_to_the_first_try_is_still_heard(tmp_path: Path, dns_server) -> None:
+    """Tries overlap: the first query is not abandoned when its share of the budget runs
+    out, so its answer, arriving after DNS_TIMEOUT, still counts (the server ignores the
+    queries that follow it)."""
+    got = await cache(tmp_path, dns_server).get("once.example")
+    assert got.status is ResolutionStatus.OK and got.lowest_mx == "mx.once.example"
 
 
 async def test_servfail_then_answer_in_one_lookup(tmp_path: Path, dns_server) -> None:

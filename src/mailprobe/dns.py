@@ -191,25 +191,64 @@ async def patiently(
     total: float,
     slots: asyncio.Semaphore | None = None,
 ) -> T:
-    """Run `attempt` until it does not fail or `total` seconds are spent.
+    """Run `attempt` until one does not fail or `total` seconds are spent.
 
-    Each try gets the next budget of `attempt_budgets` (the first is the resolver's
-    own lifetime); a try that fails early (SERVFAIL) waits out its budget before the
-    next, so a failing domain is asked a few times with growing gaps, never in a
-    loop. `slots` (the bulk engine's DNS concurrency) is held only while a try runs,
-    so other domains proceed while this one waits."""
+    Tries overlap (hedged): a try that stays silent for its share of `attempt_budgets`
+    is not abandoned, another starts beside it, and every try may wait until the whole
+    budget is spent, so a server that always answers after 8 s is heard after 8 s, not
+    after the 5 s try, the 10 s try and a second 8 s. A try that fails at once (SERVFAIL)
+    is followed after a short backoff (1 s, then doubling, within the budget's schedule),
+    never in a loop. `slots` (the bulk engine's DNS concurrency) is held only while a try
+    runs, so other domains proceed while this one waits."""
     loop = asyncio.get_running_loop()
-    budgets = attempt_budgets(float(resolver.lifetime), max(total, float(resolver.lifetime)))
-    result: T | None = None
-    for i, budget in enumerate(budgets):
-        started = loop.time()
+    first = float(resolver.lifetime)
+    total = max(total, first)
+    deadline = loop.time() + total
+    gaps = iter(attempt_budgets(first, total))
+    running: set[asyncio.Task[T]] = set()
+    last: T | None = None
+    backoff = 1.0
+
+    async def one(lifetime: float, original: bool) -> T:
         async with slots or contextlib.nullcontext():
-            result = await attempt(resolver if i == 0 else with_budget(resolver, budget))
-        if not failed(result) or i == len(budgets) - 1:
-            return result
-        await asyncio.sleep(max(0.0, budget - (loop.time() - started)))
-    assert result is not None
-    return result
+            return await attempt(resolver if original else with_budget(resolver, lifetime))
+
+    next_start: float | None = loop.time()
+    started = 0
+    try:
+        while True:
+            now = loop.time()
+            if next_start is not None and now >= next_start and now < deadline:
+                left = deadline - now
+                running.add(asyncio.ensure_future(one(left, started == 0 and left <= first)))
+                started += 1
+                gap = next(gaps, None)
+                next_start = now + gap if gap is not None else None
+            if not running:
+                if next_start is None or loop.time() >= deadline:
+                    assert last is not None
+                    return last
+                await asyncio.sleep(max(0.0, next_start - loop.time()))
+                continue
+            wake = deadline if next_start is None else min(next_start, deadline)
+            done, running = await asyncio.wait(
+                running, timeout=max(0.0, wake - loop.time()), return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                result = task.result()
+                if not failed(result):
+                    return result
+                last = result
+                # A quick failure: ask again soon, but not sooner than the backoff.
+                soon = loop.time() + backoff
+                backoff *= 2
+                if not running and (next_start is None or soon < next_start):
+                    next_start = soon if soon < deadline else None
+            if not running and next_start is None and last is not None:
+                return last
+    finally:
+        for task in running:
+            task.cancel()
 
 
 def _soa_ttl(response: dns.message.Message | None) -> int | None:

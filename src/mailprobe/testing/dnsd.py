@@ -75,6 +75,9 @@ class DomainSpec:
     refused: bool = False
     servfail_first: int = 0  # SERVFAIL for the first N queries of this name, then answer
     drop: bool = False
+    # Answer the name's first query only (later ones are dropped): with `delay`, a server
+    # slower than a prober's first try, whose one late answer must still be heard.
+    answer_first_only: bool = False
     delay: float = 0.0  # seconds before answering (both transports)
     truncate_udp: bool = False
     ttl: int = 300
@@ -243,6 +246,8 @@ class SimDNSServer(ThreadedServer):
         self.queries.append(DNSQuery(qname, str(qtype), transport))
         self._asked[qname] += 1
         spec = self.zone.get(qname)
+        if spec is not None and spec.answer_first_only and self._asked[qname] > 1:
+            return None
         if spec is not None and spec.delay:
             await asyncio.sleep(spec.delay)
         if spec is not None and spec.drop:
