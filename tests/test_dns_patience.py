@@ -60,7 +60,7 @@ async def dns_server():
         "dead.example": DomainSpec(drop=True),
         "once.example": DomainSpec(
             mx=[(10, "mx.once.example")], delay=LATE, answer_first_only=True
-        ),  # fmt: skip
+        ),
     }
     async with SimDNSServer(zone) as server:
         yield server
