@@ -84,3 +84,79 @@ async def test_a_row_the_database_refuses_is_set_aside_alone(tmp_path: Any) -> N
     assert verifier.writer.set_aside == 1
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(VerificationResult)) == 50
+
+
+def _world_text() -> str:
+    return "".join(f"u{i}@n{i % 3}.example\n" for i in range(30))
+
+
+async def _null_mx_world(tmp_path: Any, **env: str) -> tuple[SimDNSServer, Store, Settings]:
+    dns = SimDNSServer({f"n{i}.example": DomainSpec(null_mx=True) for i in range(3)})
+    await dns.start()
+    store = Store(f"sqlite:///{tmp_path / 'outage.db'}")
+    store.upgrade()
+    settings = Settings.from_env(
+        {"DNS_NAMESERVERS": dns.nameserver, "DATABASE_URL": store.url, **env}
+    )
+    return dns, store, settings
+
+
+async def test_a_database_refusing_writes_for_a_while_loses_nothing(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Answers, catch-all findings and MX answers refused for a while are all written once
+    the database takes writes again; the refusal is said once, not once per write."""
+    dns, store, settings = await _null_mx_world(tmp_path)
+    ctx = Context.create(settings, store=store)
+    down = {"on": True}
+    findings: list[tuple[str, bool]] = []
+
+    def refusing(rows: list[Any]) -> None:
+        if down["on"]:
+            raise StoreError("database: locked")
+        with store.session() as session:
+            q.add_answers(session, rows)
+
+    def save_catch_all(domain: str, catch_all: bool) -> None:
+        if down["on"]:
+            raise StoreError("database: locked")
+        findings.append((domain, catch_all))
+
+    ctx.mx_cache.save_catch_all = save_catch_all  # type: ignore[method-assign]
+    verifier = BulkVerifier(ctx, sink=lambda la: None, options=BulkOptions(reuse_ttl=None),
+                            store_answers=refusing)  # fmt: skip
+    verifier.writer.add_finding("late.example", True)
+
+    async def recover() -> None:
+        await asyncio.sleep(1.0)
+        down["on"] = False
+
+    try:
+        recovering = asyncio.create_task(recover())
+        await asyncio.wait_for(verifier.run(read_addresses(io.StringIO(_world_text()))), 30)
+        await recovering
+    finally:
+        await ctx.aclose()
+        await dns.stop()
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(VerificationResult)) == 30
+    assert findings == [("late.example", True)]
+    refusals = [r for r in caplog.records if "refuses writes" in r.getMessage()]
+    assert len(refusals) == 1
+
+
+async def test_a_database_refusing_writes_too_long_stops_the_run(tmp_path: Any) -> None:
+    dns, store, settings = await _null_mx_world(tmp_path, DATABASE_OUTAGE_LIMIT="1")
+    ctx = Context.create(settings, store=store)
+
+    def refusing(rows: list[Any]) -> None:
+        raise StoreError("database sqlite:///x.db: attempt to write a readonly database")
+
+    verifier = BulkVerifier(ctx, sink=lambda la: None, options=BulkOptions(reuse_ttl=None),
+                            store_answers=refusing)  # fmt: skip
+    try:
+        with pytest.raises(StoreError, match=r"readonly database.*refused writes for"):
+            await asyncio.wait_for(verifier.run(read_addresses(io.StringIO(_world_text()))), 30)
+    finally:
+        await ctx.aclose()
+        await dns.stop()

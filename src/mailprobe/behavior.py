@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -192,6 +193,11 @@ class BehaviorCache:
             "p95_latency_ms": round(stats.p95_latency_ms),
             "probes": stats.probes,
         }
+
+    def unsaved(self, hosts: Iterable[str]) -> None:
+        """A write of these hosts' snapshots failed: keep them for the next flush."""
+        with self._lock:
+            self._dirty.update(h for h in hosts if h in self._stats)
 
     def dirty(self) -> dict[str, dict[str, Any]]:
         """Snapshots of every MX changed since the last call, for a batched write."""

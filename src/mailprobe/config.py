@@ -88,6 +88,8 @@ class Settings:
     throttle_wait: float = 30.0  # THROTTLE_WAIT, seconds to wait for a slot before rescheduling
     # THROTTLE_OUTAGE_LIMIT: seconds `verify` waits for a lost throttle Redis before it stops
     throttle_outage_limit: float = 300.0
+    # DATABASE_OUTAGE_LIMIT: seconds `verify` keeps results while the database refuses writes
+    database_outage_limit: float = 120.0
     probe_freemail: bool = False  # PROBE_FREEMAIL: queue probes of gmail.com & co. too
     # SPECIAL_USE_ALLOWED: special-use names ("test,example") probed anyway, for staging
     special_use_allowed: tuple[str, ...] = ()
@@ -148,6 +150,7 @@ class Settings:
             mx_limits=_mx_limits(env, "MX_LIMITS"),
             throttle_wait=_positive_float(env, "THROTTLE_WAIT", 30.0),
             throttle_outage_limit=_positive_float(env, "THROTTLE_OUTAGE_LIMIT", 300.0),
+            database_outage_limit=_positive_float(env, "DATABASE_OUTAGE_LIMIT", 120.0),
             probe_freemail=_bool(env, "PROBE_FREEMAIL", False),
             special_use_allowed=_special_use(env, "SPECIAL_USE_ALLOWED"),
             greylist_first_retry=_positive_float(env, "GREYLIST_FIRST_RETRY", 30.0),

@@ -74,8 +74,12 @@ class Context:
         """Write the behaviour of every MX probed since the last flush; return how many."""
         snapshots = self.behavior.dirty()
         if snapshots:
-            with self.store.session() as session:
-                q.save_mx_behavior(session, snapshots)
+            try:
+                with self.store.session() as session:
+                    q.save_mx_behavior(session, snapshots)
+            except BaseException:
+                self.behavior.unsaved(snapshots)  # kept for the next flush
+                raise
         return len(snapshots)
 
     def load_behavior(self, hosts: Iterable[str] | None = None) -> None:

@@ -98,7 +98,9 @@ class BulkVerifier:
         self.summary = Summary()
         self.throttle = ctx.throttle
         self.scheduler = Scheduler(self.options, self.throttle.policy)
-        self.writer = Writer(ctx, store_answers=store_answers, max_unstored=max_unstored)
+        self.writer = Writer(
+            ctx, store_answers=store_answers, max_unstored=max_unstored, on_failure=self.stop
+        )
         self.router = Router(self, ctx, self.options)
         self.sessions = SessionRunner(self, ctx, self.options, self.summary, self.port)
         self._slots = asyncio.Semaphore(self.options.max_in_flight)
@@ -359,7 +361,7 @@ class BulkVerifier:
         elif found is not None:
             if lowest := state.lowest_mx:
                 self.ctx.behavior.mark_catch_all(lowest, found)
-            self.spawn(asyncio.to_thread(self.ctx.mx_cache.save_catch_all, state.name, found))
+            self.writer.add_finding(state.name, found)  # stored, and retried, with the rows
         for target, outcome in tracker.settle(found):
             self.answered(target, outcome)
 

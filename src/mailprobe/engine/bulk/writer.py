@@ -27,6 +27,7 @@ from mailprobe.store import queries as q
 log = logging.getLogger(__name__)
 BATCH_ROWS = 200  # answers that wake the writer before its next tick
 TICK = 0.2  # seconds between writes
+FINAL_RETRY = 1.0  # seconds between the last writes' tries while the database refuses
 GIVE_UP_AFTER = 3  # rows refused alone, none stored: the database is down, not the rows
 
 Row = tuple[Answer, int | None]  # an answer and its address's id, if stored
@@ -42,6 +43,7 @@ class Writer:
         *,
         store_answers: StoreAnswers | None = None,
         max_unstored: int = MAX_UNSTORED_ROWS,
+        on_failure: Callable[[Exception], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.store_answers = store_answers or self._store_answers
@@ -52,6 +54,9 @@ class Writer:
         self._failure: StoreError | None = None  # answers could not be stored, for good
         self._stopping = False
         self.set_aside = 0  # answers the database refused even alone (logged, in the output)
+        self._findings: dict[str, bool] = {}  # catch-all findings waiting to be stored
+        self._refusing_since: float | None = None  # when the database began refusing writes
+        self.on_failure = on_failure  # told when the database refused writes for too long
 
     @property
     def backlog(self) -> int:
@@ -67,34 +72,84 @@ class Writer:
         if len(self._rows) >= BATCH_ROWS:
             self._wake.set()
 
+    def add_finding(self, domain: str, catch_all: bool) -> None:
+        """A domain's catch-all finding, stored (and retried) like the answers."""
+        self._findings[domain] = catch_all
+
     async def run(self) -> None:
-        """Write every TICK (or BATCH_ROWS answers), and the behaviour every few seconds,
-        so a long run keeps both as it goes. Ends when `finish` is called."""
+        """Write every TICK (or BATCH_ROWS answers): answers, catch-all findings, MX answers,
+        and the behaviour every few seconds, so a long run keeps all of it as it goes. A
+        database that refuses writes keeps everything for the next try; refusing for longer
+        than DATABASE_OUTAGE_LIMIT stops the run. Ends when `finish` is called."""
         last_behavior = time.monotonic()
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK)
             self._wake.clear()
-            if self._rows:
-                await self.flush_rows()
-            await asyncio.to_thread(self.flush_mx_cache)
-            if time.monotonic() - last_behavior >= BEHAVIOR_FLUSH_INTERVAL:
-                last_behavior = time.monotonic()
-                try:
+            try:
+                if self._rows:
+                    await self.flush_rows()
+                await asyncio.to_thread(self.flush_others)
+                if time.monotonic() - last_behavior >= BEHAVIOR_FLUSH_INTERVAL:
+                    last_behavior = time.monotonic()
                     await asyncio.to_thread(self.ctx.flush_behavior)
-                except StoreError as exc:  # statistics: try again next time
-                    log.warning("could not store MX behaviour yet: %s", exc)
+            except StoreError as exc:
+                self._refused(exc)
+            else:
+                self._writable()
+
+    def _refused(self, exc: StoreError) -> None:
+        """One clock for every write: said once when the database starts refusing, and the
+        run stopped (one line naming the database) when it refuses for too long."""
+        now = time.monotonic()
+        limit = self.ctx.settings.database_outage_limit
+        if self._refusing_since is None:
+            self._refusing_since = now
+            log.warning("database refuses writes; results are kept and retried for up to "
+                        "%g s: %s", limit, exc)  # fmt: skip
+        elif now - self._refusing_since >= limit and self._failure is None:
+            refused = now - self._refusing_since
+            self._failure = StoreError(f"{exc} (refused writes for {refused:.0f} s)")
+            self._stored.set()
+            if self.on_failure is not None:
+                self.on_failure(self._failure)
+
+    def _writable(self) -> None:
+        if self._refusing_since is not None:
+            log.warning(
+                "database writable again after %.0f s", time.monotonic() - self._refusing_since
+            )
+            self._refusing_since = None
+
+    def flush_others(self) -> None:
+        """Catch-all findings and MX answers, each kept for the next try when refused."""
+        findings, self._findings = self._findings, {}
+        try:
+            for domain, found in list(findings.items()):
+                self.ctx.mx_cache.save_catch_all(domain, found)
+                del findings[domain]
+        finally:
+            self._findings = {**findings, **self._findings}
+        self.ctx.mx_cache.flush()
 
     async def finish(self, task: asyncio.Task[None]) -> None:
-        """Stop `task` (this writer's `run`) and write everything left; raise StoreError
-        when the answers cannot be stored."""
+        """Stop `task` (this writer's `run`) and write everything left, retrying while the
+        database refuses, up to DATABASE_OUTAGE_LIMIT; then raise StoreError."""
         self._stopping = True
         self._wake.set()
         with contextlib.suppress(StoreError):  # raised again by the last flush below
             await task
-        await self.flush_rows(final=True)
-        await asyncio.to_thread(self.flush_mx_cache)
-        await asyncio.to_thread(self.ctx.flush_behavior)
+        while True:
+            try:
+                await self.flush_rows()
+                await asyncio.to_thread(self.flush_others)
+                await asyncio.to_thread(self.ctx.flush_behavior)
+                return
+            except StoreError as exc:
+                self._refused(exc)
+                if self._failure is not None:
+                    raise self._failure from exc
+                await asyncio.sleep(FINAL_RETRY)
 
     async def flush_rows(self, final: bool = False) -> None:
         """Store the batched answers. A failing database keeps them for the next try; at
@@ -106,18 +161,10 @@ class Writer:
         except StoreError as exc:
             self._rows = rows + self._rows
             if final or self.full:
-                self._failure = exc
-                raise
-            log.warning("could not store %d results yet (will retry): %s", len(rows), exc)
+                self._failure = self._failure or exc
+            raise
         finally:
             self._stored.set()
-
-    def flush_mx_cache(self) -> None:
-        """Write the MX answers DNS gave since the last flush, in one transaction."""
-        try:
-            self.ctx.mx_cache.flush()
-        except StoreError as exc:  # a cache: the next flush (or the next run) tries again
-            log.warning("could not store MX answers yet: %s", exc)
 
     async def room(self) -> None:
         """Backpressure: wait until the answers waiting for the database are below the
