@@ -58,6 +58,7 @@ from mailprobe.testing.worldconfig import Kind
 # Per-MX greylisting delays of --greylist-world: 60, 180 and 300 s scaled 1:20, and the
 # engine's first retry and maximum (30 s and 900 s) scaled the same way.
 GREYLIST_DELAYS = (3.0, 9.0, 15.0)
+CONNECT_TIMEOUT = 3  # SMTP_CONNECT_TIMEOUT of the runs: what a dead primary costs
 GREYLIST_SCALED_ENV = {"GREYLIST_FIRST_RETRY": "1.5", "GREYLIST_MAX_DELAY": "45"}
 
 CAPS = {
@@ -66,6 +67,22 @@ CAPS = {
     "GLOBAL_RPS": 50,
     "PER_MX_RPS_DEFAULT": 5,
 }
+
+
+def unavoidable_wait(world: SimWorld, config: WorldConfig) -> tuple[float, str]:
+    """The longest wait a domain of this world imposes on any prober, whatever its caps:
+    greylisting's delay, a slow DNS answered twice in turn (the domain's MX, then the MX
+    host's address), or a dead primary's connect timeout before its secondary is asked."""
+    waits: dict[str, float] = {"nothing": 0.0}
+    for d in world.domains.values():
+        if d.greylist_seconds:
+            waits["greylisting"] = max(waits.get("greylisting", 0.0), d.greylist_seconds)
+        if d.kind is Kind.DNS_SLOW:
+            waits["slow DNS"] = 2 * config.dns_slow_delay
+        if d.kind in {Kind.DEAD_PRIMARY, Kind.BACKUP_ACCEPTS_ALL}:
+            waits["connect timeout"] = float(CONNECT_TIMEOUT)
+    label = max(waits, key=lambda k: waits[k])
+    return waits[label], label
 
 
 def politeness_bound(world: SimWorld, rcpts_per_session: int) -> tuple[float, int]:
@@ -88,7 +105,7 @@ def run_contender(name: str, world: SimWorld, addresses: Path, args: argparse.Na
                   tmp: Path) -> dict[str, Any]:  # fmt: skip
     env = {**os.environ, **world.env(), **{k: str(v) for k, v in CAPS.items()},
            "DATABASE_URL": f"sqlite:///{tmp}/{name}.db", "MAILPROBE_RUNS_DIR": f"{tmp}/runs",
-           "SMTP_CONNECT_TIMEOUT": "3", "SMTP_COMMAND_TIMEOUT": "3",
+           "SMTP_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT), "SMTP_COMMAND_TIMEOUT": "3",
            "SMTP_PROBE_DEADLINE": "20"}  # fmt: skip
     out = tmp / f"{name}.jsonl"
     if name == "no-pipelining":
@@ -216,14 +233,14 @@ def main() -> int:
         tmp = Path(tmp_name)
         contenders = ["mailprobe"] + (["no-pipelining"] if args.without_pipelining else [])
         contenders += [] if args.skip_baseline else ["baseline"]
-        bound = sessions = greylist = 0.0
+        bound = sessions = wait = 0.0
+        waited_for = "nothing"
         for name in contenders:
             with SimWorld(args.domains, args.addresses, args.seed, config=config) as world:
                 addresses = tmp / "addresses.txt"
                 addresses.write_text("\n".join(world.addresses()) + "\n")
                 bound, sessions = politeness_bound(world, args.rcpts_per_session)
-                greylist = max((d.greylist_seconds or 0.0 for d in world.domains.values()),
-                               default=0.0)  # fmt: skip
+                wait, waited_for = unavoidable_wait(world, config)
                 if name == contenders[0]:
                     print(f"world: {world.describe()}")
                 results[name] = run_contender(name, world, addresses, args, tmp)
@@ -248,13 +265,12 @@ def main() -> int:
     print(f"{'':34}" + "".join(f"{n:>14}" for n in names))
     for label, cell in rows:
         print(f"{label:34}" + "".join(f"{cell(results[n]):>14}" for n in names))
-    if args.greylist_world:
-        target = greylist + bound
-        for name in names:
-            ratio = results[name]["elapsed"] / target
-            wall = results[name]["elapsed"]
-            print(f"{name}: wall {wall:.1f} s / (greylisting {greylist:g} s + politeness bound"
-                  f" {bound:.1f} s) = {ratio:.2f} (goal: at most 1.2)")  # fmt: skip
+    target = wait + bound
+    for name in names:
+        wall = results[name]["elapsed"]
+        print(f"{name}: wall {wall:.1f} s / (politeness bound {bound:.1f} s + the longest wait"
+              f" no prober can avoid, {waited_for} {wait:g} s) = {wall / target:.2f}"
+              f" (goal: at most 1.2)")  # fmt: skip
     for name in names:
         print(f"\n{name}: accuracy per scenario (domain kind)")
         print(f"  {'kind':18}{'right / determinable':>22}{'false undeliverable':>21}")
