@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "mailprobe.smtp_wire",
         "mailprobe.smtp",
+        "mailprobe.smtp_session",
         "mailprobe.dns",
         "mailprobe.spf",
         "mailprobe.throttle",

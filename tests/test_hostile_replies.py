@@ -26,6 +26,7 @@ from mailprobe.smtp_wire import SMTPWire, WireError, WireFailure, reply_text
 from mailprobe.store import Store
 from mailprobe.store.models import VerificationResult
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.hostile import HostileSMTP
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 HELO = "probe.mailprobe.example"
@@ -233,3 +234,82 @@ async def test_a_failing_session_answers_what_it_held_and_the_run_ends(
     assert len(records) == 4
     assert by_email["bug@acme.example"] == ("unknown", "internal_error")
     assert by_email["c@other.example"] == ("risky", "catch_all_unknown")  # the run went on
+
+
+# -- replies in step with their commands ---------------------------------------------------
+
+
+async def probe_hostile(server: HostileSMTP) -> dict[str, Any]:
+    return await probe(server.port)
+
+
+async def test_a_stray_reply_after_the_greeting_is_never_read_as_an_answer() -> None:
+    """A server that says one reply too many shifts every later reply: the RCPT would read
+    MAIL's 250 and call a missing mailbox accepted. Out of step: protocol_error."""
+    async with HostileSMTP(after_greeting=b"250 2.0.0 hello again\r\n", pipelining=False) as srv:
+        result = await probe_hostile(srv)
+    assert (result["category"], result["reason"]) == ("unknown", "protocol_error")
+    assert result["code"] is None
+
+
+async def test_a_reply_that_cannot_answer_rcpt_is_out_of_step() -> None:
+    async with HostileSMTP(rcpt_reply=b"354 End data with <CR><LF>.<CR><LF>\r\n") as srv:
+        result = await probe_hostile(srv)
+    assert (result["category"], result["reason"]) == ("unknown", "protocol_error")
+
+
+async def verify_hostile(server: HostileSMTP, tmp_path: Path, emails: list[str]) -> dict[str, Any]:
+    dns = SimDNSServer({"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
+                        "mx.acme.example": DomainSpec(a=["127.0.0.1"])})  # fmt: skip
+    await dns.start()
+    store = Store(f"sqlite:///{tmp_path / 'step.db'}")
+    store.upgrade()
+    settings = Settings.from_env({
+        "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(server.port),
+        "DATABASE_URL": store.url, "GLOBAL_RPS": "100", "PER_MX_RPS_DEFAULT": "100",
+        "SMTP_COMMAND_TIMEOUT": "2"})  # fmt: skip
+    records: list[dict[str, Any]] = []
+    ctx = Context.create(settings, store=store)
+    try:
+        await asyncio.wait_for(
+            verify(read_addresses(io.StringIO("".join(f"{e}\n" for e in emails))),
+                   lambda la: records.append(render_record(la)), ctx=ctx,
+                   options=BulkOptions(catch_all_check=False, temp_delays=())),
+            30)  # fmt: skip
+    finally:
+        await ctx.aclose()
+        await dns.stop()
+    return {r["email"]: (r["verdict"], r["reason"]) for r in records}
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"reverse_groups": True},  # a pipelined group answered in reverse order
+        {"after_group": b"250 2.0.0 Ok\r\n"},  # one reply more than the group's commands
+    ],
+    ids=["reversed-group", "extra-reply"],
+)
+async def test_a_pipelined_group_out_of_step_is_asked_again_one_by_one(
+    tmp_path: Path, hostile: dict[str, Any]
+) -> None:
+    """Nothing an out-of-step group said is used: its addresses are asked again on a fresh
+    connection without pipelining, where this server answers in step."""
+    emails = [f"user{i}@acme.example" for i in range(6)]
+    exists = frozenset(emails[::2])
+    async with HostileSMTP(exists=exists, **hostile) as srv:
+        got = await verify_hostile(srv, tmp_path, emails)
+        assert max(srv.groups) > 1  # it was pipelined first
+    for email in emails:
+        expected = ("risky", "catch_all_unknown") if email in exists else (
+            "undeliverable", "mailbox_not_found")  # fmt: skip
+        assert got[email] == expected, email
+
+
+async def test_out_of_step_twice_is_unknown_protocol_error(tmp_path: Path) -> None:
+    """A server out of step even one command at a time: unknown / protocol_error, never a
+    verdict on the mailbox."""
+    emails = ["a@acme.example", "b@acme.example"]
+    async with HostileSMTP(exists=frozenset(emails), rcpt_reply=b"220 hello\r\n") as srv:
+        got = await verify_hostile(srv, tmp_path, emails)
+    assert set(got.values()) == {("unknown", "protocol_error")}

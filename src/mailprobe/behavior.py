@@ -47,6 +47,7 @@ class MXStats:
     catch_all_seen: bool = False
     one_rcpt_since: float | None = None  # when it last refused a second RCPT (time.time)
     dead_since: float | None = None  # when a connection to it last failed (time.time)
+    no_pipelining_since: float | None = None  # when its replies fell out of step twice
     greylist_passed_after: float | None = None  # seconds from greylisted to let through
     last_code: int | None = None
     last_reason: str | None = None
@@ -139,6 +140,19 @@ class BehaviorCache:
         """The delay that got a greylisted RCPT through at this MX before, if any."""
         stats = self.stats(mx_host)
         return stats.greylist_passed_after if stats is not None else None
+
+    def mark_no_pipelining(self, mx_host: str) -> None:
+        """Its replies fell out of step even without pipelining's groups: do not pipeline."""
+        key = mx_host.lower()
+        with self._lock:
+            self._stats.setdefault(key, MXStats()).no_pipelining_since = time.time()
+            self._dirty.add(key)
+
+    def no_pipelining(self, mx_host: str) -> bool:
+        """Talk to this MX one command at a time (its replies fell out of step, not long ago)?"""
+        stats = self.stats(mx_host)
+        since = stats.no_pipelining_since if stats is not None else None
+        return since is not None and time.time() - since < ONE_RCPT_MEMORY
 
     def one_rcpt(self, mx_host: str) -> bool:
         """Send this MX one RCPT per transaction (it refused more, not long ago)?"""

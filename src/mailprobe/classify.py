@@ -561,4 +561,5 @@ def classify_error(kind: str) -> Reason:
         "tls_failed": Reason.TLS_FAILED,
         "bad_input": Reason.INVALID_SYNTAX,
         "protocol": Reason.PROTOCOL_ERROR,  # not an SMTP reply (RFC 5321 §4.2): a broken server
+        "out_of_step": Reason.PROTOCOL_ERROR,  # replies that do not match their commands
     }.get(kind, Reason.UNKNOWN)

@@ -204,7 +204,8 @@ async def patiently(
     first = float(resolver.lifetime)
     total = max(total, first)
     deadline = loop.time() + total
-    gaps = iter(attempt_budgets(first, total))
+    budgets = attempt_budgets(first, total)
+    gaps = iter(budgets)  # as many tries as the budgets, never more
     running: set[asyncio.Task[T]] = set()
     last: T | None = None
     backoff = 1.0
@@ -223,7 +224,8 @@ async def patiently(
                 running.add(asyncio.ensure_future(one(left, started == 0 and left <= first)))
                 started += 1
                 gap = next(gaps, None)
-                next_start = now + gap if gap is not None else None
+                more = gap is not None and started < len(budgets)
+                next_start = now + gap if more and gap is not None else None
             if not running:
                 if next_start is None or loop.time() >= deadline:
                     assert last is not None
@@ -242,8 +244,8 @@ async def patiently(
                 # A quick failure: ask again soon, but not sooner than the backoff.
                 soon = loop.time() + backoff
                 backoff *= 2
-                if not running and (next_start is None or soon < next_start):
-                    next_start = soon if soon < deadline else None
+                if not running and next_start is not None and soon < next_start:
+                    next_start = soon
             if not running and next_start is None and last is not None:
                 return last
     finally:

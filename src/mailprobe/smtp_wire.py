@@ -88,6 +88,12 @@ class SMTPWire:
             raise WireError(WireFailure.CONNECT, f"{host}:{port}: {exc}") from None
         return cls(reader, writer)
 
+    def has_unread(self) -> bool:
+        """Bytes from the server that no command has asked for yet are waiting. StreamReader
+        has no public peek; its buffer is the only place to look without consuming them."""
+        buffer = getattr(self._reader, "_buffer", b"")
+        return bool(buffer)
+
     @property
     def tls(self) -> bool:
         return self._writer.get_extra_info("sslcontext") is not None

@@ -159,7 +159,12 @@ class SessionRunner:
                 self._without_smtputf8(session, pending)
                 if not pending:
                     return
-                if session.pipelining and settings.smtp_pipelining:
+                if (
+                    session.pipelining
+                    and settings.smtp_pipelining
+                    and not lane.no_pipelining
+                    and not self.ctx.behavior.no_pipelining(lane.host)
+                ):
                     await self._grouped(lane, session, pending, header, mail_from)
                 else:
                     await self._one_by_one(lane, session, pending, header, mail_from)
@@ -390,6 +395,9 @@ class SessionRunner:
         self, lane: MXLane, session: SMTPSession, pending: deque[Recipient], kind: str, error: str
     ) -> None:
         recipients = drain(pending)
+        if kind == "out_of_step":
+            self._out_of_step(lane, session, recipients, error)
+            return
         if session.stage == "connect" and kind in {"connection_failed", "timeout"}:
             self._hand_over(lane, session, recipients, kind, error)
             return
@@ -410,6 +418,26 @@ class SessionRunner:
                 transcript=tuple(session.transcript), tls=session.tls
             )
             self.engine.answered(r, outcome)
+
+    def _out_of_step(
+        self, lane: MXLane, session: SMTPSession, recipients: list[Recipient], error: str
+    ) -> None:
+        """The replies no longer matched the commands (a stray reply, one missing, a group
+        answered in another order): nothing the session said about an address is used.
+        Each is asked again on a fresh connection, one command at a time; out of step a
+        second time, it is answered unknown / protocol_error and the MX is remembered as
+        not to be pipelined (the behaviour cache, like one-RCPT-per-transaction)."""
+        lane.no_pipelining = True
+        for r in recipients:
+            r.out_of_step += 1
+            if r.out_of_step <= 1:
+                self.engine.route(r)
+                continue
+            self.ctx.behavior.mark_no_pipelining(lane.host)
+            outcome = _failure(r, lane.host, "out_of_step", error, session.stage)
+            self.engine.answered(
+                r, outcome.with_evidence(transcript=tuple(session.transcript), tls=session.tls)
+            )
 
     def _hand_over(
         self, lane: MXLane, session: SMTPSession, recipients: list[Recipient], kind: str, error: str

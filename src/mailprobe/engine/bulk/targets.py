@@ -28,6 +28,7 @@ class Recipient:
     alone: bool = False  # asked in a transaction of its own
     tried: tuple[str, ...] = ()  # MX hosts it could not reach: the next one takes over
     last: Outcome | None = None  # the latest outcome, answered when nothing better comes
+    out_of_step: int = 0  # sessions whose replies fell out of step while it was asked
     in_session: bool = False  # taken by a session and not yet answered, re-routed or held
 
     @property
