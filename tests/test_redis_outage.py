@@ -68,3 +68,61 @@ async def test_lost_redis_pauses_then_stops_and_invents_nothing(tmp_path: Path) 
         rows = list(session.scalars(select(VerificationResult)))
     assert len(rows) == len(records)
     assert {row.reason for row in rows} == {"accepted"}
+
+
+async def test_redis_back_within_the_limit_resumes_probing(tmp_path: Path) -> None:
+    """Redis stopped and started again on the same port within THROTTLE_OUTAGE_LIMIT:
+    probing pauses, then resumes, and every line is answered from what a server said."""
+    import subprocess
+
+    binary = _redis_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    proc, redis_port = _start(binary, tmp_path)
+    procs = [proc]
+    smtp = await SimSMTPServer(MXBehavior(default_rcpt=ACCEPT)).start()
+    domains = {f"d{i}.example": DomainSpec(mx=[(10, "mx.shared.example")]) for i in range(20)}
+    dns = SimDNSServer({**domains, "mx.shared.example": DomainSpec(a=["127.0.0.1"])})
+    await dns.start()
+    store = Store(f"sqlite:///{tmp_path / 'back.db'}")
+    store.upgrade()
+    settings = Settings.from_env({
+        "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(smtp.port),
+        "DATABASE_URL": store.url, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "PER_MX_RPS_DEFAULT": "4", "GLOBAL_RPS": "50", "THROTTLE_OUTAGE_LIMIT": "30",
+    })  # fmt: skip
+    records: list[dict[str, Any]] = []
+
+    async def restart() -> None:
+        await asyncio.sleep(1.5)
+        procs.append(subprocess.Popen(
+            [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+
+    restarting: list[asyncio.Task[None]] = []
+
+    def sink(line: Any) -> None:
+        records.append(render_record(line))
+        if len(records) == 3:
+            _stop(procs[0])
+            restarting.append(asyncio.ensure_future(restart()))
+
+    text = "".join(f"user{i}@d{i}.example\n" for i in range(20))
+    ctx = Context.create(settings, store=store)
+    try:
+        await asyncio.wait_for(
+            verify(read_addresses(io.StringIO(text)), sink, ctx=ctx,
+                   options=BulkOptions(reuse_ttl=None, rcpts_per_session=1,
+                                       catch_all_check=False)),
+            60,
+        )  # fmt: skip
+    finally:
+        await ctx.aclose()
+        await dns.stop()
+        await smtp.stop()
+        for p in procs:
+            _stop(p)
+    assert len(records) == 20
+    assert {r["reason"] for r in records} == {"catch_all_unknown"}
