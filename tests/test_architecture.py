@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "mailprobe.smtp_wire",
         "mailprobe.smtp",
+        "mailprobe.identity",
         "mailprobe.dns",
         "mailprobe.spf",
         "mailprobe.throttle",
