@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from mailprobe import behavior, config
+from mailprobe import behavior, config, identity
 from mailprobe.testing.smtpd import MXBehavior, SimSMTPServer
 
 HELO = "probe.mailprobe.example"
@@ -29,10 +29,14 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
         ):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'mailprobe.db'}")
+    # The default database and run state live in the user's data directory: a temp one.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.delenv("MAILPROBE_RUNS_DIR", raising=False)
     # Tests live under .example (RFC 6761), refused by default as reserved_domain.
     monkeypatch.setenv("SPECIAL_USE_ALLOWED", "example")
     config.get_settings.cache_clear()
     behavior.default_cache.clear()
+    identity.reset()
     yield
     config.get_settings.cache_clear()
     behavior.default_cache.clear()

@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "mailprobe.smtp_wire",
         "mailprobe.smtp",
         "mailprobe.smtp_session",
+        "mailprobe.identity",
         "mailprobe.dns",
         "mailprobe.spf",
         "mailprobe.throttle",

@@ -13,9 +13,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
+
+import platformdirs
 
 from mailprobe.address import (
     SPECIAL_USE_DOMAINS,
@@ -25,7 +28,17 @@ from mailprobe.address import (
 )
 
 DEFAULT_HELO_DOMAIN = "verifier.crestwellpartners.com"
-DEFAULT_DATABASE_URL = "sqlite:///data/mailprobe.db"
+
+
+def data_dir() -> Path:
+    """The user's data directory for mailprobe (~/.local/share/mailprobe on Linux, honouring
+    XDG_DATA_HOME): a database and run state that do not depend on where a command runs."""
+    return Path(platformdirs.user_data_path("mailprobe", appauthor=False))
+
+
+def default_database_url() -> str:
+    """sqlite:///<data_dir>/mailprobe.db, unless DATABASE_URL or DATABASE_PATH says otherwise."""
+    return f"sqlite:///{(data_dir() / 'mailprobe.db').as_posix()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +90,8 @@ class Settings:
     reuse_unknown_ttl: int = 300  # REUSE_UNKNOWN_TTL, seconds a stored `unknown` may stand
     mx_dead_ttl: float = 300.0  # MX_DEAD_TTL, seconds an MX we could not reach is tried last
     # Storage and queue
-    database_url: str = DEFAULT_DATABASE_URL  # DATABASE_URL (or the seed's DATABASE_PATH)
+    # DATABASE_URL (or the seed's DATABASE_PATH); default: mailprobe.db in data_dir()
+    database_url: str = field(default_factory=default_database_url)
     redis_url: str | None = None  # REDIS_URL; None = everything in-process
     # Throttles: the seed's names and defaults
     global_max_concurrency: int = 12  # GLOBAL_MAX_CONCURRENCY
@@ -355,7 +369,7 @@ def _database_url(env: Mapping[str, str]) -> str:
     path = _raw(env, "DATABASE_PATH")
     if path is not None:
         return f"sqlite:///{path}"
-    return DEFAULT_DATABASE_URL
+    return default_database_url()
 
 
 def _redis_url(env: Mapping[str, str], name: str) -> str | None:

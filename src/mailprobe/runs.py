@@ -13,9 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from mailprobe.config import data_dir
 from mailprobe.store.models import utcnow
 
-RUNS_DIR = Path(os.environ.get("MAILPROBE_RUNS_DIR", "data/runs"))
+
+def runs_dir() -> Path:
+    """MAILPROBE_RUNS_DIR, else `runs` in the user's data directory (read at each run, so
+    the place does not depend on the directory a command runs from)."""
+    return Path(os.environ.get("MAILPROBE_RUNS_DIR") or data_dir() / "runs")
 
 
 @dataclass
@@ -27,7 +32,7 @@ class RunState:
     @classmethod
     def start(cls, input_path: str, *, resume: bool) -> RunState:
         key = "stdin" if input_path == "-" else os.path.abspath(input_path)
-        path = RUNS_DIR / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+        path = runs_dir() / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
         since = None
         if resume and path.exists():
             data = json.loads(path.read_text())

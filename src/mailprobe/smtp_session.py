@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from mailprobe import identity
 from mailprobe.address import EmailAddress, check_hostname
 from mailprobe.classify import parse_enhanced
 from mailprobe.smtp_wire import SMTPWire, WireError, WireFailure
@@ -193,6 +194,7 @@ class SMTPSession:
                 timeout=self.connect_timeout,
                 source_address=self.source_address,
             )
+        identity.check_dial(self._wire.peer_ip, self.helo_domain)
         self.stage = "greeting"
         greeting = await self._read("greeting", self.connect_timeout)
         if not 200 <= greeting.code < 300:
@@ -247,6 +249,8 @@ class SMTPSession:
         return await self._command("rset", b"RSET", timeout=COURTESY_TIMEOUT)
 
     def mail_command(self, mail_from: str) -> tuple[bytes, ...]:
+        if self._wire is not None:
+            identity.check_dial(self._wire.peer_ip, self.helo_domain, mail_from)
         params = (b"SMTPUTF8",) if self.smtputf8 else ()
         return (b"MAIL", b"FROM:<" + mail_from.encode() + b">", *params)
 

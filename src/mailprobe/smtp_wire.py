@@ -95,6 +95,12 @@ class SMTPWire:
         return bool(buffer)
 
     @property
+    def peer_ip(self) -> str | None:
+        """The address this connection reached (for the default-identity warning)."""
+        peer = self._writer.get_extra_info("peername")
+        return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+    @property
     def tls(self) -> bool:
         return self._writer.get_extra_info("sslcontext") is not None
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, insert, select, update
+from sqlalchemy import CursorResult, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -278,6 +278,33 @@ def answer_from_row(row: VerificationResult) -> Answer:
         reused=True,
         stored_at=row.created_at,
     )
+
+
+def latest_results(
+    session: Session,
+    *,
+    domain: str | None = None,
+    since: datetime | None = None,
+    emails: Iterable[str] | None = None,
+) -> Iterator[VerificationResult]:
+    """Each address's newest stored result, by address: all of them, or those of one
+    domain, stored since `since`, or among `emails` (`mailprobe results`). Streamed."""
+    newest = select(func.max(VerificationResult.id)).group_by(VerificationResult.email)
+    if domain is not None:
+        newest = newest.where(
+            func.lower(VerificationResult.email).endswith("@" + domain.lower(), autoescape=True)
+        )
+    if since is not None:
+        newest = newest.where(VerificationResult.created_at >= since)
+    if emails is not None:
+        newest = newest.where(VerificationResult.email.in_(list(emails)))
+    stmt = (
+        select(VerificationResult)
+        .where(VerificationResult.id.in_(newest))
+        .order_by(VerificationResult.email)
+        .execution_options(yield_per=500)
+    )
+    yield from session.scalars(stmt)
 
 
 def latest_result(session: Session, email: str) -> VerificationResult | None:

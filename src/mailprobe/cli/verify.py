@@ -1,0 +1,329 @@
+"""`mailprobe ingest` and `mailprobe verify`: lists of addresses, read and answered.
+
+`verify` hands the input to the bulk engine and writes one record per line; its exit
+status says whether every line got a final answer (common.VerifyExit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Iterable
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from mailprobe.cli.common import PORT, VERIFY_EXIT_HELP, VerifyExit, app, seconds
+from mailprobe.cli.common import fail as _fail
+from mailprobe.cli.common import settings as _settings
+from mailprobe.config import Settings
+
+if TYPE_CHECKING:
+    from mailprobe.engine.bulk import BulkOptions, Summary
+    from mailprobe.inputs import InputLine
+    from mailprobe.results import LineAnswer
+
+T = TypeVar("T")
+
+
+@app.command()
+def ingest(
+    path: Annotated[
+        str,
+        typer.Argument(help="Text file (one address a line), CSV with an 'email' column, or -."),
+    ],
+    probe: Annotated[
+        bool,
+        typer.Option("--probe", help="Queue a probe per new address (run here without Redis)."),
+    ] = False,
+) -> None:
+    """Store the addresses of a list; bad lines are reported by number, good ones kept."""
+    from mailprobe.queue import QueueUnavailable
+    from mailprobe.queue import ingest as run_ingest
+    from mailprobe.store import StoreError
+
+    settings = _settings()
+
+    try:
+        report = run_ingest(path, enqueue_probe=probe, source_name=None if path == "-" else path)
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc}") from None
+    except StoreError as exc:
+        raise _fail(f"database error: {exc}") from None
+    except QueueUnavailable as exc:
+        raise _fail(f"{exc}; the addresses are stored, run again to queue them") from None
+    for line_no, raw, why in report.bad:
+        typer.echo(f"{path}:{line_no}: skipped {raw!r}: {why}", err=True)
+    typer.echo(
+        f"added {report.added}, already present {report.existing}, "
+        f"bad lines {len(report.bad)}, probes queued {report.enqueued}"
+        + (f", freemail not queued {report.skipped_freemail}" if report.skipped_freemail else "")
+    )
+    if probe and report.enqueued and settings.redis_url is None:
+        from mailprobe.queue import run_queued
+
+        results = run_queued()
+        typer.echo(f"probed {len(results)} queued addresses in this process")
+
+
+class Format(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+    table = "table"
+
+
+@app.command(epilog=VERIFY_EXIT_HELP)
+def verify(
+    input_path: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="Text (one address a line), CSV with an 'email' column, or - for stdin.",
+        ),
+    ],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.jsonl,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write records here (default stdout).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Probe again even if a fresh result is stored.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run of this input.")
+    ] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="Do not wait for greylisting retries; leave them pending for --resume.",
+        ),
+    ] = False,
+    reuse_ttl: Annotated[
+        float,
+        typer.Option(
+            "--reuse-ttl",
+            callback=seconds,
+            help="Reuse stored final verdicts (deliverable, undeliverable, risky) younger "
+            "than this many seconds.",
+        ),
+    ] = 86400.0,
+    reuse_unknown_ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--reuse-unknown-ttl",
+            callback=seconds,
+            help="Reuse stored 'unknown' results younger than this many seconds "
+            "(default REUSE_UNKNOWN_TTL; 0: never).",
+        ),
+    ] = None,
+    rcpts_per_session: Annotated[
+        int, typer.Option("--rcpts-per-session", min=1, help="RCPTs per SMTP connection.")
+    ] = 20,
+    greylist_delays: Annotated[
+        str,
+        typer.Option(
+            "--greylist-delays",
+            help="A fixed greylisting schedule (seconds, e.g. 60,300,900) instead of "
+            "GREYLIST_FIRST_RETRY growing to GREYLIST_MAX_DELAY; a reply's own wait still wins.",
+        ),
+    ] = "",
+    port: Annotated[
+        int | None, typer.Option("--port", **PORT, help="SMTP port (default SMTP_PORT).")
+    ] = None,
+    enqueue: Annotated[
+        bool,
+        typer.Option("--enqueue", help="Hand per-domain batches to the RQ workers (REDIS_URL)."),
+    ] = False,
+) -> None:
+    """Verify a list: one record per input line, streamed as results arrive.
+
+    Exit status: 0 every line has a final answer; 3 lines left pending (--no-wait);
+    130 interrupted; 75 the throttle's Redis went away; 141 the output was closed;
+    2 bad input or configuration (see the README's table)."""
+    from mailprobe.engine.bulk import BulkOptions, ServiceLost, SinkFailed
+    from mailprobe.inputs import read_addresses
+    from mailprobe.report import ProgressView, RecordWriter, render_record
+    from mailprobe.runs import RunState
+    from mailprobe.store import StoreError
+    from mailprobe.throttle import ThrottleError
+
+    settings = _settings()
+    if port is not None:
+        settings = dataclasses.replace(settings, smtp_port=port)
+    try:
+        delays = tuple(float(x) for x in greylist_delays.split(",") if x.strip())
+        if any(seconds(d) is None or d <= 0 for d in delays):
+            raise ValueError(greylist_delays)
+    except (ValueError, typer.BadParameter):
+        raise _fail(
+            f"--greylist-delays {greylist_delays!r}: give seconds like 60,300,900"
+        ) from None
+    if input_path != "-" and not os.path.isfile(input_path):
+        raise _fail(f"cannot read {input_path}: no such file")
+    try:
+        run = RunState.start(input_path, resume=resume)
+    except OSError as exc:
+        raise _fail(f"cannot keep the run's state: {exc}") from None
+    options = BulkOptions(
+        rcpts_per_session=rcpts_per_session,
+        greylist_delays=delays,
+        greylist_first_retry=settings.greylist_first_retry,
+        greylist_max_delay=settings.greylist_max_delay,
+        reuse_ttl=None if force else reuse_ttl,
+        reuse_since=run.resume_since,
+        reuse_unknown_ttl=0.0 if force else reuse_unknown_ttl,
+        wait_for_retries=not no_wait,
+    )
+    try:
+        out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
+    writer = RecordWriter(out, fmt.value)
+    show = not quiet and sys.stderr.isatty()
+    total = _count_lines(input_path) if show and input_path != "-" else None
+    view = ProgressView(total, enabled=show)
+
+    def write(record: dict[str, Any]) -> None:
+        writer.write(record)
+        view.advance(record)
+
+    if enqueue:
+        try:
+            _verify_enqueued(input_path, write, force=force)
+        finally:
+            writer.close()
+            view.close()
+            if output:
+                out.close()
+        return
+    try:
+        summary = asyncio.run(
+            _stop_on_sigterm(
+                _run_verify(
+                    read_addresses(input_path, settings.special_use_allowed),
+                    write,
+                    render_record,
+                    settings,
+                    options,
+                )
+            )
+        )
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        view.close()
+        typer.echo(
+            "mailprobe: interrupted; what was probed is stored: rerun with --resume", err=True
+        )
+        raise typer.Exit(VerifyExit.INTERRUPTED) from None
+    except StoreError as exc:
+        view.close()
+        raise _fail(f"database error: {exc}") from None
+    except ServiceLost as exc:
+        view.close()
+        typer.echo(
+            f"mailprobe: stopped: {exc}; {exc.pending} addresses left pending, nothing was "
+            "answered for them: rerun with --resume",
+            err=True,
+        )
+        raise typer.Exit(VerifyExit.SERVICE_LOST) from None
+    except SinkFailed as exc:
+        view.close()
+        if isinstance(exc.cause, BrokenPipeError):  # `verify ... | head`: end quietly
+            _silence_stdout()
+            raise typer.Exit(VerifyExit.OUTPUT_CLOSED) from None
+        raise _fail(f"{exc}; what was probed is stored: rerun with --resume") from None
+    except ThrottleError as exc:
+        view.close()
+        raise _fail(f"throttle error: {exc}") from None
+    finally:
+        with contextlib.suppress(OSError):  # a closed pipe takes no more
+            writer.close()
+            if output:
+                out.close()
+    view.close()
+    view.summary(summary)
+    if summary.pending:
+        typer.echo(
+            f"mailprobe: {summary.pending} retries left pending; rerun with --resume", err=True
+        )
+        raise typer.Exit(VerifyExit.PENDING)
+    else:
+        run.finish()
+
+
+async def _run_verify(
+    lines: Iterable[InputLine],
+    write: Callable[[dict[str, Any]], None],
+    render: Callable[[LineAnswer], dict[str, Any]],
+    settings: Settings,
+    options: BulkOptions,
+) -> Summary:
+    """The embedded run: this process's Context, the bulk engine, records rendered here."""
+    from mailprobe.engine import Context
+    from mailprobe.engine.bulk import verify
+
+    ctx = Context.create(settings)
+    try:
+        return await verify(lines, lambda line: write(render(line)), ctx=ctx, options=options)
+    finally:
+        await ctx.aclose()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush into a closed pipe does not
+    print "Exception ignored ... BrokenPipeError" (the Python docs' advice for SIGPIPE)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+async def _stop_on_sigterm(work: Coroutine[Any, Any, T]) -> T:
+    """SIGTERM (kill, a stopping container) ends the run like Ctrl-C: the run is cancelled
+    at an await, so its clean-up stores what was probed. (A KeyboardInterrupt raised by
+    a plain signal handler could land anywhere, even inside the event loop's own code.)"""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    with contextlib.suppress(NotImplementedError):  # no loop signal handlers on Windows
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await work
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _verify_enqueued(input_path: str, sink: Any, *, force: bool) -> None:
+    from mailprobe.inputs import read_addresses
+    from mailprobe.queue import QueueUnavailable
+    from mailprobe.queue.fleet import enqueue_verify
+
+    try:
+        jobs, lines = enqueue_verify(read_addresses(input_path), sink, force=force)
+    except QueueUnavailable as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"mailprobe: {lines} lines verified by the workers in {jobs} jobs", err=True)
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as fh:
+        count = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell():
+            fh.seek(-1, os.SEEK_END)
+            count += fh.read(1) != b"\n"
+    if count and _looks_like_csv(path):
+        count -= 1  # the header line
+    return count
+
+
+def _looks_like_csv(path: str) -> bool:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        first = fh.readline().lower()
+    return "email" in [c.strip() for c in first.split(",")]
