@@ -159,6 +159,14 @@ def _run_store(coro: Any) -> Any:
         raise _fail(str(exc)) from None
 
 
+# Shared by `verify` and `ingest`: which column of a table holds the address.
+COLUMN_OPTION = typer.Option(
+    "--column",
+    help="The address column of a CSV or .xlsx, by header name or number (from 1); "
+    "default: the column headed email, e-mail, email address, courriel, correo...",
+)
+
+
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
@@ -187,8 +195,10 @@ def ingest(
         bool,
         typer.Option("--probe", help="Queue a probe per new address (run here without Redis)."),
     ] = False,
+    column: Annotated[str | None, COLUMN_OPTION] = None,
 ) -> None:
     """Store the addresses of a list; bad lines are reported by number, good ones kept."""
+    from mailprobe.inputs import InputError
     from mailprobe.queue import QueueUnavailable
     from mailprobe.queue import ingest as run_ingest
     from mailprobe.store import StoreError
@@ -196,7 +206,11 @@ def ingest(
     settings = _settings()
 
     try:
-        report = run_ingest(path, enqueue_probe=probe, source_name=None if path == "-" else path)
+        report = run_ingest(
+            path, enqueue_probe=probe, source_name=None if path == "-" else path, column=column
+        )
+    except InputError as exc:
+        raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot read {path}: {exc}") from None
     except StoreError as exc:
@@ -322,10 +336,11 @@ def verify(
         bool,
         typer.Option("--enqueue", help="Hand per-domain batches to the RQ workers (REDIS_URL)."),
     ] = False,
+    column: Annotated[str | None, COLUMN_OPTION] = None,
 ) -> None:
     """Verify a list: one record per input line, streamed as results arrive."""
     from mailprobe.engine.bulk import BulkOptions, ServiceLost, SinkFailed
-    from mailprobe.inputs import read_addresses
+    from mailprobe.inputs import InputError, read_addresses
     from mailprobe.report import ProgressView, RecordWriter, render_record
     from mailprobe.runs import RunState
     from mailprobe.store import StoreError
@@ -342,6 +357,12 @@ def verify(
         ) from None
     if input_path != "-" and not os.path.isfile(input_path):
         raise _fail(f"cannot read {input_path}: no such file")
+    try:  # the input's shape is checked now: a bad file ends here, before any record
+        lines = read_addresses(input_path, settings.special_use_allowed, column=column)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot read {input_path}: {exc.strerror or exc}") from None
     run = RunState.start(input_path, resume=resume)
     options = BulkOptions(
         rcpts_per_session=rcpts_per_session,
@@ -365,7 +386,7 @@ def verify(
 
     if enqueue:
         try:
-            _verify_enqueued(input_path, write, force=force)
+            _verify_enqueued(lines, write, force=force)
         finally:
             writer.close()
             view.close()
@@ -376,7 +397,7 @@ def verify(
         summary = asyncio.run(
             _stop_on_sigterm(
                 _run_verify(
-                    read_addresses(input_path, settings.special_use_allowed),
+                    lines,
                     write,
                     render_record,
                     settings,
@@ -467,16 +488,15 @@ async def _stop_on_sigterm(work: Coroutine[Any, Any, T]) -> T:
             loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _verify_enqueued(input_path: str, sink: Any, *, force: bool) -> None:
-    from mailprobe.inputs import read_addresses
+def _verify_enqueued(lines: Iterable[InputLine], sink: Any, *, force: bool) -> None:
     from mailprobe.queue import QueueUnavailable
     from mailprobe.queue.fleet import enqueue_verify
 
     try:
-        jobs, lines = enqueue_verify(read_addresses(input_path), sink, force=force)
+        jobs, count = enqueue_verify(lines, sink, force=force)
     except QueueUnavailable as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"mailprobe: {lines} lines verified by the workers in {jobs} jobs", err=True)
+    typer.echo(f"mailprobe: {count} lines verified by the workers in {jobs} jobs", err=True)
 
 
 def _count_lines(path: str) -> int:
