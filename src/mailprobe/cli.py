@@ -159,12 +159,7 @@ def _run_store(coro: Any) -> Any:
         raise _fail(str(exc)) from None
 
 
-# Shared by `verify` and `ingest`: which column of a table holds the address.
-COLUMN_OPTION = typer.Option(
-    "--column",
-    help="The address column of a CSV or .xlsx, by header name or number (from 1); "
-    "default: the column headed email, e-mail, email address, courriel, correo...",
-)
+COLUMN_OPTION = typer.Option("--column", help="Address column: header name or number.")
 
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -206,9 +201,8 @@ def ingest(
     settings = _settings()
 
     try:
-        report = run_ingest(
-            path, enqueue_probe=probe, source_name=None if path == "-" else path, column=column
-        )
+        name = None if path == "-" else path
+        report = run_ingest(path, enqueue_probe=probe, source_name=name, column=column)
     except InputError as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:
@@ -359,10 +353,8 @@ def verify(
         raise _fail(f"cannot read {input_path}: no such file")
     try:  # the input's shape is checked now: a bad file ends here, before any record
         lines = read_addresses(input_path, settings.special_use_allowed, column=column)
-    except InputError as exc:
+    except (InputError, OSError) as exc:
         raise _fail(str(exc)) from None
-    except OSError as exc:
-        raise _fail(f"cannot read {input_path}: {exc.strerror or exc}") from None
     run = RunState.start(input_path, resume=resume)
     options = BulkOptions(
         rcpts_per_session=rcpts_per_session,
@@ -500,6 +492,8 @@ def _verify_enqueued(lines: Iterable[InputLine], sink: Any, *, force: bool) -> N
 
 
 def _count_lines(path: str) -> int:
+    from mailprobe.inputs import has_header_row
+
     with open(path, "rb") as fh:
         count = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
     with open(path, "rb") as fh:
@@ -507,15 +501,9 @@ def _count_lines(path: str) -> int:
         if fh.tell():
             fh.seek(-1, os.SEEK_END)
             count += fh.read(1) != b"\n"
-    if count and _looks_like_csv(path):
+    if count and has_header_row(path):
         count -= 1  # the header line
     return count
-
-
-def _looks_like_csv(path: str) -> bool:
-    with open(path, encoding="utf-8-sig", errors="replace") as fh:
-        first = fh.readline().lower()
-    return "email" in [c.strip() for c in first.split(",")]
 
 
 @app.command()

@@ -36,7 +36,7 @@ from mailprobe.inputs.pasted import unwrap
 from mailprobe.inputs.sniff import Shape, address_column, chosen_column, seen, sniff, split
 from mailprobe.inputs.table import Row, csv_rows, xlsx_rows
 
-__all__ = ["Allowed", "InputError", "InputLine", "entry", "read_addresses"]
+__all__ = ["Allowed", "InputError", "InputLine", "entry", "has_header_row", "read_addresses"]
 
 Allowed = Collection[str] | None  # special-use names allowed; None: the SPECIAL_USE_ALLOWED setting
 MAX_ADDRESS_TEXT = 1024  # an address (254 octets) with a display name and spaces around it
@@ -76,6 +76,14 @@ def read_addresses(
     if isinstance(source, (str, Path)):
         return _read(sys.stdin.buffer, None, "stdin", column, allowed)
     return _read(TextAsBytes(source), None, "input", column, allowed)
+
+
+def has_header_row(path: str | Path) -> bool:
+    """Whether the file's first line is a table's header (no record): for a progress total."""
+    with open(path, "rb") as fh:
+        lines = physical_lines(Prefixed(b"", fh), Decoder())
+        sample = [x.text for x, _ in zip(lines, range(SNIFF_LINES), strict=False)]
+    return sniff(sample).headers is not None
 
 
 def _allowed(special_use_allowed: Allowed) -> Collection[str]:
