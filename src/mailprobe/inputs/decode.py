@@ -88,9 +88,12 @@ def check_text(head: bytes, name: str) -> None:
         raise InputError(f"{name}: a legacy Excel .xls workbook: save it as .xlsx or CSV UTF-8")
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise InputError(f"{name}: UTF-16 text (Excel 'Unicode Text'): save it as CSV UTF-8")
-    if b"\x00" in head:
-        raise InputError(f"{name}: not a text file (NUL bytes near the start)")
-    if head and sum(b in _CONTROL_BYTES for b in head) > len(head) * 0.3:
+    # Binary: NUL on the first line, or most lines of the head hold control bytes (a text
+    # list with one stray binary line is read, that line answered alone).
+    lines = [x for x in head.split(b"\n") if x]
+    if b"\x00" in head.split(b"\n", 1)[0]:
+        raise InputError(f"{name}: not a text file (NUL bytes at the start)")
+    if lines and sum(any(b in _CONTROL_BYTES for b in x) for x in lines) > len(lines) / 2:
         raise InputError(f"{name}: not a text file (mostly control bytes)")
 
 

@@ -44,12 +44,15 @@ def header_key(name: str) -> str:
 _KEYS = frozenset(header_key(n) for n in ADDRESS_HEADERS)
 
 
-def address_column(headers: Sequence[str]) -> int | None:
-    """The index of the address column among `headers`, or None."""
+def address_column(headers: Sequence[str], *, exact: bool = False) -> int | None:
+    """The index of the address column among `headers`, or None. `exact`: a known name
+    only, not one that merely starts or ends with it."""
     keys = [header_key(h) for h in headers]
     for i, key in enumerate(keys):
         if key in _KEYS:
             return i
+    if exact:
+        return None
     for i, key in enumerate(keys):
         near = any(key.startswith(k) or key.endswith(k) for k in ("email", "mail", "courriel"))
         if near and not _NOT_THE_ADDRESS.search(key):
@@ -80,7 +83,11 @@ def seen(headers: Sequence[str] | None) -> str:
 
 
 def split(line: str, delimiter: str) -> list[str]:
-    return next(csv.reader([line], delimiter=delimiter, skipinitialspace=True), [])
+    """One line's cells (a line csv cannot read, a lone CR in it, is no header: one cell)."""
+    try:
+        return next(csv.reader([line], delimiter=delimiter, skipinitialspace=True), [])
+    except csv.Error:
+        return [line]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +109,8 @@ def sniff(sample: Sequence[str]) -> Shape:
     if not first.strip() or first.lstrip().startswith("#"):
         return Shape(None, None)  # a text list, perhaps commented
     lines = [line for line in sample if line.strip()]
-    by_name = [d for d in DELIMITERS if address_column(split(first, d)) is not None]
+    by_name = [d for d in DELIMITERS if address_column(split(first, d), exact=True) is not None]
+    by_name = by_name or [d for d in DELIMITERS if address_column(split(first, d)) is not None]
     if by_name:
         delimiter = max(by_name, key=lambda d: len(split(first, d)))
         cells = split(first, delimiter)
