@@ -71,6 +71,7 @@ class Reason(StrEnum):
     CONNECTION_FAILED = "connection_failed"
     TLS_FAILED = "tls_failed"
     INVALID_SYNTAX = "invalid_syntax"
+    INVALID_ENCODING = "invalid_encoding"
     INTERNAL_ERROR = "internal_error"
     RESERVED_DOMAIN = "reserved_domain"
     UNKNOWN = "unknown"
@@ -161,6 +162,12 @@ REASONS: dict[Reason, ReasonInfo] = {
     ),
     Reason.INVALID_SYNTAX: ReasonInfo(
         Signal.DOES_NOT_EXIST, "syntaxerror", "not a valid address: nothing was sent"
+    ),
+    # The line was never read as text, so nothing is known of the address in it.
+    Reason.INVALID_ENCODING: ReasonInfo(
+        Signal.UNDETERMINED,
+        "undefined",
+        "an input line in no text encoding we can read: nothing was sent",
     ),
     Reason.RESERVED_DOMAIN: ReasonInfo(
         Signal.DOES_NOT_EXIST,

@@ -27,6 +27,13 @@ VERDICT_TABLE: tuple[tuple[str, Verdict, str], ...] = (
         Verdict.UNDELIVERABLE,
         "reserved_domain",
     ),
+    # Unknown, not undeliverable: the bytes may hold a real address in an encoding we
+    # could not read, and a false "undeliverable" throws a real lead away.
+    (
+        "an input line in no text encoding we can read",
+        Verdict.UNKNOWN,
+        "invalid_encoding",
+    ),
     ("DNS: no such domain (NXDOMAIN)", Verdict.UNDELIVERABLE, "no_such_domain"),
     ("DNS: null MX (RFC 7505)", Verdict.UNDELIVERABLE, "null_mx"),
     ("DNS: no MX and no A/AAAA", Verdict.UNDELIVERABLE, "no_mail_host"),

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from mailprobe.results import LineAnswer
 
 T = TypeVar("T")
+COLUMN_OPTION = typer.Option("--column", help="Address column: header name or number.")
 
 
 @app.command()
@@ -41,8 +42,10 @@ def ingest(
         bool,
         typer.Option("--probe", help="Queue a probe per new address (run here without Redis)."),
     ] = False,
+    column: Annotated[str | None, COLUMN_OPTION] = None,
 ) -> None:
     """Store the addresses of a list; bad lines are reported by number, good ones kept."""
+    from mailprobe.inputs import InputError
     from mailprobe.queue import QueueUnavailable
     from mailprobe.queue import ingest as run_ingest
     from mailprobe.store import StoreError
@@ -50,7 +53,10 @@ def ingest(
     settings = _settings()
 
     try:
-        report = run_ingest(path, enqueue_probe=probe, source_name=None if path == "-" else path)
+        name = None if path == "-" else path
+        report = run_ingest(path, enqueue_probe=probe, source_name=name, column=column)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot read {path}: {exc}") from None
     except StoreError as exc:
@@ -140,6 +146,7 @@ def verify(
         bool,
         typer.Option("--enqueue", help="Hand per-domain batches to the RQ workers (REDIS_URL)."),
     ] = False,
+    column: Annotated[str | None, COLUMN_OPTION] = None,
 ) -> None:
     """Verify a list: one record per input line, streamed as results arrive.
 
@@ -147,7 +154,7 @@ def verify(
     130 interrupted; 75 the throttle's Redis went away; 141 the output was closed;
     2 bad input or configuration (see the README's table)."""
     from mailprobe.engine.bulk import BulkOptions, ServiceLost, SinkFailed
-    from mailprobe.inputs import read_addresses
+    from mailprobe.inputs import InputError, read_addresses
     from mailprobe.report import ProgressView, RecordWriter, render_record
     from mailprobe.runs import RunState
     from mailprobe.store import StoreError
@@ -166,6 +173,10 @@ def verify(
         ) from None
     if input_path != "-" and not os.path.isfile(input_path):
         raise _fail(f"cannot read {input_path}: no such file")
+    try:  # the input's shape is checked now: a bad file ends here, before any record
+        lines = read_addresses(input_path, settings.special_use_allowed, column=column)
+    except (InputError, OSError) as exc:
+        raise _fail(str(exc)) from None
     try:
         run = RunState.start(input_path, resume=resume)
     except OSError as exc:
@@ -195,7 +206,7 @@ def verify(
 
     if enqueue:
         try:
-            _verify_enqueued(input_path, write, force=force)
+            _verify_enqueued(lines, write, force=force)
         finally:
             writer.close()
             view.close()
@@ -206,7 +217,7 @@ def verify(
         summary = asyncio.run(
             _stop_on_sigterm(
                 _run_verify(
-                    read_addresses(input_path, settings.special_use_allowed),
+                    lines,
                     write,
                     render_record,
                     settings,
@@ -298,19 +309,20 @@ async def _stop_on_sigterm(work: Coroutine[Any, Any, T]) -> T:
             loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _verify_enqueued(input_path: str, sink: Any, *, force: bool) -> None:
-    from mailprobe.inputs import read_addresses
+def _verify_enqueued(lines: Iterable[InputLine], sink: Any, *, force: bool) -> None:
     from mailprobe.queue import QueueUnavailable
     from mailprobe.queue.fleet import enqueue_verify
 
     try:
-        jobs, lines = enqueue_verify(read_addresses(input_path), sink, force=force)
+        jobs, count = enqueue_verify(lines, sink, force=force)
     except QueueUnavailable as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"mailprobe: {lines} lines verified by the workers in {jobs} jobs", err=True)
+    typer.echo(f"mailprobe: {count} lines verified by the workers in {jobs} jobs", err=True)
 
 
 def _count_lines(path: str) -> int:
+    from mailprobe.inputs import has_header_row
+
     with open(path, "rb") as fh:
         count = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
     with open(path, "rb") as fh:
@@ -318,12 +330,6 @@ def _count_lines(path: str) -> int:
         if fh.tell():
             fh.seek(-1, os.SEEK_END)
             count += fh.read(1) != b"\n"
-    if count and _looks_like_csv(path):
+    if count and has_header_row(path):
         count -= 1  # the header line
     return count
-
-
-def _looks_like_csv(path: str) -> bool:
-    with open(path, encoding="utf-8-sig", errors="replace") as fh:
-        first = fh.readline().lower()
-    return "email" in [c.strip() for c in first.split(",")]

@@ -76,6 +76,7 @@ def ingest(
     store: Store | None = None,
     enqueue: Enqueue | None = None,
     source_name: str | None = None,
+    column: str | None = None,
 ) -> IngestReport:
     """Store every good address of a list; report bad lines by number, keep the good ones.
     With `enqueue`, queue each address's probe once (freemail skipped, see queue_worthy)."""
@@ -83,7 +84,7 @@ def ingest(
     report = IngestReport()
     to_enqueue: list[tuple[int, str, str]] = []
     with store.session() as session:
-        for line in read_addresses(source):
+        for line in read_addresses(source, column=column):
             if not line.raw.strip() or line.raw.lstrip().startswith("#"):
                 continue
             if line.address is None:

@@ -348,10 +348,15 @@ def ingest(
     store: Store | None = None,
     enqueue_probe: bool = False,
     source_name: str | None = None,
+    column: str | None = None,
 ) -> IngestReport:
     """Store a list's addresses; with `enqueue_probe`, queue each probe once."""
     return engine_ingest(
-        source, store=store, enqueue=_enqueue if enqueue_probe else None, source_name=source_name
+        source,
+        store=store,
+        enqueue=_enqueue if enqueue_probe else None,
+        source_name=source_name,
+        column=column,
     )
 
 
