@@ -23,22 +23,32 @@ from mailprobe.testing.smtpd import ACCEPT, MXBehavior, SimSMTPServer
 from tests.redis_server import _redis_binary, _start, _stop
 
 
-async def test_lost_redis_pauses_then_stops_and_invents_nothing(tmp_path: Path) -> None:
-    binary = _redis_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    proc, redis_port = _start(binary, tmp_path)
+async def _world(
+    tmp_path: Path, redis_port: int, domains: int, **env: str
+) -> tuple[SimSMTPServer, SimDNSServer, Store, Settings]:
+    """`domains` domains on one accepting MX, a store, and settings with the Redis throttle."""
     smtp = await SimSMTPServer(MXBehavior(default_rcpt=ACCEPT)).start()
-    domains = {f"d{i}.example": DomainSpec(mx=[(10, "mx.shared.example")]) for i in range(40)}
-    dns = SimDNSServer({**domains, "mx.shared.example": DomainSpec(a=["127.0.0.1"])})
+    zone = {f"d{i}.example": DomainSpec(mx=[(10, "mx.shared.example")]) for i in range(domains)}
+    dns = SimDNSServer({**zone, "mx.shared.example": DomainSpec(a=["127.0.0.1"])})
     await dns.start()
     store = Store(f"sqlite:///{tmp_path / 'outage.db'}")
     store.upgrade()
     settings = Settings.from_env({
         "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(smtp.port),
         "DATABASE_URL": store.url, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "PER_MX_RPS_DEFAULT": "2", "GLOBAL_RPS": "50", "THROTTLE_OUTAGE_LIMIT": "2",
+        "GLOBAL_RPS": "50", **env,
     })  # fmt: skip
+    return smtp, dns, store, settings
+
+
+async def test_lost_redis_pauses_then_stops_and_invents_nothing(tmp_path: Path) -> None:
+    binary = _redis_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    proc, redis_port = _start(binary, tmp_path)
+    smtp, dns, store, settings = await _world(
+        tmp_path, redis_port, 40, PER_MX_RPS_DEFAULT="2", THROTTLE_OUTAGE_LIMIT="2"
+    )
     records: list[dict[str, Any]] = []
 
     def sink(line: Any) -> None:
@@ -80,17 +90,9 @@ async def test_redis_back_within_the_limit_resumes_probing(tmp_path: Path) -> No
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     proc, redis_port = _start(binary, tmp_path)
     procs = [proc]
-    smtp = await SimSMTPServer(MXBehavior(default_rcpt=ACCEPT)).start()
-    domains = {f"d{i}.example": DomainSpec(mx=[(10, "mx.shared.example")]) for i in range(20)}
-    dns = SimDNSServer({**domains, "mx.shared.example": DomainSpec(a=["127.0.0.1"])})
-    await dns.start()
-    store = Store(f"sqlite:///{tmp_path / 'back.db'}")
-    store.upgrade()
-    settings = Settings.from_env({
-        "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(smtp.port),
-        "DATABASE_URL": store.url, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "PER_MX_RPS_DEFAULT": "4", "GLOBAL_RPS": "50", "THROTTLE_OUTAGE_LIMIT": "30",
-    })  # fmt: skip
+    smtp, dns, store, settings = await _world(
+        tmp_path, redis_port, 20, PER_MX_RPS_DEFAULT="4", THROTTLE_OUTAGE_LIMIT="30"
+    )
     records: list[dict[str, Any]] = []
 
     async def restart() -> None:
