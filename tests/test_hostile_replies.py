@@ -313,3 +313,19 @@ async def test_out_of_step_twice_is_unknown_protocol_error(tmp_path: Path) -> No
     async with HostileSMTP(exists=frozenset(emails), rcpt_reply=b"220 hello\r\n") as srv:
         got = await verify_hostile(srv, tmp_path, emails)
     assert set(got.values()) == {("unknown", "protocol_error")}
+
+
+async def test_a_late_stray_reply_one_command_at_a_time_uses_no_answer(tmp_path: Path) -> None:
+    """Without pipelining, a stray reply that arrives after the next command went out
+    shifts every later reply; it shows only when QUIT gets a 250. None of that session's
+    answers is used: the addresses are asked again on a fresh connection, in step."""
+    emails = [f"user{i}@acme.example" for i in range(4)]
+    exists = frozenset(emails[::2])
+    async with HostileSMTP(exists=exists, pipelining=False,
+                           late_reply=b"250 2.0.0 Ok\r\n") as srv:  # fmt: skip
+        got = await verify_hostile(srv, tmp_path, emails)
+        assert srv.connections >= 2
+    for email in emails:
+        expected = ("risky", "catch_all_unknown") if email in exists else (
+            "undeliverable", "mailbox_not_found")  # fmt: skip
+        assert got[email] == expected, email

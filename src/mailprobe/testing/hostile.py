@@ -23,6 +23,10 @@ class HostileSMTP:
     reverse_groups: bool = False  # answer the commands of one pipelined group in reverse order
     after_group: bytes = b""  # written after each pipelined group's replies: one too many
     rcpt_reply: bytes | None = None  # every RCPT gets this instead (e.g. b"354 go ahead\r\n")
+    # Written a moment after the first RCPT's reply, on the first connection only: a reply
+    # nobody asked for that arrives after the next command went out, shifting the rest.
+    late_reply: bytes = b""
+    connections: int = 0
     port: int = 0
     groups: list[int] = field(default_factory=list)  # commands per group read, for tests
     _server: asyncio.Server | None = None
@@ -58,6 +62,9 @@ class HostileSMTP:
         return b"250 2.0.0 Ok\r\n"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        first_connection = self.connections == 1
+        late_sent = False
         try:
             writer.write(b"220 hostile.example ESMTP\r\n" + self.after_greeting)
             await writer.drain()
@@ -75,6 +82,12 @@ class HostileSMTP:
                     out += self.after_group
                 writer.write(out)
                 await writer.drain()
+                rcpt = any(cmd.upper().startswith(b"RCPT") for cmd in group)
+                if self.late_reply and first_connection and rcpt and not late_sent:
+                    late_sent = True
+                    await asyncio.sleep(0.3)  # the client has sent its next command by now
+                    writer.write(self.late_reply)
+                    await writer.drain()
                 if any(cmd.upper().startswith(b"QUIT") for cmd in group):
                     break
         except ConnectionError:

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections import deque
-from typing import Protocol
 
 from mailprobe.classify import Reason, classify_reply
 from mailprobe.dns import DNSLookupError
-from mailprobe.engine.bulk.catchall import Accepted, CatchAll, CatchAllCheck
+from mailprobe.engine.bulk.catchall import Accepted, CatchAll
 from mailprobe.engine.bulk.options import BulkOptions, Summary
-from mailprobe.engine.bulk.state import DomainState, MXLane, drain, take
+from mailprobe.engine.bulk.reports import Deferred, Engine
+from mailprobe.engine.bulk.state import MXLane, drain, take
 from mailprobe.engine.bulk.steps import (
     CatchAllStep,
     CheckMailStep,
@@ -57,22 +58,6 @@ Span = tuple[int, int]  # the transcript's header (up to EHLO) and where this ex
 
 
 log = logging.getLogger(__name__)
-
-
-class Engine(Protocol):
-    """What a session reports to (the conductor)."""
-
-    def answered(self, recipient: Recipient, outcome: Outcome) -> None: ...
-
-    def route(self, recipient: Recipient) -> None: ...
-
-    def domain(self, name: str) -> DomainState: ...
-
-    def checked(self, check: CatchAllCheck, reason: str, message: str = "") -> None: ...
-
-    def heard(self, recipient: Recipient, outcome: Outcome) -> None: ...
-
-    def look_up(self, lane: MXLane) -> None: ...
 
 
 class SessionRunner:
@@ -144,6 +129,7 @@ class SessionRunner:
         )
         self.summary.sessions += 1
         pending = deque(batch)
+        deferred: Deferred | None = None
         try:
             async with asyncio.timeout(deadline_per_rcpt + timeouts.command * len(batch)):
                 try:
@@ -167,7 +153,11 @@ class SessionRunner:
                 ):
                     await self._grouped(lane, session, pending, header, mail_from)
                 else:
-                    await self._one_by_one(lane, session, pending, header, mail_from)
+                    # One command at a time: the answers wait for QUIT's proof of step.
+                    deferred = Deferred(self.engine)
+                    runner = copy.copy(self)
+                    runner.engine = deferred
+                    await runner._one_by_one(lane, session, pending, header, mail_from)
         except SessionError as exc:
             self._failed(lane, session, pending, exc.kind.value, str(exc))
         except TimeoutError:
@@ -175,6 +165,21 @@ class SessionRunner:
             self._failed(lane, session, pending, "timeout", error)
         finally:
             await session.close()
+            if deferred is not None:
+                self._settle_deferred(lane, session, deferred)
+
+    def _settle_deferred(self, lane: MXLane, session: SMTPSession, deferred: Deferred) -> None:
+        """A one-command-at-a-time session ended: in step, its answers count; out of step
+        (QUIT or a later reply showed the stream shifted), none of them do."""
+        if not session.out_of_step:
+            deferred.deliver()
+            return
+        suspect = [r for r, _ in deferred.answers]
+        for check, _, _ in deferred.checks:
+            state = self.engine.domain(check.domain)
+            suspect += [target for target, _ in state.tracker_of(check)[1].abandon()]
+        deferred.answers, deferred.checks = [], []
+        self._out_of_step(lane, session, suspect, "replies out of step (seen at the end)")
 
     def _next_transaction(self, lane: MXLane, pending: deque[Recipient]) -> list[Recipient]:
         """The next transaction's recipients: one domain, up to rcpts_per_transaction (one
