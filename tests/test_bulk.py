@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from mailprobe.config import Settings
 from mailprobe.engine import Context
@@ -26,6 +27,7 @@ from mailprobe.inputs import InputLine, entry, read_addresses
 from mailprobe.report import render_record
 from mailprobe.results import LineAnswer
 from mailprobe.store import Store
+from mailprobe.store.models import VerificationResult
 from mailprobe.store.queries import add_answers
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 from mailprobe.testing.smtpd import ACCEPT, MXBehavior, Scripted, SessionState, SimSMTPServer
@@ -454,6 +456,9 @@ async def test_small_in_flight_bound_still_finishes(world_factory) -> None:
 
 
 async def test_no_wait_leaves_greylisted_pending(world_factory) -> None:
+    """--no-wait ends once only retries are left: every line still gets its record (the
+    pending ones `unknown / pending_retry`), and only final answers are stored, so
+    `--resume` asks the pending ones again."""
     world = await world_factory(
         {"mx.g.example": ("127.0.0.1", MXBehavior(default_rcpt=GREYLIST)),
          "mx.ok.example": ("127.0.0.3", MXBehavior(default_rcpt=ACCEPT))},
@@ -466,8 +471,15 @@ async def test_no_wait_leaves_greylisted_pending(world_factory) -> None:
         BulkOptions(reuse_ttl=None, greylist_delays=(60.0,), wait_for_retries=False),
     )
     assert time.monotonic() - started < 10  # did not wait the 60 s greylisting delay
-    assert [r["email"] for r in records] == ["c@ok.example"]
+    assert {r["email"]: r["reason"] for r in records} == {
+        "a@g.example": "pending_retry", "b@g.example": "pending_retry",
+        "c@ok.example": "catch_all",
+    }  # fmt: skip
+    assert {r["verdict"] for r in records if r["reason"] == "pending_retry"} == {"unknown"}
     assert summary.pending == 2
+    with world.store.session() as session:
+        stored = {row.email for row in session.scalars(select(VerificationResult))}
+    assert stored == {"c@ok.example"}
 
 
 async def test_slow_input_is_probed_as_it_comes(world_factory) -> None:

@@ -44,6 +44,11 @@ VERDICT_TABLE: tuple[tuple[str, Verdict, str], ...] = (
     ("mailbox_not_found, mailbox_disabled", Verdict.UNDELIVERABLE, "(the reason)"),
     ("mailbox_full", Verdict.RISKY, "mailbox_full"),
     (
+        "--no-wait: a retry was still due when the run ended (not stored)",
+        Verdict.UNKNOWN,
+        "pending_retry",
+    ),
+    (
         "anything else: policy_block, sender_rejected, rate_limited, greylisted after its "
         "retries, timeout, connection_failed, mailbox_unavailable, ...",
         Verdict.UNKNOWN,

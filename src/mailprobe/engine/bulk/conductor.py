@@ -53,6 +53,7 @@ from mailprobe.flags import flags_for
 from mailprobe.inputs import InputLine
 from mailprobe.results import Answer, LineAnswer, Outcome, answer_for, invalid_answer
 from mailprobe.throttle import Slot, ThrottleError, ThrottleTimeout
+from mailprobe.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class BulkVerifier:
         self._done = asyncio.Event()
         self._tasks: set[asyncio.Future[Any]] = set()
         self.pacer = Pacer(ctx.behavior, self.options)  # retry timers, greylisting pace
-        self._retrying = 0  # targets waiting in a retry timer
+        self._waiting: set[Target] = set()  # targets waiting in a retry timer
         self._parked: set[DomainState] = set()  # domains whose catch-all check waits to retry
         self._wake = asyncio.Event()
         self._stopping = False
@@ -133,12 +134,14 @@ class BulkVerifier:
                 self._check_done()
                 await self._done.wait()
         finally:
+            if self._fatal is None and not self.options.wait_for_retries:
+                await self._answer_pending()
             self._stopping = True
             for waiting in (reader, stopped):
                 waiting.cancel()
             await asyncio.gather(reader, stopped, return_exceptions=True)
             self.pacer.cancel()
-            self.summary.pending = self._outstanding
+            self.summary.pending = self.summary.pending or self._outstanding
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -307,10 +310,10 @@ class BulkVerifier:
                 target.temps += 1
                 self._retry(target, delay, host)
             case retry.Behind():
-                self._retrying += 1
+                self._waiting.add(target)
 
                 def again() -> None:
-                    self._retrying -= 1
+                    self._waiting.discard(target)
                     self.route(target)
 
                 self.pacer.wait_behind(host, target, again)
@@ -385,10 +388,10 @@ class BulkVerifier:
         if delay <= 0:  # the slow lane's second chance: at once
             self.route(target)
             return
-        self._retrying += 1
+        self._waiting.add(target)
 
         def again() -> None:
-            self._retrying -= 1
+            self._waiting.discard(target)
             self.route(target)
 
         self.pacer.later(delay, again, host or target.domain)
@@ -438,6 +441,28 @@ class BulkVerifier:
         self._slots.release()
         self._check_done()
 
+    async def _answer_pending(self) -> None:
+        """--no-wait: every line still waiting for a retry (or for its domain's catch-all
+        check) gets its record now, `unknown / pending_retry`, and no stored row, so
+        `--resume` asks it again."""
+        held = [t for s in self._parked for t in s.held_targets()]
+        pending = [*self._waiting, *held]
+        self.summary.pending = len(pending)
+        self._waiting.clear()
+        for target in sorted(pending, key=lambda t: t.line_no):
+            outcome = target.last or Outcome(
+                email=target.address.normalized, reason="pending_retry", stage="retry"
+            )
+            answer = Answer(
+                email=target.address.normalized,
+                verdict=Verdict.UNKNOWN,
+                reason="pending_retry",
+                outcome=outcome,
+                flags=flags_for(target.address.local, target.address.ascii_domain),
+                attempts=target.attempts,
+            )
+            await self._deliver(LineAnswer(target.line_no, target.raw, answer))
+
     def _check_done(self) -> None:
         if self.scheduler.reading:
             return
@@ -445,7 +470,7 @@ class BulkVerifier:
         # (or for its domain's catch-all check): those stay pending for --resume.
         waiting = 0
         if not self.options.wait_for_retries:
-            waiting = self._retrying + sum(s.held for s in self._parked)
+            waiting = len(self._waiting) + sum(s.held for s in self._parked)
         if self._outstanding == waiting:
             self._done.set()
 

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from mailprobe.engine.bulk.catchall import CatchAll, CatchAllCheck
-from mailprobe.engine.bulk.targets import Recipient
+from mailprobe.engine.bulk.targets import Recipient, Target
 from mailprobe.mxcache import CachedMX
 
 
@@ -65,6 +65,11 @@ class DomainState:
     def held(self) -> int:
         """Accepted answers waiting for a catch-all finding, at every MX."""
         return len(self.catch_all.held) + sum(len(t.held) for t in self.backups.values())
+
+    def held_targets(self) -> list[Target]:
+        """The targets whose accepted answers wait for a catch-all finding, at every MX."""
+        trackers = [self.catch_all, *self.backups.values()]
+        return [target for tracker in trackers for target, _ in tracker.held]
 
     @property
     def lowest_mx(self) -> str | None:
