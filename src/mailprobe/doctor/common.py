@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
 import dns.asyncresolver
 
 from mailprobe.config import Settings
+from mailprobe.identity import is_public as is_public
 
 Status = Literal["pass", "warn", "fail", "skip"]
 
@@ -65,7 +65,3 @@ class Context:
     dns_ok: bool = False
     helo_addresses: list[str] | None = None  # None = not known
     ptr_names: list[str] = field(default_factory=list)  # forward-confirmed PTR names
-
-
-def is_public(ip: str) -> bool:
-    return ipaddress.ip_address(ip).is_global

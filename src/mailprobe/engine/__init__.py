@@ -14,7 +14,6 @@ from mailprobe.engine.addresses import IngestReport, ingest, queue_worthy, upser
 from mailprobe.engine.context import Context
 from mailprobe.engine.probe import (
     ResultNotStored,
-    probe_each,
     probe_email,
     probe_in_slot,
     probe_options,
@@ -35,7 +34,6 @@ __all__ = [
     "aresolve_domains",
     "get_or_resolve_mx",
     "ingest",
-    "probe_each",
     "probe_email",
     "probe_in_slot",
     "probe_options",

@@ -58,10 +58,6 @@ class Context:
             self._throttle = make_throttle(self.settings)
         return self._throttle
 
-    @property
-    def has_throttle(self) -> bool:
-        return self._throttle is not None
-
     async def aclose(self) -> None:
         """Close what this context opened (the throttle's connections)."""
         if self._throttle is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from mailprobe.address import InvalidAddress, ReservedDomain, parse_address
@@ -232,8 +232,3 @@ async def probe_queued(ctx: Context, limit: int | None = None) -> list[Answer]:
 
     rows = await asyncio.to_thread(read)
     return [await probe_email(ctx, email, email_id=email_id) for email_id, email in rows]
-
-
-async def probe_each(ctx: Context, emails: Iterable[tuple[int | None, str]]) -> list[Answer]:
-    """Probe each (email_id, email) in turn."""
-    return [await probe_email(ctx, email, email_id=email_id) for email_id, email in emails]

@@ -20,9 +20,8 @@ from mailprobe.queue import (
     redis_connection,
 )
 from mailprobe.report import render_record
-from mailprobe.results import Answer, LineAnswer, Outcome, invalid_answer
+from mailprobe.results import LineAnswer, Outcome, answer_for, invalid_answer
 from mailprobe.smtp import run_sync
-from mailprobe.verdict import Verdict
 
 BATCH_SIZE = 50  # addresses of one domain per job: one worker reuses one session for them
 MAX_JOBS_IN_FLIGHT = 200  # bounds the memory of the enqueueing process
@@ -135,6 +134,6 @@ def _job_failed_record(
     else:
         error = f"queue job {job_id} failed: see RQ's failed registry"
         outcome = Outcome(email=raw, reason="job_failed", stage="queue", error=error)
-        answer = Answer(raw, Verdict.UNKNOWN, "job_failed", outcome, attempts=0)
+        answer = answer_for(outcome, attempts=0)  # decide(): unknown, job_failed
     shown = replace(answer, outcome=answer.outcome.with_evidence(message=answer.outcome.error))
     return render_record(LineAnswer(line_no, raw, shown))

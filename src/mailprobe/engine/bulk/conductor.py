@@ -53,7 +53,6 @@ from mailprobe.flags import flags_for
 from mailprobe.inputs import InputLine
 from mailprobe.results import Answer, LineAnswer, Outcome, answer_for, invalid_answer
 from mailprobe.throttle import Slot, ThrottleError, ThrottleTimeout
-from mailprobe.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -450,14 +449,9 @@ class BulkVerifier:
         self.summary.pending = len(pending)
         self._waiting.clear()
         for target in sorted(pending, key=lambda t: t.line_no):
-            outcome = target.last or Outcome(
-                email=target.address.normalized, reason="pending_retry", stage="retry"
-            )
-            answer = Answer(
-                email=target.address.normalized,
-                verdict=Verdict.UNKNOWN,
-                reason="pending_retry",
-                outcome=outcome,
+            last = target.last or Outcome(email=target.address.normalized, reason="", stage="retry")
+            answer = answer_for(
+                last.with_evidence(reason="pending_retry"),  # decide(): unknown, pending_retry
                 flags=flags_for(target.address.local, target.address.ascii_domain),
                 attempts=target.attempts,
             )
