@@ -587,7 +587,7 @@ def test_critical_lane_keeps_a_slot_only_when_it_is_the_bottleneck() -> None:
                                       "PER_MX_RPS_DEFAULT": "5"})  # fmt: skip
         scheduler = Scheduler(BulkOptions(), ThrottlePolicy.from_settings(settings))
         scheduler.reading = False
-        big = lane("mx.big.example", 900)  # 45 sessions at 5 a second: 9 s
+        big = lane("mx.big.example", 45)  # 45 RCPTs at 5 a second: 9 s
         for made in [big, *(lane(f"mx{i}.small.example", 20) for i in range(50))]:
             scheduler.kick(made, 0.0)
         busy = MXLane("mx.busy.example", slow=False)

@@ -142,8 +142,11 @@ def test_job_policy_transient_and_no_slot(
         queue.job_probe_email(None, "jane@broken.example", "broken.example")
 
     class NoSlot(Throttle):
-        async def acquire(self, mx_host: str, *, wait: float | None = None) -> Slot:
+        async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
             raise ThrottleTimeout(mx_host, wait or 0.0, "per-MX concurrency")
+
+        async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
+            raise AssertionError("a single probe sends one RCPT")
 
         async def release(self, slot: Slot) -> None:
             raise AssertionError("nothing to release")

@@ -54,6 +54,7 @@ def make_policy(
     overrides: tuple[MXLimit, ...] = (),
     **kw: Any,
 ) -> ThrottlePolicy:
+    kw.setdefault("burst_seconds", 0.0)  # one token of burst, unless a test says otherwise
     return ThrottlePolicy(Limits(gconc, grps), Limits(mconc, mrps), overrides, **kw)
 
 
@@ -438,7 +439,8 @@ from mailprobe.throttle import Limits, RedisThrottle, ThrottlePolicy
 
 async def main(cfg):
     policy = ThrottlePolicy(
-        Limits(cfg["gconc"], cfg["grps"]), Limits(cfg["mconc"], cfg["mrps"]), wait=60
+        Limits(cfg["gconc"], cfg["grps"]), Limits(cfg["mconc"], cfg["mrps"]), wait=60,
+        burst_seconds=0,
     )
     throttle = RedisThrottle(cfg["url"], policy, lease_seconds=30)
 

@@ -99,6 +99,11 @@ class Settings:
     global_rps: float = 6.0  # GLOBAL_RPS
     per_mx_rps_default: float = 1.0  # PER_MX_RPS_DEFAULT
     mx_limits: tuple[MXLimit, ...] = ()  # MX_LIMITS, "*.google.com=5:2,..." or "@file"
+    # PER_MX_CONNECT_RPS: new connections a second per MX (default: the MX's RCPT rate)
+    per_mx_connect_rps: float | None = None
+    # THROTTLE_BURST_SECONDS: a rate cap lets this many seconds' worth of RCPTs go at once
+    # (at least one): a pipelined group at a high rate, never more than burst + rps * T
+    throttle_burst_seconds: float = 0.2
     throttle_wait: float = 30.0  # THROTTLE_WAIT, seconds to wait for a slot before rescheduling
     # THROTTLE_OUTAGE_LIMIT: seconds `verify` waits for a lost throttle Redis before it stops
     throttle_outage_limit: float = 300.0
@@ -162,6 +167,8 @@ class Settings:
             global_rps=_positive_float(env, "GLOBAL_RPS", 6.0),
             per_mx_rps_default=_positive_float(env, "PER_MX_RPS_DEFAULT", 1.0),
             mx_limits=_mx_limits(env, "MX_LIMITS"),
+            per_mx_connect_rps=_optional_positive_float(env, "PER_MX_CONNECT_RPS"),
+            throttle_burst_seconds=_burst_seconds(env, "THROTTLE_BURST_SECONDS"),
             throttle_wait=_positive_float(env, "THROTTLE_WAIT", 30.0),
             throttle_outage_limit=_positive_float(env, "THROTTLE_OUTAGE_LIMIT", 300.0),
             database_outage_limit=_positive_float(env, "DATABASE_OUTAGE_LIMIT", 120.0),
@@ -228,8 +235,26 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     except ValueError:
         raise ConfigError(name, f"{raw!r} is not a number") from None
     if not value > 0 or value == float("inf"):
-        raise ConfigError(name, f"{raw!r} must be a positive, finite number of seconds")
+        raise ConfigError(name, f"{raw!r} must be a positive, finite number")
     return value
+
+
+def _burst_seconds(env: Mapping[str, str], name: str) -> float:
+    """0 (a burst of one RCPT) up to 10 seconds' worth of a rate."""
+    raw = _raw(env, name)
+    if raw is None:
+        return 0.2
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"{raw!r} is not a number") from None
+    if not 0 <= value <= 10:
+        raise ConfigError(name, f"{raw!r} must be between 0 and 10 seconds")
+    return value
+
+
+def _optional_positive_float(env: Mapping[str, str], name: str) -> float | None:
+    return None if _raw(env, name) is None else _positive_float(env, name, 1.0)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int = 1, high: int | None = None,

@@ -1,17 +1,25 @@
 """Throttles: global and per-MX caps on concurrency and on rate.
 
 Probing politely means never hammering one MX, whatever the number of workers:
-a server that sees too many connections, or connections too fast, answers 421
-or starts refusing our IP, and that poisons every later verdict. So a probe runs
-inside a *slot*, and a slot is only given when
+a server that sees too many connections, or RCPTs too fast, answers 421 or starts
+refusing our IP, and that poisons every later verdict. Mailbox providers count
+recipients (directory-harvest detection, per-client recipient rates) at least as
+much as connections, so the rate caps count RCPT commands:
 
-* a global and a per-MX concurrency slot are both free, and
-* a global and a per-MX rate token are both available (GCRA, i.e. a token
-  bucket holding at most one token: at most `rps` starts a second and a burst
-  of one, so any window of T seconds sees at most ``1 + rps * T`` starts, give
-  or take the lateness tolerance of `next_tat`).
+* a connection (a *slot*) is only given when a global and a per-MX concurrency slot
+  are both free, the MX's new-connection rate has a token (PER_MX_CONNECT_RPS, by
+  default the MX's RCPT rate), and at least one RCPT token is available on both the
+  global and the MX's RCPT rate (`acquire(..., rcpts=n)` takes up to n of them);
+* every further RCPT on that connection takes its token with `more()`, so a
+  pipelined group is sized by the tokens available now: batching saves connections
+  and round trips, never raises the RCPT rate.
 
-Both are taken together or not at all, so a waiter never sits on half a slot.
+Rates are GCRA token buckets holding `burst` tokens (THROTTLE_BURST_SECONDS worth of
+the rate, at least one): any window of T seconds sees at most ``burst + rps * T``
+RCPTs at one MX, and the same globally, give or take the lateness tolerance of
+`next_tat`.
+
+A slot's parts are taken together or not at all, so a waiter never sits on half a slot.
 
 Two backends behind one interface (`Throttle`):
 
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 from mailprobe.config import Settings
 from mailprobe.throttle.base import (
+    DEFAULT_BURST_SECONDS,
     DEFAULT_COOLDOWN,
     DEFAULT_MAX_PENALTY_LEVEL,
     DEFAULT_PENALTY_GRACE,
@@ -54,11 +63,13 @@ from mailprobe.throttle.base import (
     normalize_host,
     penalty_level,
     penalty_reason,
+    take_tokens,
 )
 from mailprobe.throttle.local import LocalThrottle
 from mailprobe.throttle.redis_backend import RedisThrottle  # redis-py itself loads lazily
 
 __all__ = [
+    "DEFAULT_BURST_SECONDS",
     "DEFAULT_COOLDOWN",
     "DEFAULT_MAX_PENALTY_LEVEL",
     "DEFAULT_PENALTY_GRACE",
@@ -81,6 +92,7 @@ __all__ = [
     "normalize_host",
     "penalty_level",
     "penalty_reason",
+    "take_tokens",
 ]
 
 

@@ -21,6 +21,7 @@ DEFAULT_PENALTY_GRACE = 5.0  # penalties closer than this count once (in-flight 
 DEFAULT_MAX_PENALTY_LEVEL = 6  # at most 2**6 = 64 times slower
 LEASE_MARGIN = 30.0  # lease = probe deadline + this, so a live probe never loses its slot
 LATE_TOLERANCE = 0.05  # seconds a start may come after its token and keep the schedule
+DEFAULT_BURST_SECONDS = 0.2  # a rate cap's burst: this many seconds' worth of tokens
 
 Clock = Callable[[], float]
 
@@ -59,16 +60,23 @@ class ThrottleUnavailable(ThrottleError):
 
 @dataclass(frozen=True)
 class Limits:
-    """A concurrency cap and a rate cap (starts per second)."""
+    """A concurrency cap, an RCPT rate cap (RCPT commands per second) and a new-connection
+    rate cap (connections opened per second; None: the RCPT rate)."""
 
     max_concurrency: int
     rps: float
+    connect_rps: float | None = None
+
+    @property
+    def connect_rate(self) -> float:
+        return self.rps if self.connect_rps is None else self.connect_rps
 
     def penalized(self, level: int) -> Limits:
         """These limits halved `level` times (concurrency never below 1)."""
         if level <= 0:
             return self
-        return Limits(max(1, self.max_concurrency >> level), self.rps / (2**level))
+        connect = None if self.connect_rps is None else self.connect_rps / (2**level)
+        return Limits(max(1, self.max_concurrency >> level), self.rps / (2**level), connect)
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,8 @@ class ThrottlePolicy:
     mx_default: Limits
     overrides: tuple[MXLimit, ...] = ()
     wait: float = 30.0  # default bound on acquire()
+    connect_rps: float | None = None  # PER_MX_CONNECT_RPS (None: each MX's RCPT rate)
+    burst_seconds: float = DEFAULT_BURST_SECONDS  # THROTTLE_BURST_SECONDS
     cooldown: float = DEFAULT_COOLDOWN
     penalty_grace: float = DEFAULT_PENALTY_GRACE
     max_penalty_level: int = DEFAULT_MAX_PENALTY_LEVEL
@@ -95,6 +105,8 @@ class ThrottlePolicy:
             mx_default=Limits(settings.per_mx_max_concurrency_default, settings.per_mx_rps_default),
             overrides=settings.mx_limits,
             wait=settings.throttle_wait,
+            connect_rps=settings.per_mx_connect_rps,
+            burst_seconds=settings.throttle_burst_seconds,
             **overrides,
         )
 
@@ -103,8 +115,14 @@ class ThrottlePolicy:
         host = normalize_host(mx_host)
         for limit in self.overrides:
             if limit.matches(host):
-                return Limits(limit.max_concurrency, limit.rps)
+                return Limits(limit.max_concurrency, limit.rps, self.connect_rps)
+        if self.connect_rps is not None and self.mx_default.connect_rps is None:
+            return Limits(self.mx_default.max_concurrency, self.mx_default.rps, self.connect_rps)
         return self.mx_default
+
+    def burst(self, rps: float) -> int:
+        """RCPTs a rate cap lets go at once: `burst_seconds` worth, at least one."""
+        return max(1, math.floor(rps * self.burst_seconds + 1e-9))
 
 
 def normalize_host(mx_host: str) -> str:
@@ -142,6 +160,25 @@ def next_tat(tat: float, now: float, interval: float) -> float:
     return max(tat, now) + interval
 
 
+def take_tokens(
+    tat: float, now: float, interval: float, burst: int, want: int
+) -> tuple[int, float, float]:
+    """GCRA with a burst: up to `want` tokens at `now` -> (taken, new tat, wait).
+
+    `tat` is when the next token is due on the cap's grid. At most `burst` tokens conform
+    at once, so any window of T seconds sees at most ``burst + T / interval`` of them (give
+    or take `late_tolerance`, see `next_tat`). Taking none returns the seconds until one
+    is due. Taking k moves the grid k intervals on: a pipelined group of k RCPTs costs what
+    k separate RCPTs cost."""
+    late = 0.0 <= now - tat <= late_tolerance(interval)
+    base = tat if late else max(tat, now)  # a little late: keep the grid
+    available = math.floor((now - base) / interval + burst + 1e-9)
+    if available < 1:
+        return 0, tat, base - (burst - 1) * interval - now
+    taken = min(available, want)
+    return taken, base + taken * interval, 0.0
+
+
 def penalty_reason(result: Mapping[str, Any]) -> str | None:
     """Why a probe result should penalize its MX (421 or a rate-limit reply), else None."""
     if result.get("code") == 421:
@@ -156,12 +193,13 @@ def penalty_reason(result: Mapping[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class Slot:
-    """A held slot; give it back with `release`. `expires_at` is the lease end (Redis only,
-    server clock, seconds)."""
+    """A held slot (one connection); give it back with `release`. `rcpts`: the RCPT tokens
+    taken with it. `expires_at` is the lease end (Redis only, server clock, seconds)."""
 
     mx_host: str
     token: str
     expires_at: float | None = None
+    rcpts: int = 1
 
 
 class Throttle(abc.ABC):
@@ -170,11 +208,21 @@ class Throttle(abc.ABC):
     policy: ThrottlePolicy
 
     @abc.abstractmethod
-    async def acquire(self, mx_host: str, *, wait: float | None = None) -> Slot:
-        """Wait (at most `wait`, default policy.wait) for concurrency and rate on both the
-        global and the MX's caps, take them together, and return the slot.
+    async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
+        """Wait (at most `wait`, default policy.wait) for a connection: a global and a
+        per-MX concurrency slot, the MX's new-connection token, and at least one RCPT
+        token on both the global and the MX's RCPT rate (up to `rcpts` of them, as many
+        as are available now); take them together and return the slot.
 
         Raises ThrottleTimeout when that does not happen in time."""
+
+    @abc.abstractmethod
+    async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
+        """RCPT tokens for a connection already open: wait (at most `wait`) until at least
+        one is available on both the global and the slot's MX rate, and take up to
+        `rcpts`. A wait that cannot end within `wait` fails at once.
+
+        Raises ThrottleTimeout (with `retry_after`) when none comes in time."""
 
     @abc.abstractmethod
     async def release(self, slot: Slot) -> None:
@@ -196,12 +244,14 @@ class Throttle(abc.ABC):
         """Release resources (connections)."""
 
     @contextlib.asynccontextmanager
-    async def slot(self, mx_host: str, *, wait: float | None = None) -> AsyncIterator[Slot]:
+    async def slot(
+        self, mx_host: str, *, wait: float | None = None, rcpts: int = 1
+    ) -> AsyncIterator[Slot]:
         """`async with throttle.slot(mx): probe...` - released however the body ends.
 
         A failed release is logged, not raised: the probe's outcome matters more,
         and a Redis lease frees the slot by itself anyway."""
-        held = await self.acquire(mx_host, wait=wait)
+        held = await self.acquire(mx_host, wait=wait, rcpts=rcpts)
         try:
             yield held
         finally:

@@ -7,6 +7,7 @@ import contextlib
 import math
 import time
 import uuid
+from collections.abc import Callable
 
 from mailprobe.config import Settings
 from mailprobe.throttle.base import (
@@ -17,9 +18,9 @@ from mailprobe.throttle.base import (
     ThrottlePolicy,
     ThrottleTimeout,
     log,
-    next_tat,
     normalize_host,
     penalty_level,
+    take_tokens,
 )
 
 
@@ -37,7 +38,8 @@ class LocalThrottle(Throttle):
         self._in_use: dict[str, int] = {}
         self._held: dict[str, str] = {}  # token -> mx host
         self._global_tat = -math.inf  # GCRA: earliest time of the next start
-        self._tat: dict[str, float] = {}
+        self._tat: dict[str, float] = {}  # per MX: its RCPT rate's grid
+        self._conn_tat: dict[str, float] = {}  # per MX: its new-connection rate's grid
         self._penalties: dict[str, tuple[int, float]] = {}  # host -> (level, since)
         self._changed: asyncio.Event | None = None
 
@@ -51,36 +53,82 @@ class LocalThrottle(Throttle):
     def _limits(self, host: str, now: float) -> Limits:
         return self.policy.limits_for(host).penalized(self._penalty(host, now))
 
-    def _try_take(self, host: str, now: float) -> tuple[float, str]:
-        """Take a slot now (returns 0) or say how long to wait and which cap is in the way."""
+    def _try_take(self, host: str, now: float, want: int) -> tuple[int, float, str]:
+        """Take a connection and up to `want` RCPT tokens now -> (RCPT tokens, 0, ""), or
+        (0, seconds to wait, the cap in the way)."""
         glob, mx = self.policy.global_limits, self._limits(host, now)
         if self._global_in_use >= glob.max_concurrency:
-            return math.inf, "global concurrency"
+            return 0, math.inf, "global concurrency"
         if self._in_use.get(host, 0) >= mx.max_concurrency:
-            return math.inf, "per-MX concurrency"
-        mx_tat = self._tat.get(host, -math.inf)
-        delay = max(self._global_tat - now, mx_tat - now, 0.0)
-        if delay > 0:
-            return delay, "global rate" if self._global_tat > mx_tat else "per-MX rate"
-        self._global_tat = next_tat(self._global_tat, now, 1.0 / glob.rps)
-        self._tat[host] = next_tat(mx_tat, now, 1.0 / mx.rps)
+            return 0, math.inf, "per-MX concurrency"
+        conn_tat = self._conn_tat.get(host, -math.inf)
+        ok, conn_next, conn_wait = take_tokens(conn_tat, now, 1.0 / mx.connect_rate, 1, 1)
+        if not ok:
+            return 0, conn_wait, "per-MX connection rate"
+        taken, wait, limited_by = self._take_rcpts(host, now, want, mx)
+        if not taken:
+            return 0, wait, limited_by
+        self._conn_tat[host] = conn_next
         self._global_in_use += 1
         self._in_use[host] = self._in_use.get(host, 0) + 1
-        return 0.0, ""
+        return taken, 0.0, ""
 
-    async def acquire(self, mx_host: str, *, wait: float | None = None) -> Slot:
+    def _take_rcpts(self, host: str, now: float, want: int, mx: Limits) -> tuple[int, float, str]:
+        """Up to `want` RCPT tokens on both the global and the MX's rate, or none."""
+        glob = self.policy.global_limits
+        g_int, m_int = 1.0 / glob.rps, 1.0 / mx.rps
+        g_burst, m_burst = self.policy.burst(glob.rps), self.policy.burst(mx.rps)
+        mx_tat = self._tat.get(host, -math.inf)
+        g_ok, _, g_wait = take_tokens(self._global_tat, now, g_int, g_burst, want)
+        m_ok, _, m_wait = take_tokens(mx_tat, now, m_int, m_burst, want)
+        if not g_ok or not m_ok:
+            if g_wait >= m_wait:
+                return 0, g_wait, "global rate"
+            return 0, m_wait, "per-MX rate"
+        taken = min(g_ok, m_ok)
+        _, self._global_tat, _ = take_tokens(self._global_tat, now, g_int, g_burst, taken)
+        _, self._tat[host], _ = take_tokens(mx_tat, now, m_int, m_burst, taken)
+        return taken, 0.0, ""
+
+    async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
         host = normalize_host(mx_host)
+        want = max(1, rcpts)
+
+        def attempt(now: float) -> tuple[int, float, str]:
+            return self._try_take(host, now, want)
+
+        taken = await self._wait_for(host, attempt, wait)
+        token = uuid.uuid4().hex
+        self._held[token] = host
+        return Slot(host, token, rcpts=taken)
+
+    async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
+        host = slot.mx_host
+        want = max(1, rcpts)
+
+        def attempt(now: float) -> tuple[int, float, str]:
+            return self._take_rcpts(host, now, want, self._limits(host, now))
+
+        return await self._wait_for(host, attempt, wait, fail_fast=True)
+
+    async def _wait_for(
+        self,
+        host: str,
+        attempt: Callable[[float], tuple[int, float, str]],
+        wait: float | None,
+        fail_fast: bool = False,
+    ) -> int:
+        """Try until `attempt` takes something; sleep until its token is due or a release.
+        `fail_fast`: a token due after the budget fails now instead of at the budget's end."""
         budget = self.policy.wait if wait is None else wait
         loop = asyncio.get_running_loop()
         start = loop.time()
         while True:
-            delay, limited_by = self._try_take(host, self._clock())
-            if not limited_by:
-                token = uuid.uuid4().hex
-                self._held[token] = host
-                return Slot(host, token)
+            taken, delay, limited_by = attempt(self._clock())
+            if taken:
+                return taken
             remaining = start + budget - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or (fail_fast and delay > remaining):
                 retry = delay if math.isfinite(delay) else None
                 raise ThrottleTimeout(host, loop.time() - start, limited_by, retry)
             if self._changed is None:
@@ -103,6 +151,7 @@ class LocalThrottle(Throttle):
         if len(self._tat) > 1024:  # forget MXs whose rate state no longer matters
             now = self._clock()
             self._tat = {h: t for h, t in self._tat.items() if t > now}
+            self._conn_tat = {h: t for h, t in self._conn_tat.items() if t > now}
         if self._changed is not None:
             self._changed.set()
             self._changed = None

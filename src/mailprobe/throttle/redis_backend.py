@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mailprobe.config import Settings
@@ -64,50 +65,92 @@ local function extend(key, ms)
 end
 """
 
-# KEYS: global leases, MX leases, global rate, MX rate, MX penalty
+# GCRA with a burst (see base.take_tokens), in milliseconds.
+_LUA_TAKE = """
+local function take(tat, now, interval, burst_ms, want, tol)
+  local burst = math.max(1, math.floor(burst_ms / interval + 1e-9))
+  local base = math.max(tat, now)
+  local late = now - tat
+  if late >= 0 and late <= math.min(tol, interval / 4) then base = tat end
+  local available = math.floor((now - base) / interval + burst + 1e-9)
+  if available < 1 then return 0, tat, base - (burst - 1) * interval - now end
+  local taken = math.min(available, want)
+  return taken, base + taken * interval, 0
+end
+local function rcpt_tokens(gkey, mkey, now, gint, mint, burst_ms, want, tol)
+  local gtat = tonumber(redis.call('GET', gkey)) or 0
+  local mtat = tonumber(redis.call('GET', mkey)) or 0
+  local gok, _, gwait = take(gtat, now, gint, burst_ms, want, tol)
+  local mok, _, mwait = take(mtat, now, mint, burst_ms, want, tol)
+  if gok < 1 or mok < 1 then
+    if gwait >= mwait then return 0, gwait, 'global rate' end
+    return 0, mwait, 'per-MX rate'
+  end
+  local n = math.min(gok, mok)
+  local _a, gnext = take(gtat, now, gint, burst_ms, n, tol)
+  local _b, mnext = take(mtat, now, mint, burst_ms, n, tol)
+  redis.call('SET', gkey, gnext, 'PX', math.ceil(gnext - now) + 1000)
+  redis.call('SET', mkey, mnext, 'PX', math.ceil(mnext - now) + 1000)
+  return n, 0, ''
+end
+"""
+
+# KEYS: global leases, MX leases, global rate, MX rate, MX penalty, MX connection rate
 # ARGV: token, now|'', lease ms, global conc, global interval ms, MX conc, MX interval ms,
-#       cool-down ms, lateness tolerance ms (at most; see next_tat)
-# -> {1, lease expiry ms} | {0, ms until a rate token, or -1 when a slot is full, reason}
+#       cool-down ms, lateness tolerance ms (at most; see next_tat), RCPTs wanted,
+#       burst ms, MX connection interval ms
+# -> {RCPT tokens, lease expiry ms} | {0, ms until a rate token, or -1 when a slot is full,
+#    reason}
 _ACQUIRE = (
     _LUA_PRELUDE
+    + _LUA_TAKE
     + """
 local token = ARGV[1]
 local now = now_ms(ARGV[2])
 local lease = tonumber(ARGV[3])
 local gconc, gint = tonumber(ARGV[4]), tonumber(ARGV[5])
 local mconc, mint = tonumber(ARGV[6]), tonumber(ARGV[7])
+local tol, want, burst_ms = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local cint = tonumber(ARGV[12])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local level = penalty(KEYS[5], now, tonumber(ARGV[8]))
 if level > 0 then
   mconc = math.max(1, math.floor(mconc / 2 ^ level))
   mint = mint * 2 ^ level
+  cint = cint * 2 ^ level
 end
 if redis.call('ZCARD', KEYS[1]) >= gconc then return {0, '-1', 'global concurrency'} end
 if redis.call('ZCARD', KEYS[2]) >= mconc then return {0, '-1', 'per-MX concurrency'} end
-local gtat = tonumber(redis.call('GET', KEYS[3])) or 0
-local mtat = tonumber(redis.call('GET', KEYS[4])) or 0
-if gtat > now or mtat > now then
-  if gtat >= mtat then return {0, tostring(gtat - now), 'global rate'} end
-  return {0, tostring(mtat - now), 'per-MX rate'}
-end
+local ctat = tonumber(redis.call('GET', KEYS[6])) or 0
+local cok, cnext, cwait = take(ctat, now, cint, 0, 1, tol)
+if cok < 1 then return {0, tostring(cwait), 'per-MX connection rate'} end
+local n, wait, reason = rcpt_tokens(KEYS[3], KEYS[4], now, gint, mint, burst_ms, want, tol)
+if n < 1 then return {0, tostring(wait), reason} end
+redis.call('SET', KEYS[6], cnext, 'PX', math.ceil(cnext - now) + 1000)
 local expires = now + lease
 redis.call('ZADD', KEYS[1], expires, token)
 redis.call('ZADD', KEYS[2], expires, token)
 extend(KEYS[1], lease + 1000)
 extend(KEYS[2], lease + 1000)
-local function next_tat(tat, interval)
-  local late = now - tat
-  if late >= 0 and late <= math.min(tonumber(ARGV[9]), interval / 4) then
-    return math.ceil(tat + interval)
-  end
-  return math.ceil(math.max(tat, now) + interval)
-end
-gtat = next_tat(gtat, gint)
-mtat = next_tat(mtat, mint)
-redis.call('SET', KEYS[3], gtat, 'PX', gtat - now + 1000)
-redis.call('SET', KEYS[4], mtat, 'PX', mtat - now + 1000)
-return {1, tostring(expires), ''}
+return {n, tostring(expires), ''}
+"""
+)
+
+# KEYS: global rate, MX rate, MX penalty
+# ARGV: now|'', global interval ms, MX interval ms, cool-down ms, tolerance ms, RCPTs wanted,
+#       burst ms -> {RCPT tokens, ms until one is due, reason}
+_MORE = (
+    _LUA_PRELUDE
+    + _LUA_TAKE
+    + """
+local now = now_ms(ARGV[1])
+local gint, mint = tonumber(ARGV[2]), tonumber(ARGV[3])
+local level = penalty(KEYS[3], now, tonumber(ARGV[4]))
+if level > 0 then mint = mint * 2 ^ level end
+local n, wait, reason = rcpt_tokens(KEYS[1], KEYS[2], now, gint, mint, tonumber(ARGV[7]),
+                                    tonumber(ARGV[6]), tonumber(ARGV[5]))
+return {n, tostring(wait), reason}
 """
 )
 
@@ -161,6 +204,10 @@ local level = penalty(KEYS[1], now_ms(ARGV[1]), tonumber(ARGV[2]))
 return level
 """
 )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisThrottle(Throttle):
@@ -220,6 +267,7 @@ class RedisThrottle(Throttle):
             self._redis = redis
             self._owns_client = False
         self._acquire = self._redis.register_script(_ACQUIRE)
+        self._more = self._redis.register_script(_MORE)
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)
         self._penalize = self._redis.register_script(_PENALIZE)
@@ -241,6 +289,7 @@ class RedisThrottle(Throttle):
             f"{KEY_PREFIX}rate:global",
             f"{KEY_PREFIX}rate:mx:{host}",
             f"{KEY_PREFIX}penalty:{host}",
+            f"{KEY_PREFIX}conn:mx:{host}",
         ]
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -251,38 +300,78 @@ class RedisThrottle(Throttle):
             detail = str(exc) or type(exc).__name__
             raise ThrottleUnavailable(self.url, detail) from exc
 
-    async def acquire(self, mx_host: str, *, wait: float | None = None) -> Slot:
+    async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
         host = normalize_host(mx_host)
-        budget = self.policy.wait if wait is None else wait
         glob, mx = self.policy.global_limits, self.policy.limits_for(host)
         token = f"{self._ident}:{uuid.uuid4().hex}"
         keys = self._keys(host)
+        args = [
+            token,
+            "",
+            self._ms(self.lease_seconds),
+            glob.max_concurrency,
+            1000.0 / glob.rps,
+            mx.max_concurrency,
+            1000.0 / mx.rps,
+            self._ms(self.policy.cooldown),
+            self._ms(LATE_TOLERANCE),
+            max(1, rcpts),
+            1000.0 * self.policy.burst_seconds,
+            1000.0 / mx.connect_rate,
+        ]
+
+        async def attempt() -> tuple[int, float, str]:
+            args[1] = self._now()
+            taken, value, limited_by = await self._run(self._acquire, keys, args)
+            return int(taken), float(value), _text(limited_by)
+
+        taken, expires = await self._poll(host, attempt, wait)
+        return Slot(host, token, expires / 1000.0, rcpts=taken)
+
+    async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
+        host = slot.mx_host
+        glob, mx = self.policy.global_limits, self.policy.limits_for(host)
+        keys = [self._keys(host)[i] for i in (2, 3, 4)]
+        args: list[Any] = [
+            "",
+            1000.0 / glob.rps,
+            1000.0 / mx.rps,
+            self._ms(self.policy.cooldown),
+            self._ms(LATE_TOLERANCE),
+            max(1, rcpts),
+            1000.0 * self.policy.burst_seconds,
+        ]
+
+        async def attempt() -> tuple[int, float, str]:
+            args[0] = self._now()
+            taken, value, limited_by = await self._run(self._more, keys, args)
+            return int(taken), float(value), _text(limited_by)
+
+        taken, _ = await self._poll(host, attempt, wait, fail_fast=True)
+        return taken
+
+    async def _poll(
+        self,
+        host: str,
+        attempt: Callable[[], Awaitable[tuple[int, float, str]]],
+        wait: float | None,
+        fail_fast: bool = False,
+    ) -> tuple[int, float]:
+        """Run `attempt` until it takes tokens -> (taken, its value); sleep until a rate
+        token is due, or poll with backoff while a slot is full (Redis wakes no one)."""
+        budget = self.policy.wait if wait is None else wait
         loop = asyncio.get_running_loop()
         start = loop.time()
         backoff = _BACKOFF_FIRST
         while True:
-            ok, value, limited_by = await self._run(
-                self._acquire,
-                keys,
-                [
-                    token,
-                    self._now(),
-                    self._ms(self.lease_seconds),
-                    glob.max_concurrency,
-                    1000.0 / glob.rps,
-                    mx.max_concurrency,
-                    1000.0 / mx.rps,
-                    self._ms(self.policy.cooldown),
-                    self._ms(LATE_TOLERANCE),
-                ],
-            )
-            if int(ok) == 1:
-                return Slot(host, token, float(value) / 1000.0)
+            taken, value, limited_by = await attempt()
+            if taken > 0:
+                return taken, value
             remaining = start + budget - loop.time()
-            due = float(value) / 1000.0
-            if remaining <= 0:
-                reason = limited_by.decode() if isinstance(limited_by, bytes) else str(limited_by)
-                raise ThrottleTimeout(host, loop.time() - start, reason, due if due >= 0 else None)
+            due = value / 1000.0
+            if remaining <= 0 or (fail_fast and due > remaining):
+                retry = due if due >= 0 else None
+                raise ThrottleTimeout(host, loop.time() - start, limited_by, retry)
             if due >= 0:  # a rate token: sleep until it is due (a little jitter spreads waiters)
                 delay = due + random.uniform(0, 0.005)
             else:  # a full slot: poll, backing off so many waiters stay cheap for Redis
@@ -304,7 +393,7 @@ class RedisThrottle(Throttle):
         host = normalize_host(mx_host)
         level = await self._run(
             self._penalize,
-            self._keys(host)[4:],
+            self._keys(host)[4:5],
             [
                 self._now(),
                 self._ms(self.policy.cooldown),
@@ -317,7 +406,7 @@ class RedisThrottle(Throttle):
     async def effective_limits(self, mx_host: str) -> Limits:
         host = normalize_host(mx_host)
         level = await self._run(
-            self._level, self._keys(host)[4:], [self._now(), self._ms(self.policy.cooldown)]
+            self._level, self._keys(host)[4:5], [self._now(), self._ms(self.policy.cooldown)]
         )
         return self.policy.limits_for(host).penalized(int(level))
 

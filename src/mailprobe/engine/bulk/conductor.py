@@ -203,7 +203,8 @@ class BulkVerifier:
             while isinstance(decision, Ask):
                 lane = decision.lane
                 try:
-                    slot = await self.throttle.acquire(lane.host, wait=0)
+                    want = min(len(lane.recipients), self.options.rcpts_per_session)
+                    slot = await self.throttle.acquire(lane.host, wait=0, rcpts=want)
                 except ThrottleTimeout as exc:
                     rnd.refused(lane, exc.limited_by, exc.retry_after)
                 except ThrottleError as exc:  # the shared throttle is down: never unthrottled
@@ -256,7 +257,7 @@ class BulkVerifier:
     async def _session(self, lane: MXLane, slot: Slot) -> None:
         started = time.monotonic()
         try:
-            await self.sessions.run(lane)
+            await self.sessions.run(lane, slot)
         finally:
             self.scheduler.ended(lane, time.monotonic() - started)
             try:

@@ -124,10 +124,9 @@ class Scheduler:
         )
 
     def time_left(self, lane: MXLane) -> float:
-        """A lower bound on how long this lane still needs: its sessions at its MX's rate,
+        """A lower bound on how long this lane still needs: its RCPTs at its MX's RCPT rate,
         plus a greylisting delay if we have never talked to it (it may greylist us)."""
-        sessions = -(-len(lane.recipients) // self.options.rcpts_per_session)
-        left = sessions / self.policy.limits_for(lane.host).rps
+        left = len(lane.recipients) / self.policy.limits_for(lane.host).rps
         if lane.started == 0:
             delays = self.options.greylist_delays
             left += delays[0] if delays else self.options.greylist_first_retry
@@ -143,7 +142,7 @@ class Scheduler:
         length seen so far in this run, fit in the remaining slots within the time this
         lane needs anyway. Then the reserved slot costs nothing; otherwise the global
         concurrency cap is what bounds the run and every slot is worth filling."""
-        if limited_by != "per-MX rate" or self.global_cap < 4:
+        if limited_by not in {"per-MX rate", "per-MX connection rate"} or self.global_cap < 4:
             return False
         per_session = self.options.rcpts_per_session
         others = sum(

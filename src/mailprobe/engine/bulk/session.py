@@ -42,6 +42,7 @@ from mailprobe.engine.bulk.steps import (
     plan_session,
 )
 from mailprobe.engine.bulk.targets import Recipient, Target
+from mailprobe.engine.bulk.tokens import TOKEN_WAIT_MAX, OutOfTokens, Tokens, group_end, rcpts_from
 from mailprobe.engine.context import Context
 from mailprobe.engine.probe import probe_options
 from mailprobe.results import Outcome
@@ -53,6 +54,7 @@ from mailprobe.smtp import (
     Timeouts,
     effective_timeouts,
 )
+from mailprobe.throttle import Slot
 
 Span = tuple[int, int]  # the transcript's header (up to EHLO) and where this exchange began
 
@@ -72,15 +74,18 @@ class SessionRunner:
         self.summary = summary
         self.port = port
 
-    async def run(self, lane: MXLane) -> None:
-        """One session: the lane's next recipients, start to finish."""
+    async def run(self, lane: MXLane, slot: Slot) -> None:
+        """One session: the lane's next recipients, start to finish, within the throttle's
+        slot (one connection) and its RCPT tokens."""
         batch = take(lane.recipients, self.options.rcpts_per_session)
         if not batch:
             return
         for r in batch:
             r.in_session = True
+        wait = min(TOKEN_WAIT_MAX, self.ctx.settings.throttle_wait)
+        tokens = Tokens(self.ctx.throttle, slot, wait)
         try:
-            await self._run(lane, batch)
+            await self._run(lane, batch, tokens)
         except Exception as exc:  # a bug, or a reply nobody foresaw: never lose an address
             log.error("session with %s failed", lane.host, exc_info=exc)
             detail = f"internal error in the session with {lane.host}: {type(exc).__name__}: {exc}"
@@ -88,7 +93,7 @@ class SessionRunner:
                 if r.in_session:
                     self.engine.answered(r, _internal_error(r, lane.host, detail))
 
-    async def _run(self, lane: MXLane, batch: list[Recipient]) -> None:
+    async def _run(self, lane: MXLane, batch: list[Recipient], tokens: Tokens) -> None:
         if lane.ips is None:
             self.engine.look_up(lane)
         assert lane.ips is not None
@@ -131,7 +136,9 @@ class SessionRunner:
         pending = deque(batch)
         deferred: Deferred | None = None
         try:
-            async with asyncio.timeout(deadline_per_rcpt + timeouts.command * len(batch)):
+            async with asyncio.timeout(
+                deadline_per_rcpt + timeouts.command * len(batch)
+            ) as tokens.deadline:
                 try:
                     await session.open()
                 except StageRefused as refused:
@@ -151,13 +158,17 @@ class SessionRunner:
                     and not lane.no_pipelining
                     and not self.ctx.behavior.no_pipelining(lane.host)
                 ):
-                    await self._grouped(lane, session, pending, header, mail_from)
+                    await self._grouped(lane, session, pending, header, mail_from, tokens)
                 else:
                     # One command at a time: the answers wait for QUIT's proof of step.
                     deferred = Deferred(self.engine)
                     runner = copy.copy(self)
                     runner.engine = deferred
-                    await runner._one_by_one(lane, session, pending, header, mail_from)
+                    await runner._one_by_one(lane, session, pending, header, mail_from, tokens)
+        except OutOfTokens as exc:  # polite to the end: what was not sent waits its turn
+            log.debug("session with %s ends early: %s", lane.host, exc)
+            for r in drain(pending):
+                self.engine.route(r)
         except SessionError as exc:
             self._failed(lane, session, pending, exc.kind.value, str(exc))
         except TimeoutError:
@@ -200,10 +211,18 @@ class SessionRunner:
         pending: deque[Recipient],
         header: int,
         mail_from: str,
+        tokens: Tokens,
     ) -> None:
         while pending:
             domain = pending[0].domain
             txn = self._next_transaction(lane, pending)
+            try:
+                got = await tokens.take(len(txn))
+            except OutOfTokens:
+                pending.extendleft(reversed(txn))
+                raise
+            pending.extendleft(reversed(txn[got:]))  # fewer tokens: a smaller transaction
+            txn = txn[:got]
             span = (header, len(session.transcript))
             accepted = await self._transaction(lane, session, txn, pending, span, mail_from)
             if accepted is None:
@@ -211,7 +230,7 @@ class SessionRunner:
             # The catch-all check runs with the domain's first transaction, accepted or not,
             # so that a greylisting server's clock runs for the check and the real RCPTs at once.
             tracker = self.engine.domain(domain).tracker(lane.host)
-            await self._settle(session, domain, tracker, accepted, mail_from)
+            await self._settle(session, domain, tracker, accepted, mail_from, tokens)
 
     async def _transaction(
         self,
@@ -253,6 +272,7 @@ class SessionRunner:
         tracker: CatchAll,
         accepted: list[Accepted],
         mail_from: str,
+        tokens: Tokens,
     ) -> None:
         """The domain's catch-all check at this MX, in a transaction of its own after the
         real RCPTs, when it has no finding and no check under way; accepted answers wait."""
@@ -261,6 +281,12 @@ class SessionRunner:
             return
         tracker.held.extend(accepted)
         check = tracker.start(domain)
+        try:
+            await tokens.take(1)
+        except OutOfTokens:  # the check goes in line like a retried one; the answers wait
+            check.alone = True
+            self.engine.route(check)
+            raise
         try:
             await session.mail(mail_from)
             reply = await session.rcpt(check.address)
@@ -281,9 +307,12 @@ class SessionRunner:
         pending: deque[Recipient],
         header: int,
         mail_from: str,
+        tokens: Tokens,
     ) -> None:
-        """The session as one RFC 2920 group: replies are read in order and paired with
-        the plan, so the session costs one round trip after EHLO, not one per command."""
+        """The session as RFC 2920 groups: replies are read in order and paired with the
+        plan, so a group costs one round trip, not one per command. Each group carries as
+        many RCPTs as the throttle has tokens for now (all of them, when the caps are far
+        off); QUIT goes with the last."""
         txns: list[list[Recipient]] = []
         while pending:
             txns.append(self._next_transaction(lane, pending))
@@ -292,41 +321,55 @@ class SessionRunner:
             lambda name: self.engine.domain(name).tracker(lane.host),
             self.options.catch_all_check,
         )
-        group = [command(step, session, mail_from) for step in plan]
         span = (header, len(session.transcript))
-        sent = time.monotonic()
         refused: dict[int, Reply | None] = {}  # per transaction: its MAIL's refusal
         check_refused: Reply | None = None  # the check's MAIL, read just before its RCPT
         accepted: dict[int, list[Accepted]] = {}
         asked: set[int] = set()  # ids of recipients that got their answer
         read = 0
         try:
-            async with contextlib.aclosing(session.pipeline(group)) as replies:
-                async for reply in replies:
-                    step = plan[read]
-                    read += 1
-                    match step:
-                        case MailStep(txn=t):
-                            refused[t] = None if reply.ok else reply
-                        case CheckMailStep():
-                            check_refused = None if reply.ok else reply
-                        case RcptStep(txn=t, recipient=r):
-                            asked.add(id(r))
-                            refusal = refused.get(t)
-                            if refusal is not None:  # "503 need MAIL": the refusal answers it
-                                self.engine.answered(r, _from_reply(r, session, refusal, 0, span))
-                            else:
-                                got = accepted.setdefault(t, [])
-                                self._rcpt_answered(lane, session, r, reply, sent, span, got)
-                        case RsetStep(txn=t):
-                            state = self.engine.domain(txns[t][0].domain)
-                            self._release(state.tracker(lane.host), accepted.pop(t, []))
-                        case CatchAllStep(check=check):
-                            asked.add(id(check))
-                            said = check_refused or reply
-                            self.engine.checked(check, _reason(session, said), said.message)
-                        case CheckRsetStep() | QuitStep():
-                            pass
+            while read < len(plan):
+                end = group_end(plan, read, await tokens.take(rcpts_from(plan, read)))
+                group = [command(step, session, mail_from) for step in plan[read:end]]
+                sent = time.monotonic()
+                async with contextlib.aclosing(session.pipeline(group)) as replies:
+                    async for reply in replies:
+                        step = plan[read]
+                        read += 1
+                        match step:
+                            case MailStep(txn=t):
+                                refused[t] = None if reply.ok else reply
+                            case CheckMailStep():
+                                check_refused = None if reply.ok else reply
+                            case RcptStep(txn=t, recipient=r):
+                                asked.add(id(r))
+                                refusal = refused.get(t)
+                                if refusal is not None:  # "503 need MAIL": the refusal answers
+                                    outcome = _from_reply(r, session, refusal, 0, span)
+                                    self.engine.answered(r, outcome)
+                                else:
+                                    got = accepted.setdefault(t, [])
+                                    self._rcpt_answered(lane, session, r, reply, sent, span, got)
+                            case RsetStep(txn=t):
+                                state = self.engine.domain(txns[t][0].domain)
+                                self._release(state.tracker(lane.host), accepted.pop(t, []))
+                            case CatchAllStep(check=check):
+                                asked.add(id(check))
+                                said = check_refused or reply
+                                self.engine.checked(check, _reason(session, said), said.message)
+                            case CheckRsetStep() | QuitStep():
+                                pass
+        except OutOfTokens:
+            # Ended early, in step: what was answered stands; the rest waits its turn.
+            for t, got in accepted.items():
+                self._release(self.engine.domain(txns[t][0].domain).tracker(lane.host), got)
+            for step in plan[read:]:
+                if isinstance(step, CatchAllStep):
+                    step.check.alone = True  # still under way: asked in a later session
+                    pending.append(step.check)
+                elif isinstance(step, RcptStep):
+                    pending.append(step.recipient)
+            raise
         except SessionError:
             for got in accepted.values():
                 self._ask_again(got)
