@@ -171,8 +171,13 @@ class MXBehavior:
     clock: Callable[[], float] = time.monotonic  # greylisting's clock, injectable for tests
     blocked: Scripted | None = None  # refuse every RCPT with this (a blocklist reply)
     # -- politeness: the caps the prober promised; the server counts breaches ----
+    # The rate caps count RCPT commands (mailprobe.throttle): at most `expect_burst` +
+    # `expect_rps` RCPTs in any one-second window, and connection starts at most
+    # `expect_connect_rps` (default: expect_rps) + 1 in any one-second window.
     expect_max_concurrency: int | None = None
-    expect_rps: float | None = None  # connection starts per second (burst: rps + 1)
+    expect_rps: float | None = None  # RCPTs per second
+    expect_burst: int = 1  # RCPTs that may go at once (THROTTLE_BURST_SECONDS' worth)
+    expect_connect_rps: float | None = None  # connection starts per second
 
     @property
     def offers_smtputf8(self) -> bool:
@@ -220,9 +225,20 @@ class ServerRecord:
     refused_connections: int = 0  # turned away by max_connections
     transactions: int = 0
     rcpts: int = 0
-    cap_violations: int = 0  # connections that broke expect_max_concurrency or expect_rps
+    cap_violations: int = 0  # connections and RCPTs that broke a promised cap
     concurrency_violations: int = 0
-    rps_violations: int = 0
+    connect_rate_violations: int = 0  # connection starts beyond expect_connect_rps
+    rcpt_rate_violations: int = 0  # RCPTs beyond expect_burst + expect_rps in a second
+    rcpt_times: list[float] = field(default_factory=list)
+
+    @property
+    def rps_violations(self) -> int:
+        """Breaches of either rate cap (connection starts, RCPTs)."""
+        return self.connect_rate_violations + self.rcpt_rate_violations
+
+    def peak_rcpts_per_second(self) -> int:
+        """Most RCPTs inside any sliding one-second window."""
+        return peak_in_window(self.rcpt_times, 1.0)
 
     def verbs(self) -> list[str]:
         return [c.split(" ", 1)[0].upper() for c in self.commands]
@@ -235,12 +251,30 @@ class ServerRecord:
 
     def peak_starts_per_second(self) -> int:
         """Most connection starts inside any sliding one-second window."""
-        times, peak, lo = sorted(self.connect_times), 0, 0
-        for hi, t in enumerate(times):
-            while t - times[lo] >= 1.0:
-                lo += 1
-            peak = max(peak, hi - lo + 1)
-        return peak
+        return peak_in_window(self.connect_times, 1.0)
+
+
+def peak_in_window(times: list[float], window: float) -> int:
+    """Most events inside any sliding half-open window [t, t + window)."""
+    ordered, peak, lo = sorted(times), 0, 0
+    for hi, t in enumerate(ordered):
+        while t - ordered[lo] >= window:
+            lo += 1
+        peak = max(peak, hi - lo + 1)
+    return peak
+
+
+def window_violations(times: list[float], rate: float, burst: int, window: float) -> int:
+    """Events beyond `burst + rate * window` (plus a GCRA start's lateness tolerance) in
+    any sliding window of `window` seconds: 0 for a prober that kept its caps."""
+    allowed = burst + math.floor(rate * (window + 0.05) + 1e-9)
+    ordered, over, lo = sorted(times), 0, 0
+    for hi, t in enumerate(ordered):
+        while t - ordered[lo] >= window:
+            lo += 1
+        if hi - lo + 1 > allowed:
+            over += 1
+    return over
 
 
 class SimSMTPServer(ThreadedServer):
@@ -262,6 +296,7 @@ class SimSMTPServer(ThreadedServer):
         self._outboxes: dict[asyncio.StreamWriter, _Outbox] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._recent_starts: deque[float] = deque()
+        self._recent_rcpts: deque[float] = deque()
 
     async def start(self) -> SimSMTPServer:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -357,11 +392,26 @@ class SimSMTPServer(ThreadedServer):
         if b.expect_max_concurrency is not None and rec.open_now > b.expect_max_concurrency:
             broke.append("concurrency")
             rec.concurrency_violations += 1
-        if b.expect_rps is not None and len(recent) > b.expect_rps + 1:
+        connect_rps = b.expect_connect_rps if b.expect_connect_rps is not None else b.expect_rps
+        if connect_rps is not None and len(recent) > connect_rps + 1:
             broke.append("rps")
-            rec.rps_violations += 1
+            rec.connect_rate_violations += 1
         if broke:
             conn.violations = tuple(broke)
+            rec.cap_violations += 1
+
+    def _account_rcpt(self, now: float) -> None:
+        """Count an RCPT beyond the promised rate: expect_burst + expect_rps in a second."""
+        b, rec = self.behavior, self.record
+        rec.rcpt_times.append(now)
+        if b.expect_rps is None:
+            return
+        recent = self._recent_rcpts
+        recent.append(now)
+        while recent and now - recent[0] >= 1.0:
+            recent.popleft()
+        if len(recent) > b.expect_burst + math.floor(b.expect_rps * 1.05 + 1e-9):
+            rec.rcpt_rate_violations += 1
             rec.cap_violations += 1
 
     def _rcpt_answer(self, rcpt: str, state: SessionState) -> Scripted:
@@ -453,6 +503,7 @@ class SimSMTPServer(ThreadedServer):
             rcpt = split_path(arg)[0]
             state.rcpts.append(rcpt)
             rec.rcpts += 1
+            self._account_rcpt(time.monotonic())
             if state.conn is not None:
                 state.conn.rcpts += 1
             if not rcpt.isascii() and not state.smtputf8:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mailprobe.testing.smtpd import ServerRecord
+from mailprobe.testing.smtpd import ServerRecord, peak_in_window, window_violations
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,23 @@ class WorldStats:
     rcpts: int
     cap_violations: int
     concurrency_violations: int
-    rps_violations: int
+    rps_violations: int  # connection starts and RCPTs beyond the rate caps
     max_open: dict[str, int]  # per MX host
     peak_starts_per_second: dict[str, int]  # per MX host
     data_received: bool
+    rcpt_rate_violations: int = 0  # RCPTs beyond burst + rps in a second, at one MX
+    connect_rate_violations: int = 0
+    peak_rcpts_per_second: dict[str, int] | None = None  # per MX host
+    rcpt_times: tuple[float, ...] = ()  # every RCPT at every MX, in order
+
+    def global_rcpt_violations(self, rps: float, burst: int = 1, window: float = 1.0) -> int:
+        """RCPTs beyond the global cap (burst + rps * window), all MX hosts together."""
+        return window_violations(list(self.rcpt_times), rps, burst, window)
+
+    @property
+    def peak_rcpts_per_second_overall(self) -> int:
+        """Most RCPTs to all MX hosts together in any one-second window."""
+        return peak_in_window(list(self.rcpt_times), 1.0)
 
     @classmethod
     def of(cls, recs: Mapping[str, ServerRecord]) -> WorldStats:
@@ -44,6 +57,10 @@ class WorldStats:
             max_open={h: r.max_open for h, r in recs.items()},
             peak_starts_per_second={h: r.peak_starts_per_second() for h, r in recs.items()},
             data_received=any(r.data_received for r in recs.values()),
+            rcpt_rate_violations=sum(r.rcpt_rate_violations for r in recs.values()),
+            connect_rate_violations=sum(r.connect_rate_violations for r in recs.values()),
+            peak_rcpts_per_second={h: r.peak_rcpts_per_second() for h, r in recs.items()},
+            rcpt_times=tuple(sorted(t for r in recs.values() for t in r.rcpt_times)),
         )
 
     @property
@@ -61,6 +78,7 @@ class WorldStats:
             f"{self.transactions} transactions, {self.rcpts} RCPTs "
             f"({self.rcpts_per_connection:.2f} per connection), max open per MX "
             f"{self.max_open_overall}, cap violations {self.cap_violations} "
-            f"(concurrency {self.concurrency_violations}, rps {self.rps_violations}), "
+            f"(concurrency {self.concurrency_violations}, connection rate "
+            f"{self.connect_rate_violations}, RCPT rate {self.rcpt_rate_violations}), "
             f"DATA {'RECEIVED' if self.data_received else 'never'}"
         )

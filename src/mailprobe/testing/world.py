@@ -220,6 +220,8 @@ class SimWorld(ThreadedServer):
             clock=self.clock,
             expect_max_concurrency=cfg.expect_max_concurrency,
             expect_rps=cfg.expect_rps,
+            expect_burst=cfg.expect_burst,
+            expect_connect_rps=cfg.expect_connect_rps,
             rtt=cfg.rtt,
             **kw,
         )

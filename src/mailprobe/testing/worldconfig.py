@@ -130,7 +130,9 @@ class WorldConfig:
     microsoft_max_rcpts: int = 4  # per transaction (below the engine's 5, to be exercised)
     cluster_max_connections: int | None = 10  # provider clusters refuse more at the greeting
     expect_max_concurrency: int | None = 2  # PER_MX_MAX_CONCURRENCY_DEFAULT
-    expect_rps: float | None = 1.0  # PER_MX_RPS_DEFAULT
+    expect_rps: float | None = 1.0  # PER_MX_RPS_DEFAULT: RCPTs a second per MX
+    expect_burst: int = 1  # RCPTs at once (THROTTLE_BURST_SECONDS worth of expect_rps)
+    expect_connect_rps: float | None = None  # PER_MX_CONNECT_RPS (None: expect_rps)
     helo_domain: str = "probe.mailprobe.example"
     mail_from: str = "bounce@probe.mailprobe.example"
     dns_ttl: int = 300

@@ -212,7 +212,10 @@ class Throttle(abc.ABC):
         """Wait (at most `wait`, default policy.wait) for a connection: a global and a
         per-MX concurrency slot, the MX's new-connection token, and at least one RCPT
         token on both the global and the MX's RCPT rate (up to `rcpts` of them, as many
-        as are available now); take them together and return the slot.
+        as are available now); take them together and return the slot. `rcpts=0`: an
+        RCPT token must be available, but none is taken (the session takes its tokens
+        with `more` just before it sends, so the server sees them at the pace they were
+        given, not late by the connect and EHLO).
 
         Raises ThrottleTimeout when that does not happen in time."""
 

@@ -65,16 +65,19 @@ class LocalThrottle(Throttle):
         ok, conn_next, conn_wait = take_tokens(conn_tat, now, 1.0 / mx.connect_rate, 1, 1)
         if not ok:
             return 0, conn_wait, "per-MX connection rate"
-        taken, wait, limited_by = self._take_rcpts(host, now, want, mx)
+        taken, wait, limited_by = self._take_rcpts(host, now, max(1, want), mx, commit=want > 0)
         if not taken:
             return 0, wait, limited_by
         self._conn_tat[host] = conn_next
         self._global_in_use += 1
         self._in_use[host] = self._in_use.get(host, 0) + 1
-        return taken, 0.0, ""
+        return taken if want > 0 else 1, 0.0, ""
 
-    def _take_rcpts(self, host: str, now: float, want: int, mx: Limits) -> tuple[int, float, str]:
-        """Up to `want` RCPT tokens on both the global and the MX's rate, or none."""
+    def _take_rcpts(
+        self, host: str, now: float, want: int, mx: Limits, commit: bool = True
+    ) -> tuple[int, float, str]:
+        """Up to `want` RCPT tokens on both the global and the MX's rate, or none.
+        `commit=False`: only say whether one is available now."""
         glob = self.policy.global_limits
         g_int, m_int = 1.0 / glob.rps, 1.0 / mx.rps
         g_burst, m_burst = self.policy.burst(glob.rps), self.policy.burst(mx.rps)
@@ -86,13 +89,15 @@ class LocalThrottle(Throttle):
                 return 0, g_wait, "global rate"
             return 0, m_wait, "per-MX rate"
         taken = min(g_ok, m_ok)
+        if not commit:
+            return taken, 0.0, ""
         _, self._global_tat, _ = take_tokens(self._global_tat, now, g_int, g_burst, taken)
         _, self._tat[host], _ = take_tokens(mx_tat, now, m_int, m_burst, taken)
         return taken, 0.0, ""
 
     async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
         host = normalize_host(mx_host)
-        want = max(1, rcpts)
+        want = max(0, rcpts)
 
         def attempt(now: float) -> tuple[int, float, str]:
             return self._try_take(host, now, want)
@@ -100,7 +105,7 @@ class LocalThrottle(Throttle):
         taken = await self._wait_for(host, attempt, wait)
         token = uuid.uuid4().hex
         self._held[token] = host
-        return Slot(host, token, rcpts=taken)
+        return Slot(host, token, rcpts=taken if want else 0)
 
     async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
         host = slot.mx_host

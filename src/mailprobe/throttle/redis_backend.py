@@ -78,14 +78,16 @@ local function take(tat, now, interval, burst_ms, want, tol)
   return taken, base + taken * interval, 0
 end
 local function rcpt_tokens(gkey, mkey, now, gint, mint, burst_ms, want, tol)
+  -- want 0: only whether one is available now (1), nothing taken
   local gtat = tonumber(redis.call('GET', gkey)) or 0
   local mtat = tonumber(redis.call('GET', mkey)) or 0
-  local gok, _, gwait = take(gtat, now, gint, burst_ms, want, tol)
-  local mok, _, mwait = take(mtat, now, mint, burst_ms, want, tol)
+  local gok, _, gwait = take(gtat, now, gint, burst_ms, math.max(want, 1), tol)
+  local mok, _, mwait = take(mtat, now, mint, burst_ms, math.max(want, 1), tol)
   if gok < 1 or mok < 1 then
     if gwait >= mwait then return 0, gwait, 'global rate' end
     return 0, mwait, 'per-MX rate'
   end
+  if want == 0 then return 1, 0, '' end
   local n = math.min(gok, mok)
   local _a, gnext = take(gtat, now, gint, burst_ms, n, tol)
   local _b, mnext = take(mtat, now, mint, burst_ms, n, tol)
@@ -315,7 +317,7 @@ class RedisThrottle(Throttle):
             1000.0 / mx.rps,
             self._ms(self.policy.cooldown),
             self._ms(LATE_TOLERANCE),
-            max(1, rcpts),
+            max(0, rcpts),
             1000.0 * self.policy.burst_seconds,
             1000.0 / mx.connect_rate,
         ]
@@ -326,7 +328,7 @@ class RedisThrottle(Throttle):
             return int(taken), float(value), _text(limited_by)
 
         taken, expires = await self._poll(host, attempt, wait)
-        return Slot(host, token, expires / 1000.0, rcpts=taken)
+        return Slot(host, token, expires / 1000.0, rcpts=taken if rcpts > 0 else 0)
 
     async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
         host = slot.mx_host

@@ -203,8 +203,9 @@ class BulkVerifier:
             while isinstance(decision, Ask):
                 lane = decision.lane
                 try:
-                    want = min(len(lane.recipients), self.options.rcpts_per_session)
-                    slot = await self.throttle.acquire(lane.host, wait=0, rcpts=want)
+                    # an RCPT token must be there, but the session takes its tokens as
+                    # it sends (after connect and EHLO), so none arrives late
+                    slot = await self.throttle.acquire(lane.host, wait=0, rcpts=0)
                 except ThrottleTimeout as exc:
                     rnd.refused(lane, exc.limited_by, exc.retry_after)
                 except ThrottleError as exc:  # the shared throttle is down: never unthrottled

@@ -1,8 +1,10 @@
 """RCPT tokens for an open session: the throttle's rate caps count RCPT commands.
 
-A session's connection comes with the RCPT tokens available when it was granted
-(`Slot.rcpts`); each further RCPT takes its token from the throttle (`Throttle.more`)
-before it is sent, so a pipelined group holds as many RCPTs as there are tokens now.
+A session's connection is granted when an RCPT token is available (the conductor's
+`acquire(..., rcpts=0)`), but each RCPT takes its token from the throttle
+(`Throttle.more`) just before it is sent: a token taken at connect time would reach the
+server after the connect, banner and EHLO, bunched with tokens taken on time by other
+sessions. So a pipelined group holds as many RCPTs as there are tokens now.
 Waiting for a token does not count against the session's deadline (the server is not
 slow, we are polite). A token that does not come within the wait ends the session:
 what it did not send goes back in line (`OutOfTokens`), nothing is answered for it.
