@@ -17,13 +17,14 @@ own process under the same caps:
   drops the caps (then the servers count its violations).
 
 Printed side by side: addresses per second, RCPTs per TCP connection, the
-politeness bound (the shortest time the caps allow for this input: each MX can
-start at most `rps` sessions a second, each carrying `--rcpts-per-session` RCPTs,
-and all MX together at most GLOBAL_RPS) and each contender's time as a ratio of
-it, the cap violations the servers saw, peak RSS, and verdict accuracy against
-the world's ground truth (addresses whose truth is determinable), in total and per
-scenario (the world's domain kinds, from its ground truth: right / determinable and
-the real addresses called undeliverable).
+politeness bound (the shortest time the caps allow for this input: the rate caps
+count RCPTs, so each MX takes at most burst + `rps` * T RCPTs in T seconds and all MX
+together at most burst + GLOBAL_RPS * T, counting every address and one catch-all
+check per domain; new connections at most `rps` a second per MX) and each
+contender's time as a ratio of it, the cap violations the servers saw, peak RSS,
+and verdict accuracy against the world's ground truth (addresses whose truth is
+determinable), in total and per scenario (the world's domain kinds, from its ground
+truth: right / determinable and the real addresses called undeliverable).
 
 `--greylist-world`: a world where greylisting is the bottleneck: every MX greylists,
 each with its own delay (GREYLIST_DELAYS, seconds: postgrey's 300 s and the common
@@ -58,6 +59,7 @@ from mailprobe.testing.worldconfig import Kind
 # Per-MX greylisting delays of --greylist-world: 60, 180 and 300 s scaled 1:20, and the
 # engine's first retry and maximum (30 s and 900 s) scaled the same way.
 GREYLIST_DELAYS = (3.0, 9.0, 15.0)
+BURST_SECONDS = 0.2  # THROTTLE_BURST_SECONDS of the runs (mailprobe's default)
 CONNECT_TIMEOUT = 3  # SMTP_CONNECT_TIMEOUT of the runs: what a dead primary costs
 GREYLIST_SCALED_ENV = {"GREYLIST_FIRST_RETRY": "1.5", "GREYLIST_MAX_DELAY": "45"}
 
@@ -85,20 +87,46 @@ def unavoidable_wait(world: SimWorld, config: WorldConfig) -> tuple[float, str]:
     return waits[label], label
 
 
-def politeness_bound(world: SimWorld, rcpts_per_session: int) -> tuple[float, int]:
-    """Seconds the caps allow at best for this input, and the sessions that needs."""
+def burst(rps: float) -> int:
+    """RCPTs a rate cap lets go at once (mailprobe.throttle: THROTTLE_BURST_SECONDS' worth)."""
+    return max(1, math.floor(rps * BURST_SECONDS + 1e-9))
+
+
+def politeness_bound(world: SimWorld, rcpts_per_session: int) -> tuple[float, int, str]:
+    """Seconds the caps allow at best for this input, the RCPTs that needs, and which cap
+    binds. The rate caps count RCPTs: every address's RCPT at its first reachable MX, plus
+    one catch-all check per domain (an honest verifier must ask it). Each MX takes at most
+    burst + rps * T RCPTs in T seconds, all MX together burst + GLOBAL_RPS * T, and each
+    MX at most one new connection per 1 / rps seconds (PER_MX_CONNECT_RPS defaults to the
+    RCPT rate) for sessions of `rcpts_per_session` RCPTs."""
     per_host: Counter[str] = Counter()
+    domains: dict[str, str] = {}
     for email in world.addresses():
         truth = world.truth.lookup(email)
         if truth is None or truth.dns is None or not truth.mx_hosts:
             continue
+        if truth.kind is Kind.BLACKHOLE:
+            continue  # never greets: no RCPT is ever sent there
         reachable = [h for h in truth.mx_hosts if h not in world.unreachable]
         if reachable:
             per_host[reachable[0]] += 1
-    sessions = {h: math.ceil(n / rcpts_per_session) for h, n in per_host.items()}
-    per_mx = max(((s - 1) / CAPS["PER_MX_RPS_DEFAULT"] for s in sessions.values()), default=0.0)
-    total = sum(sessions.values())
-    return max(per_mx, (total - 1) / CAPS["GLOBAL_RPS"]), total
+            domains.setdefault(email.rpartition("@")[2].lower(), reachable[0])
+    for host in domains.values():
+        per_host[host] += 1  # the domain's catch-all check
+    mx_rps, grps = CAPS["PER_MX_RPS_DEFAULT"], CAPS["GLOBAL_RPS"]
+    limits = {
+        "per-MX RCPT rate": max(
+            (max(0, n - burst(mx_rps)) / mx_rps for n in per_host.values()), default=0.0
+        ),
+        "per-MX connection rate": max(
+            (max(0, math.ceil(n / rcpts_per_session) - 1) / mx_rps for n in per_host.values()),
+            default=0.0,
+        ),
+    }
+    total = sum(per_host.values())
+    limits["global RCPT rate"] = max(0, total - burst(grps)) / grps
+    binding = max(limits, key=lambda k: limits[k])
+    return limits[binding], total, binding
 
 
 def run_contender(name: str, world: SimWorld, addresses: Path, args: argparse.Namespace,
@@ -163,7 +191,14 @@ def run_contender(name: str, world: SimWorld, addresses: Path, args: argparse.Na
         "per_second": len(records) / elapsed,
         "rcpts_per_connection": stats.rcpts_per_connection,
         "connections": stats.connections,
-        "violations": stats.cap_violations,
+        "violations": stats.cap_violations
+        + stats.global_rcpt_violations(CAPS["GLOBAL_RPS"], burst(CAPS["GLOBAL_RPS"])),
+        "rcpt_violations": stats.rcpt_rate_violations,
+        "global_violations": stats.global_rcpt_violations(
+            CAPS["GLOBAL_RPS"], burst(CAPS["GLOBAL_RPS"])
+        ),
+        "rcpts": stats.rcpts,
+        "peak_rcpts": max((stats.peak_rcpts_per_second or {}).values(), default=0),
         "max_open": stats.max_open_overall,
         "rss_mb": peak / 1024,
         "right": right,
@@ -218,6 +253,7 @@ def main() -> int:
         mix=mix,
         expect_max_concurrency=CAPS["PER_MX_MAX_CONCURRENCY_DEFAULT"],
         expect_rps=CAPS["PER_MX_RPS_DEFAULT"],
+        expect_burst=burst(CAPS["PER_MX_RPS_DEFAULT"]),
         blackhole_greeting_delay=3600.0,
         rtt=args.rtt,
     )
@@ -233,21 +269,22 @@ def main() -> int:
         tmp = Path(tmp_name)
         contenders = ["mailprobe"] + (["no-pipelining"] if args.without_pipelining else [])
         contenders += [] if args.skip_baseline else ["baseline"]
-        bound = sessions = wait = 0.0
+        bound = wait = 0.0
+        rcpts, binding = 0, ""
         waited_for = "nothing"
         for name in contenders:
             with SimWorld(args.domains, args.addresses, args.seed, config=config) as world:
                 addresses = tmp / "addresses.txt"
                 addresses.write_text("\n".join(world.addresses()) + "\n")
-                bound, sessions = politeness_bound(world, args.rcpts_per_session)
+                bound, rcpts, binding = politeness_bound(world, args.rcpts_per_session)
                 wait, waited_for = unavoidable_wait(world, config)
                 if name == contenders[0]:
                     print(f"world: {world.describe()}")
                 results[name] = run_contender(name, world, addresses, args, tmp)
     if args.rtt:
         print(f"network round-trip time to every MX: {args.rtt * 1000:g} ms")
-    print(f"caps: {CAPS}; politeness bound {bound:.1f} s ({int(sessions)} sessions of "
-          f"{args.rcpts_per_session} RCPTs)\n")  # fmt: skip
+    print(f"caps: {CAPS} (rates count RCPTs); politeness bound {bound:.1f} s: {rcpts} RCPTs "
+          f"(every address, one catch-all check per domain), bound by the {binding}\n")  # fmt: skip
     rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("addresses verified", lambda r: f"{r['records']}"),
         ("elapsed (s)", lambda r: f"{r['elapsed']:.1f}"),
@@ -255,7 +292,11 @@ def main() -> int:
         ("TCP connections", lambda r: f"{r['connections']}"),
         ("RCPTs per connection", lambda r: f"{r['rcpts_per_connection']:.2f}"),
         ("bound / elapsed", lambda r: f"{bound / r['elapsed']:.2f}"),
+        ("RCPTs sent", lambda r: f"{r['rcpts']}"),
         ("cap violations seen by servers", lambda r: f"{r['violations']}"),
+        ("  of which RCPT rate (per MX)", lambda r: f"{r['rcpt_violations']}"),
+        ("  global RCPT rate", lambda r: f"{r['global_violations']}"),
+        ("peak RCPTs in 1 s at one MX", lambda r: f"{r['peak_rcpts']}"),
         ("max open connections to one MX", lambda r: f"{r['max_open']}"),
         ("peak RSS (MB)", lambda r: f"{r['rss_mb']:.0f}"),
         ("verdicts right / determinable", lambda r: f"{r['right']}/{r['right'] + r['wrong']}"),

@@ -320,6 +320,14 @@ class SMTPSession:
         finally:
             self.close_transport()
 
+    async def linger(self, timeout: float) -> None:
+        """End a connection to a server that stopped answering in time: no QUIT (the
+        stream is out of step), a half-close, and wait (at most `timeout`) until the
+        server hangs up: until then it still counts the connection (see SMTPWire.linger)."""
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            await wire.linger(timeout)
+
     def close_transport(self) -> None:
         """Drop the connection at once, without a word to the server."""
         if self._wire is not None:

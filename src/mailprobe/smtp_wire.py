@@ -176,6 +176,27 @@ class SMTPWire:
         except (TimeoutError, OSError, ssl.SSLError):
             self.abort()
 
+    async def linger(self, timeout: float) -> None:
+        """Half-close (FIN), then wait at most `timeout` for the server to hang up, and drop.
+
+        A server that is slow on purpose (a tarpit sleeping before its reply) notices our
+        going only when it next reads or writes, and counts the connection against our
+        IP until then (Postfix's anvil counts a client's connections until its smtpd
+        process is done with them, postconf(5) smtpd_client_connection_count_limit,
+        https://www.postfix.org/postconf.5.html#smtpd_client_connection_count_limit). Held
+        until its EOF, our concurrency slot counts what the server counts. Over TLS no FIN
+        can be sent without closing: we wait for the server to close, or the timeout."""
+        try:
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+            async with asyncio.timeout(timeout):
+                while await self._reader.read(4096):
+                    pass
+        except (TimeoutError, OSError, ssl.SSLError, RuntimeError):
+            pass
+        finally:
+            self.abort()
+
     def abort(self) -> None:
         """Drop the connection now, without a word."""
         with contextlib.suppress(Exception):

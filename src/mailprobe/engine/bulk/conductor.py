@@ -52,6 +52,7 @@ from mailprobe.engine.context import Context
 from mailprobe.flags import flags_for
 from mailprobe.inputs import InputLine
 from mailprobe.results import Answer, LineAnswer, Outcome, answer_for, invalid_answer
+from mailprobe.smtp import SMTPSession
 from mailprobe.throttle import Slot, ThrottleError, ThrottleTimeout
 
 log = logging.getLogger(__name__)
@@ -257,15 +258,31 @@ class BulkVerifier:
 
     async def _session(self, lane: MXLane, slot: Slot) -> None:
         started = time.monotonic()
+        lingering: SMTPSession | None = None
         try:
-            await self.sessions.run(lane, slot)
+            lingering = await self.sessions.run(lane, slot)
         finally:
             self.scheduler.ended(lane, time.monotonic() - started)
-            try:
-                await self.throttle.release(slot)
-            except ThrottleError as exc:  # a Redis lease frees the slot by itself anyway
-                log.warning("could not release throttle slot for %s: %s", lane.host, exc)
-            self._wake.set()
+            if lingering is not None:  # the server still counts it: so does our slot
+                self.spawn(self._release_after(lingering, slot))
+            else:
+                await self._release(slot)
+
+    async def _release_after(self, session: SMTPSession, slot: Slot) -> None:
+        """A timed-out connection keeps its MX's concurrency slot until the server hangs up
+        (at most a command timeout): a tarpit counts it until then, and a new connection
+        meanwhile (the slow lane's second chance) would be one too many for it."""
+        try:
+            await session.linger(self.ctx.settings.smtp_command_timeout)
+        finally:
+            await self._release(slot)
+
+    async def _release(self, slot: Slot) -> None:
+        try:
+            await self.throttle.release(slot)
+        except ThrottleError as exc:  # a Redis lease frees the slot by itself anyway
+            log.warning("could not release throttle slot for %s: %s", slot.mx_host, exc)
+        self._wake.set()
 
     # -- what to do with an outcome ---------------------------------------------------
 

@@ -74,26 +74,31 @@ class SessionRunner:
         self.summary = summary
         self.port = port
 
-    async def run(self, lane: MXLane, slot: Slot) -> None:
+    async def run(self, lane: MXLane, slot: Slot) -> SMTPSession | None:
         """One session: the lane's next recipients, start to finish, within the throttle's
-        slot (one connection) and its RCPT tokens."""
+        slot (one connection) and its RCPT tokens. Returns a session that timed out on a
+        server still holding the connection: the caller lingers on it (`linger`) before
+        it gives the slot back, since the server still counts it."""
         batch = take(lane.recipients, self.options.rcpts_per_session)
         if not batch:
-            return
+            return None
         for r in batch:
             r.in_session = True
         wait = min(TOKEN_WAIT_MAX, self.ctx.settings.throttle_wait)
         tokens = Tokens(self.ctx.throttle, slot, wait)
         try:
-            await self._run(lane, batch, tokens)
+            return await self._run(lane, batch, tokens)
         except Exception as exc:  # a bug, or a reply nobody foresaw: never lose an address
             log.error("session with %s failed", lane.host, exc_info=exc)
             detail = f"internal error in the session with {lane.host}: {type(exc).__name__}: {exc}"
             for r in batch:
                 if r.in_session:
                     self.engine.answered(r, _internal_error(r, lane.host, detail))
+            return None
 
-    async def _run(self, lane: MXLane, batch: list[Recipient], tokens: Tokens) -> None:
+    async def _run(
+        self, lane: MXLane, batch: list[Recipient], tokens: Tokens
+    ) -> SMTPSession | None:
         if lane.ips is None:
             self.engine.look_up(lane)
         assert lane.ips is not None
@@ -103,13 +108,13 @@ class SessionRunner:
             lane.ips = None  # looked up again by the next session
             for r in batch:
                 self.engine.answered(r, _failure(r, lane.host, "dns_error", str(exc)))
-            return
+            return None
         if not ips:
             lane.ips = None
             for r in batch:
                 r.tried += (lane.host,)
                 self.engine.route(r)
-            return
+            return None
         settings = self.ctx.settings
         options = probe_options(
             settings, port=self.port, behavior_hint=self.ctx.behavior.hint(lane.host)
@@ -133,6 +138,7 @@ class SessionRunner:
             tls_context=options["tls_context"],
         )
         self.summary.sessions += 1
+        timed_out = False  # the server stopped answering in time: linger, then let go
         pending = deque(batch)
         deferred: Deferred | None = None
         try:
@@ -145,13 +151,13 @@ class SessionRunner:
                     self.ctx.behavior.mark_alive(lane.host)  # it answered, if only to refuse
                     for r in drain(pending):
                         self.engine.answered(r, _from_reply(r, session, refused.reply, 0))
-                    return
+                    return None
                 self.ctx.behavior.mark_alive(lane.host)
                 header = len(session.transcript)
                 mail_from = options["mail_from"]
                 self._without_smtputf8(session, pending)
                 if not pending:
-                    return
+                    return None
                 if (
                     session.pipelining
                     and settings.smtp_pipelining
@@ -170,14 +176,18 @@ class SessionRunner:
             for r in drain(pending):
                 self.engine.route(r)
         except SessionError as exc:
+            timed_out = exc.kind.value == "timeout"
             self._failed(lane, session, pending, exc.kind.value, str(exc))
         except TimeoutError:
+            timed_out = True
             error = f"timeout at {session.stage}: session deadline"
             self._failed(lane, session, pending, "timeout", error)
         finally:
-            await session.close()
+            if not timed_out:
+                await session.close()
             if deferred is not None:
                 self._settle_deferred(lane, session, deferred)
+        return session if timed_out else None
 
     def _settle_deferred(self, lane: MXLane, session: SMTPSession, deferred: Deferred) -> None:
         """A one-command-at-a-time session ended: in step, its answers count; out of step
