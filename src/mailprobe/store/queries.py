@@ -192,6 +192,10 @@ def _text(value: str | None, limit: int | None = None) -> str | None:
     sent is kept visible as escapes; the full text stays in the record."""
     if value is None:
         return None
+    if value.isascii():  # the usual case: no surrogate can be in it
+        if "\x00" in value:
+            value = value.replace("\x00", "\\x00")
+        return value if limit is None else value[:limit]
     if "\x00" in value or _SURROGATE.search(value):
         value = _SURROGATE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", value)
         value = value.replace("\x00", "\\x00")
@@ -233,11 +237,12 @@ def add_answer(session: Session, answer: Answer, *, email_id: int | None = None)
 
 
 def add_answers(session: Session, answers: Iterable[tuple[Answer, int | None]]) -> None:
-    """Append many answers in one INSERT (the bulk engine's batched writes)."""
+    """Append many answers in one executemany (the bulk engine's batched writes): a Core
+    INSERT on the session's connection, without the ORM's per-row bookkeeping."""
     now = utcnow()
     values = [_row_values(answer, email_id, now) for answer, email_id in answers]
     if values:
-        session.execute(insert(VerificationResult), values)
+        session.connection().execute(insert(VerificationResult.__table__), values)
 
 
 def answer_from_row(row: VerificationResult) -> Answer:

@@ -112,19 +112,27 @@ class MXLane:
 
 
 def take(recipients: deque[Recipient], n: int) -> list[Recipient]:
-    """Up to n recipients, those of the first one's domain first (fewer transactions)."""
+    """Up to n recipients, those of the first one's domain first (fewer transactions).
+
+    One pass, stopping once n of the first domain are found: a lane can hold thousands."""
     if not recipients:
         return []
-    first = recipients[0].domain
-    same = [r for r in recipients if r.domain == first][:n]
-    taken = set(map(id, same))
-    rest = [r for r in recipients if id(r) not in taken]
-    batch = same + rest[: n - len(same)]
-    taken |= set(map(id, batch))
-    remaining = [r for r in recipients if id(r) not in taken]
+    first = recipients[0].address.ascii_domain
+    same: list[Recipient] = []
+    others: list[Recipient] = []  # the rest, in order
+    it = iter(recipients)
+    for r in it:
+        if r.address.ascii_domain == first:
+            same.append(r)
+            if len(same) == n:
+                break
+        else:
+            others.append(r)
+    others.extend(it)
+    k = n - len(same)
     recipients.clear()
-    recipients.extend(remaining)
-    return batch
+    recipients.extend(others[k:])
+    return same + others[:k]
 
 
 def drain(recipients: deque[Recipient]) -> list[Recipient]:
