@@ -11,18 +11,24 @@ own whose user + system CPU (children included: `os.wait4`) is measured, with th
 caps set far above what it can reach, so no contender ever waits for a token:
 
 * mailprobe: the real `mailprobe verify` (pipelined sessions of --rcpts-per-session
-  RCPTs, catch-all checks, records to a file, answers to SQLite); with uvloop and
-  without (MAILPROBE_UVLOOP=0) when uvloop is installed (the `fast` extra);
-* naive: the loop most scripts are: the domain's MX looked up once, then smtplib, one
-  connection per address (connect, EHLO, MAIL, RCPT, QUIT), one after the other.
+  RCPTs, catch-all checks, records to a file, answers to SQLite, its database created
+  beforehand); on uvloop when it is installed (the `fast` extra), and without it
+  (MAILPROBE_UVLOOP=0);
+* naive: the leanest loop a script can be: each domain's MX looked up once, then
+  smtplib, one connection per address (connect, EHLO, MAIL, RCPT, QUIT), one address
+  after the other;
+* naive-threads: bench_verify.py's baseline, unthrottled: the same smtplib exchange
+  from a thread pool, the MX (and its address) looked up for every address.
 
 RCPTs are counted by the servers (the catch-all checks and any retries included).
-Printed: RCPTs per CPU-second for each, and mailprobe's over the naive loop's.
+Printed: RCPTs per CPU-second for each, mailprobe's over each naive loop's, and each
+contender's verdicts that differ from the world's truth ("wrong", 0 expected).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import smtplib
 import subprocess
@@ -38,6 +44,14 @@ from benchmarks.bench_verify import CONNECT_TIMEOUT  # noqa: E402
 from mailprobe.testing import SimWorld, WorldConfig  # noqa: E402
 from mailprobe.testing.worldconfig import Kind, Mailbox  # noqa: E402
 
+# `mailprobe verify` as its entry point runs it, on uvloop unless MAILPROBE_UVLOOP=0.
+VERIFY = (
+    "import sys\n"
+    "from mailprobe.smtp_wire import use_fast_event_loop\n"
+    "use_fast_event_loop()\n"
+    "from mailprobe.cli import main\n"
+    "sys.exit(main())\n"
+)
 # Far above what one process reaches on loopback: no contender waits for a token.
 HIGH_CAPS = {
     "GLOBAL_MAX_CONCURRENCY": 64,
@@ -67,15 +81,19 @@ class Measured:
     system: float
     wall: float
     rss_mb: float
+    records: int
+    wrong: int  # verdicts other than the world's truth
 
     @property
     def per_cpu_second(self) -> float:
         return self.rcpts / self.cpu if self.cpu else 0.0
 
 
-def measure(name: str, cmd: list[str], env: dict[str, str], world: SimWorld) -> Measured:
+def measure(
+    name: str, cmd: list[str], env: dict[str, str], world: SimWorld, out: Path
+) -> Measured:
     """Run `cmd` to its end; its CPU (and its children's) from wait4, its RCPTs from the
-    servers' counts before and after."""
+    servers' counts before and after, its verdicts (JSON lines in `out`) against the truth."""
     before = world.stats()
     started = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -89,6 +107,8 @@ def measure(name: str, cmd: list[str], env: dict[str, str], world: SimWorld) -> 
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{err}")
     after = world.stats()
+    records = [json.loads(line) for line in out.open()]
+    wrong = sum(r["verdict"] != world.expected_verdict(r["email"]) for r in records)
     return Measured(
         name,
         rcpts=after.rcpts - before.rcpts,
@@ -98,6 +118,8 @@ def measure(name: str, cmd: list[str], env: dict[str, str], world: SimWorld) -> 
         system=usage.ru_stime,
         wall=wall,
         rss_mb=usage.ru_maxrss / 1024,
+        records=len(records),
+        wrong=wrong,
     )
 
 
@@ -110,10 +132,10 @@ def main() -> int:
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--profile", metavar="FILE", help="run verify under cProfile, stats to FILE")
     p.add_argument("--py-spy", metavar="FILE", help="sample verify with py-spy, raw stacks to FILE")
-    p.add_argument("--naive-worker", nargs=1, metavar="IN", help=argparse.SUPPRESS)
+    p.add_argument("--naive-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.naive_worker:
-        return naive(Path(args.naive_worker[0]))
+        return naive(Path(args.naive_worker[0]), Path(args.naive_worker[1]))
 
     results: list[Measured] = []
     with tempfile.TemporaryDirectory() as tmp_name, SimWorld(
@@ -126,41 +148,50 @@ def main() -> int:
         base_env = {**os.environ, **world.env(), **{k: str(v) for k, v in HIGH_CAPS.items()},
                     "MAILPROBE_RUNS_DIR": f"{tmp}/runs",
                     "SMTP_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT)}  # fmt: skip
-        variants = [("mailprobe", {})]
+        variants = [("mailprobe", {"MAILPROBE_UVLOOP": "0"})]
         if _has_uvloop():
-            variants = [("mailprobe+uvloop", {"MAILPROBE_UVLOOP": "1"}),
-                        ("mailprobe-asyncio", {"MAILPROBE_UVLOOP": "0"})]  # fmt: skip
+            variants = [("mailprobe+uvloop", {"MAILPROBE_UVLOOP": "1"}), *variants]
         for name, extra in variants:
             env = {**base_env, **extra, "DATABASE_URL": f"sqlite:///{tmp}/{name}.db"}
+            # The database is created first: its one-time migration is not a run's cost.
+            subprocess.run([sys.executable, "-m", "mailprobe.cli", "db", "upgrade"], env=env,
+                           check=True, capture_output=True)  # fmt: skip
             prefix = [sys.executable]
             if args.profile:
                 prefix += ["-m", "cProfile", "-o", f"{args.profile}.{name}"]
             if args.py_spy:  # (its own CPU is counted too: read the stacks, not the figures)
-                prefix = ["py-spy", "record", "-r", "250", "-f", "raw", "-o",
+                prefix = ["py-spy", "record", "--gil", "-r", "250", "-f", "raw", "-o",
                           f"{args.py_spy}.{name}", "--", *prefix]  # fmt: skip
-            cmd = [*prefix, "-m", "mailprobe.cli", "verify", str(addresses),
-                   "-o", str(tmp / f"{name}.jsonl"), "--quiet", "--force",
-                   "--rcpts-per-session", str(args.rcpts_per_session)]  # fmt: skip
-            results.append(measure(name, cmd, env, world))
+            out = tmp / f"{name}.jsonl"
+            cmd = [*prefix, "-c", VERIFY, "verify", str(addresses), "-o", str(out), "--quiet",
+                   "--force", "--rcpts-per-session", str(args.rcpts_per_session)]  # fmt: skip
+            results.append(measure(name, cmd, env, world, out))
         if not args.skip_naive:
-            cmd = [sys.executable, __file__, "--naive-worker", str(addresses)]
-            results.append(measure("naive", cmd, base_env, world))
+            out = tmp / "naive.jsonl"
+            cmd = [sys.executable, __file__, "--naive-worker", str(addresses), str(out)]
+            results.append(measure("naive", cmd, base_env, world, out))
+            # bench_verify's baseline, unthrottled: a thread pool, DNS asked per address
+            out = tmp / "naive-threads.jsonl"
+            cmd = [sys.executable, str(Path(__file__).with_name("bench_verify.py")),
+                   "--baseline-worker", str(addresses), str(out), "--baseline-unthrottled"]  # fmt: skip
+            results.append(measure("naive-threads", cmd, base_env, world, out))
 
     print(f"caps: {HIGH_CAPS}\n")
     print(f"{'':22}{'RCPTs':>8}{'conns':>8}{'CPU s':>8}{'user':>8}{'sys':>8}{'wall s':>8}"
-          f"{'RSS MB':>8}{'RCPT/CPU-s':>12}")  # fmt: skip
+          f"{'RSS MB':>8}{'wrong':>7}{'RCPT/CPU-s':>12}")  # fmt: skip
     for r in results:
         print(f"{r.name:22}{r.rcpts:>8}{r.connections:>8}{r.cpu:>8.2f}{r.user:>8.2f}"
-              f"{r.system:>8.2f}{r.wall:>8.1f}{r.rss_mb:>8.0f}{r.per_cpu_second:>12.0f}")  # fmt: skip
-    naive_r = next((r for r in results if r.name == "naive"), None)
+              f"{r.system:>8.2f}{r.wall:>8.1f}{r.rss_mb:>8.0f}{r.wrong:>7}"
+              f"{r.per_cpu_second:>12.0f}")  # fmt: skip
+    naives = [r for r in results if r.name.startswith("naive")]
     for r in results:
-        if r is naive_r:
+        if r in naives:
             continue
         line = f"{r.name}: {r.per_cpu_second:.0f} RCPTs per CPU-second (goal: at least 5000)"
-        if naive_r is not None and naive_r.per_cpu_second:
-            ratio = r.per_cpu_second / naive_r.per_cpu_second
-            line += f"; {ratio:.1f}x the naive loop's (goal: at least 4x)"
-        print(line)
+        for n in naives:
+            if n.per_cpu_second:
+                line += f"; {r.per_cpu_second / n.per_cpu_second:.1f}x {n.name}'s"
+        print(line + " (goal: at least 4x the naive loop's)")
     return 0
 
 
@@ -175,7 +206,7 @@ def _has_uvloop() -> bool:
 # -- the naive loop (runs in its own process) -------------------------------------------
 
 
-def naive(src: Path) -> int:
+def naive(src: Path, out: Path) -> int:
     """One connection per address, one address after the other; each domain's MX looked
     up once (dnspython, at the world's DNS server)."""
     import dns.resolver
@@ -186,7 +217,7 @@ def naive(src: Path) -> int:
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers, resolver.port, resolver.lifetime = [host], int(ns_port), 3.0
     mx_ip: dict[str, str] = {}
-    answered = 0
+    fh = out.open("w")
     for line in src.open():
         email = line.strip()
         domain = email.rsplit("@", 1)[1]
@@ -197,8 +228,9 @@ def naive(src: Path) -> int:
             smtp.ehlo()
             smtp.mail(sender)
             code, _ = smtp.rcpt(email)
-        answered += code is not None
-    print(f"naive: {answered} RCPTs answered", file=sys.stderr)
+        verdict = "deliverable" if code < 300 else "undeliverable" if code >= 500 else "unknown"
+        fh.write(json.dumps({"email": email, "verdict": verdict}) + "\n")
+    fh.close()
     return 0
 
 
