@@ -106,7 +106,10 @@ class BehaviorCache:
     ) -> None:
         key = mx_host.lower()
         with self._lock:
-            self._stats.setdefault(key, MXStats()).add(latency_ms, error_kind, code, reason)
+            stats = self._stats.get(key)
+            if stats is None:  # (setdefault would build an MXStats for every reply)
+                stats = self._stats[key] = MXStats()
+            stats.add(latency_ms, error_kind, code, reason)
             self._dirty.add(key)
 
     def mark_catch_all(self, mx_host: str, seen: bool = True) -> None:

@@ -8,6 +8,7 @@ StoreError that says which URL and what went wrong.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,9 +50,27 @@ def _shown(url: URL) -> str:
     return redact_url(url.render_as_string(hide_password=False))
 
 
+class _JSONDumps:
+    """json.dumps (SQLAlchemy's default for JSON columns), remembering the value it encoded
+    last: a batch of answers from one session shares one transcript list (see
+    `queries._Transcripts`), encoded once. Compared by identity, and the value is held, so
+    a different value can never be mistaken for it; a pair read at once, so thread-safe."""
+
+    def __init__(self) -> None:
+        self._last: tuple[object, str] | None = None
+
+    def __call__(self, value: object) -> str:
+        last = self._last
+        if last is not None and last[0] is value:
+            return last[1]
+        encoded = json.dumps(value)
+        self._last = (value, encoded)
+        return encoded
+
+
 def create_store_engine(url: str) -> Engine:
     parsed = normalise_url(url)
-    kwargs: dict[str, Any] = {"future": True}
+    kwargs: dict[str, Any] = {"future": True, "json_serializer": _JSONDumps()}
     if parsed.get_backend_name() == "sqlite":
         path = parsed.database
         if path and path != ":memory:" and not path.startswith("file:"):

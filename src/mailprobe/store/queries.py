@@ -192,13 +192,36 @@ def _text(value: str | None, limit: int | None = None) -> str | None:
     sent is kept visible as escapes; the full text stays in the record."""
     if value is None:
         return None
+    if value.isascii():  # the usual case: no surrogate can be in it
+        if "\x00" in value:
+            value = value.replace("\x00", "\\x00")
+        return value if limit is None else value[:limit]
     if "\x00" in value or _SURROGATE.search(value):
         value = _SURROGATE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", value)
         value = value.replace("\x00", "\\x00")
     return value if limit is None else value[:limit]
 
 
-def _row_values(answer: Answer, email_id: int | None, now: datetime) -> dict[str, Any]:
+class _Transcripts:
+    """Transcripts made storable, the last one remembered: the answers of one session come
+    one after the other with the same transcript, which is then made storable (and, by the
+    engine's JSON serializer, encoded) once, and the rows share it."""
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[str, ...], list[str | None]] | None = None
+
+    def __call__(self, transcript: tuple[str, ...]) -> list[str | None]:
+        last = self._last
+        if last is not None and (last[0] is transcript or last[0] == transcript):
+            return last[1]
+        storable = [_text(line) for line in transcript]
+        self._last = (transcript, storable)
+        return storable
+
+
+def _row_values(
+    answer: Answer, email_id: int | None, now: datetime, transcripts: _Transcripts | None = None
+) -> dict[str, Any]:
     """The one rendering of an answer as a verification_results row (text made storable)."""
     o = answer.outcome
     return {
@@ -218,7 +241,7 @@ def _row_values(answer: Answer, email_id: int | None, now: datetime) -> dict[str
         "tls": o.tls,
         "attempts": answer.attempts,
         "error": _text(o.error),
-        "transcript": [_text(line) for line in o.transcript],
+        "transcript": (transcripts or _Transcripts())(o.transcript),
         "dns_status": _text(answer.dns_status, 32),
         "created_at": now,
     }
@@ -233,11 +256,12 @@ def add_answer(session: Session, answer: Answer, *, email_id: int | None = None)
 
 
 def add_answers(session: Session, answers: Iterable[tuple[Answer, int | None]]) -> None:
-    """Append many answers in one INSERT (the bulk engine's batched writes)."""
-    now = utcnow()
-    values = [_row_values(answer, email_id, now) for answer, email_id in answers]
+    """Append many answers in one executemany (the bulk engine's batched writes): a Core
+    INSERT on the session's connection, without the ORM's per-row bookkeeping."""
+    now, transcripts = utcnow(), _Transcripts()
+    values = [_row_values(answer, email_id, now, transcripts) for answer, email_id in answers]
     if values:
-        session.execute(insert(VerificationResult), values)
+        session.connection().execute(insert(VerificationResult.__table__), values)
 
 
 def answer_from_row(row: VerificationResult) -> Answer:

@@ -31,6 +31,8 @@ class DomainState:
     # backups often accept every RCPT and sort it out later (see `tracker`).
     backups: dict[str, CatchAll] = field(default_factory=dict)
     _order: tuple[CachedMX, list[str]] | None = None  # the MX order drawn for this run
+    # Per resolution, whether a host's answers are the domain's own (see `tracker`).
+    _own: tuple[CachedMX, dict[str, bool]] | None = None
 
     def mx_order(self) -> list[str]:
         """The domain's MX hosts in the order this run tries them: equal preferences
@@ -49,8 +51,15 @@ class DomainState:
         host": without relay_recipient_maps it takes mail for non-existent recipients,
         https://www.postfix.org/STANDARD_CONFIGURATION_README.html#backup), so its
         answers are weighed by a check made there, and that check's finding stays its own."""
-        mx = self.resolution.resolution if self.resolution is not None else None
-        if not host or mx is None or host not in mx.hosts or mx.is_primary(host):
+        if not host or self.resolution is None:
+            return self.catch_all
+        if self._own is None or self._own[0] is not self.resolution:  # asked per answer
+            self._own = (self.resolution, {})
+        own = self._own[1].get(host)
+        if own is None:
+            mx = self.resolution.resolution
+            own = self._own[1][host] = host not in mx.hosts or mx.is_primary(host)
+        if own:
             return self.catch_all
         return self.backups.setdefault(host, CatchAll())
 
@@ -112,19 +121,27 @@ class MXLane:
 
 
 def take(recipients: deque[Recipient], n: int) -> list[Recipient]:
-    """Up to n recipients, those of the first one's domain first (fewer transactions)."""
+    """Up to n recipients, those of the first one's domain first (fewer transactions).
+
+    One pass, stopping once n of the first domain are found: a lane can hold thousands."""
     if not recipients:
         return []
-    first = recipients[0].domain
-    same = [r for r in recipients if r.domain == first][:n]
-    taken = set(map(id, same))
-    rest = [r for r in recipients if id(r) not in taken]
-    batch = same + rest[: n - len(same)]
-    taken |= set(map(id, batch))
-    remaining = [r for r in recipients if id(r) not in taken]
+    first = recipients[0].address.ascii_domain
+    same: list[Recipient] = []
+    others: list[Recipient] = []  # the rest, in order
+    it = iter(recipients)
+    for r in it:
+        if r.address.ascii_domain == first:
+            same.append(r)
+            if len(same) == n:
+                break
+        else:
+            others.append(r)
+    others.extend(it)
+    k = n - len(same)
     recipients.clear()
-    recipients.extend(remaining)
-    return batch
+    recipients.extend(others[k:])
+    return same + others[:k]
 
 
 def drain(recipients: deque[Recipient]) -> list[Recipient]:
