@@ -165,7 +165,7 @@ def lines_of(data: bytes, tmp_path: Path, name: str = "in.csv", **kw: str):
 def test_address_column_found_by_header(tmp_path: Path, header: str) -> None:
     got = lines_of(f"Name,{header}\r\nJane,jane@acme.example\r\n".encode(), tmp_path)
     assert [(x.line_no, x.raw, x.extra) for x in got] == [
-        (2, "jane@acme.example", {"name": "Jane"})
+        (2, "jane@acme.example", {"Name": "Jane"})
     ]
     assert got[0].address is not None
 
@@ -248,8 +248,8 @@ def test_xlsx_first_sheet(tmp_path: Path) -> None:
     book.save(tmp_path / "leads.xlsx")
     got = list(read_addresses(tmp_path / "leads.xlsx", ("example",)))
     assert [(x.line_no, x.raw, x.extra) for x in got] == [
-        (2, "jane@acme.example", {"first name": "Jane"}),
-        (3, "", {"first name": "Bob"}),
+        (2, "jane@acme.example", {"First Name": "Jane"}),
+        (3, "", {"First Name": "Bob"}),
     ]
 
 

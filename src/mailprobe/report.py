@@ -60,23 +60,40 @@ def render_record(line: LineAnswer) -> dict[str, Any]:
 
 
 class RecordWriter:
-    """Writes records in one of the formats; `close()` finishes a table."""
+    """Writes records in one of the formats; `close()` finishes a table.
 
-    def __init__(self, out: TextIO, fmt: str) -> None:
+    `headers`: the input table's header row. A CSV then starts with the input's own
+    columns, as given and in their order (each record's `columns`), followed by the
+    verdict columns (`appended_fields`): rows that can sit next to the user's sheet."""
+
+    def __init__(
+        self, out: TextIO, fmt: str, headers: list[str] | None = None, delimiter: str = ","
+    ) -> None:
         if fmt not in {"jsonl", "csv", "table"}:
             raise ValueError(f"unknown format {fmt!r}: use jsonl, csv or table")
         self.out, self.fmt = out, fmt
         self._rows: list[dict[str, Any]] = []
         self._csv: Any = None
+        self._fields: tuple[str, ...] = CSV_FIELDS
         if fmt == "csv":
-            self._csv = csv.DictWriter(out, CSV_FIELDS, extrasaction="ignore")
-            self._csv.writeheader()
+            self._csv = csv.writer(out, delimiter=delimiter)
+            names = list(CSV_FIELDS)
+            if headers is not None:
+                self._fields = tuple(f for f in CSV_FIELDS if f != "email")
+                names = [*headers, *appended_fields(headers, self._fields)]
+            self._width = len(headers) if headers is not None else None
+            self._csv.writerow(names)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.fmt == "jsonl":
             self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif self.fmt == "csv":
-            self._csv.writerow({**record, **record.get("flags", {})})
+            values = {**record, **record.get("flags", {})}
+            row = [values.get(f) for f in self._fields]  # None: an empty cell
+            if self._width is not None:
+                cells = list((record.get("columns") or {}).values())[: self._width]
+                row = [*cells, *[""] * (self._width - len(cells)), *row]
+            self._csv.writerow(row)
         else:
             self._rows.append(record)
             return
@@ -95,6 +112,13 @@ class RecordWriter:
                 str(r["code"] or ""), r["mx_host"] or "", _yes_no(r["catch_all"]),
             )  # fmt: skip
         Console(file=self.out, width=160).print(table)
+
+
+def appended_fields(headers: list[str], fields: tuple[str, ...]) -> list[str]:
+    """The verdict columns' names after the input's: `mailprobe_` before one the input
+    already has (its own `verdict` or `line` column stays its own)."""
+    taken = {h.strip().lower() for h in headers}
+    return [f"mailprobe_{f}" if f in taken else f for f in fields]
 
 
 def _yes_no(value: bool | None) -> str:

@@ -21,6 +21,7 @@ import typer
 from mailprobe.cli.common import PORT, VERIFY_EXIT_HELP, VerifyExit, app, seconds
 from mailprobe.cli.common import fail as _fail
 from mailprobe.cli.common import settings as _settings
+from mailprobe.cli.ordered import ORDER_WINDOW, InputOrder
 from mailprobe.config import Settings
 
 if TYPE_CHECKING:
@@ -147,8 +148,28 @@ def verify(
         typer.Option("--enqueue", help="Hand per-domain batches to the RQ workers (REDIS_URL)."),
     ] = False,
     column: Annotated[str | None, COLUMN_OPTION] = None,
+    unordered: Annotated[
+        bool,
+        typer.Option(
+            "--unordered",
+            help="Write each record as soon as it is answered, not in input order.",
+        ),
+    ] = False,
+    order_buffer: Annotated[
+        int,
+        typer.Option(
+            "--order-buffer",
+            min=1,
+            help="Records in input order: at most this many lines read and not yet "
+            "written (about 2 KB each, ~20 MB at the default); when full, reading waits "
+            "for the oldest line's answer. Nothing is dropped or written twice.",
+        ),
+    ] = ORDER_WINDOW,
 ) -> None:
-    """Verify a list: one record per input line, streamed as results arrive.
+    """Verify a list: one record per input line, in input order (--unordered: as answered).
+
+    A CSV or spreadsheet keeps its own columns: --format csv writes them back as given,
+    in their order, followed by the verdict columns; JSON lines carry them as `columns`.
 
     Exit status: 0 every line has a final answer; 3 lines left pending (--no-wait);
     130 interrupted; 75 the throttle's Redis went away; 141 the output was closed;
@@ -191,23 +212,33 @@ def verify(
         reuse_unknown_ttl=0.0 if force else reuse_unknown_ttl,
         wait_for_retries=not no_wait,
     )
+    # A CSV written to a file for a spreadsheet's export goes back in its dialect: the
+    # same delimiter, and a BOM so that Excel reads it as UTF-8 (without one it assumes
+    # the locale's code page: https://donatstudios.com/CSV-An-Encoding-Nightmare).
+    bom = fmt == Format.csv and lines.spreadsheet
     try:
-        out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
+        encoding = "utf-8-sig" if bom else "utf-8"
+        out = open(output, "w", encoding=encoding, newline="") if output else sys.stdout  # noqa: SIM115
     except OSError as exc:
         raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
-    writer = RecordWriter(out, fmt.value)
+    writer = RecordWriter(out, fmt.value, headers=lines.headers, delimiter=lines.delimiter)
     show = not quiet and sys.stderr.isatty()
     total = _count_lines(input_path) if show and input_path != "-" else None
     view = ProgressView(total, enabled=show)
+    # --enqueue reads and collects the fleet's answers on one thread: its reading is
+    # never held (the buffer is then not bounded; --unordered keeps it small).
+    order = InputOrder(lines, writer.write, ordered=not unordered, window=order_buffer,
+                       bounded=not enqueue)  # fmt: skip
 
     def write(record: dict[str, Any]) -> None:
-        writer.write(record)
         view.advance(record)
+        order.answered(record)
 
     if enqueue:
         try:
-            _verify_enqueued(lines, write, force=force)
+            _verify_enqueued(order.lines(), write, force=force)
         finally:
+            order.close()
             writer.close()
             view.close()
             if output:
@@ -217,7 +248,7 @@ def verify(
         summary = asyncio.run(
             _stop_on_sigterm(
                 _run_verify(
-                    lines,
+                    order.lines(),
                     write,
                     render_record,
                     settings,
@@ -252,10 +283,10 @@ def verify(
         view.close()
         raise _fail(f"throttle error: {exc}") from None
     finally:
-        with contextlib.suppress(OSError):  # a closed pipe takes no more
-            writer.close()
-            if output:
-                out.close()
+        for finish in (order.close, writer.close, out.close if output else None):
+            with contextlib.suppress(OSError):  # a closed pipe takes no more
+                if finish is not None:
+                    finish()
     view.close()
     view.summary(summary)
     if summary.pending:
