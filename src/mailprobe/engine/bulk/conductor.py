@@ -41,7 +41,7 @@ from mailprobe.engine.bulk import retry
 from mailprobe.engine.bulk.catchall import CatchAllCheck, finding_for
 from mailprobe.engine.bulk.options import MAX_UNSTORED_ROWS, BulkOptions, Sink, Summary
 from mailprobe.engine.bulk.pacing import Pacer
-from mailprobe.engine.bulk.reader import Lines, read
+from mailprobe.engine.bulk.reader import Duplicates, Lines, read
 from mailprobe.engine.bulk.routing import Router
 from mailprobe.engine.bulk.scheduler import Ask, Scheduler, Wait
 from mailprobe.engine.bulk.session import SessionRunner
@@ -115,6 +115,7 @@ class BulkVerifier:
         self._fatal: Exception | None = None  # why the run stopped early (see `stop`)
         self._outage_since: float | None = None  # when the shared throttle went away
         self._outage_pause = 0.0
+        self.duplicates = Duplicates()  # lines asking a mailbox already asked (see reader)
 
     # -- the run ------------------------------------------------------------------
 
@@ -165,6 +166,9 @@ class BulkVerifier:
         await self._deliver(
             LineAnswer(line.line_no, line.raw, invalid_answer(line.raw, line.error, line.reason))
         )
+
+    async def answer_copy(self, line: InputLine, answer: Answer) -> None:
+        await self._deliver(LineAnswer(line.line_no, line.raw, answer))
 
     async def answer_reused(self, target: Target, answer: Answer) -> None:
         self.summary.reused += 1
@@ -438,6 +442,8 @@ class BulkVerifier:
             self.stop(SinkFailed(exc))
         self._outstanding -= 1
         self._slots.release()
+        for line_no, raw in self.duplicates.done(line.line_no, line.answer):
+            await self._deliver(LineAnswer(line_no, raw, line.answer))  # its later copies
         self._check_done()
 
     async def _answer_pending(self) -> None:
@@ -465,6 +471,9 @@ class BulkVerifier:
         waiting = 0
         if not self.options.wait_for_retries:
             waiting = len(self._waiting) + sum(s.held for s in self._parked)
+            if self.duplicates.waiting:  # and the later lines of the same mailboxes
+                held = [t for s in self._parked for t in s.held_targets()]
+                waiting += self.duplicates.copies_of(t.line_no for t in [*self._waiting, *held])
         if self._outstanding == waiting:
             self._done.set()
 
