@@ -9,7 +9,8 @@ from mailprobe.inputs import entry
 from mailprobe.results import invalid_answer
 from mailprobe.testing.dnsd import DomainSpec
 from mailprobe.testing.smtpd import ACCEPT, MXBehavior, Scripted
-from tests.test_bulk import GREYLIST, world_factory  # noqa: F401 (a fixture)
+from tests.test_bulk import GREYLIST
+from tests.test_bulk import world_factory as world_factory  # a fixture, shared
 
 NO_CHECK = BulkOptions(reuse_ttl=None, catch_all_check=False)
 

@@ -1,4 +1,5 @@
-"""Presenting verification records: JSON lines, CSV or a table, a progress bar, a summary.
+"""Presenting verification records: JSON lines, CSV or a table (`verify`'s progress
+display is the CLI's own: `cli.progress`).
 
 Writers flush every record as it arrives, so a killed run leaves every answer
 it had on disk, and a reader can `tail -f` the output.
@@ -8,19 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from mailprobe.results import LineAnswer
@@ -123,64 +114,3 @@ def appended_fields(headers: list[str], fields: tuple[str, ...]) -> list[str]:
 
 def _yes_no(value: bool | None) -> str:
     return "" if value is None else "yes" if value else "no"
-
-
-class ProgressView:
-    """A rich progress bar on stderr with rate, ETA and counts by verdict; silent if disabled."""
-
-    def __init__(self, total: int | None, enabled: bool) -> None:
-        self.counts: Counter[str] = Counter()
-        self.console = Console(stderr=True)
-        self.enabled = enabled
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
-        if enabled:
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}/s"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=False,
-            )
-            self._task = self._progress.add_task(self._describe(), total=total, rate="0.0")
-            self._progress.start()
-
-    def _describe(self) -> str:
-        c = self.counts
-        return (
-            f"[green]{c['deliverable']}✓[/] [red]{c['undeliverable']}✗[/] "
-            f"[yellow]{c['risky']}?[/] [dim]{c['unknown']} unknown[/]"
-        )
-
-    def advance(self, record: dict[str, Any]) -> None:
-        self.counts[record["verdict"]] += 1
-        if self._progress is not None and self._task is not None:
-            task = self._progress.tasks[0]
-            rate = f"{(task.speed or 0.0):.1f}"
-            self._progress.update(self._task, advance=1, description=self._describe(), rate=rate)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def summary(self, summary: Any) -> None:
-        if not self.enabled:
-            return
-        table = Table(title="mailprobe verify: summary")
-        table.add_column("verdict")
-        table.add_column("addresses", justify="right")
-        for verdict in ("deliverable", "undeliverable", "risky", "unknown"):
-            table.add_row(f"[{VERDICT_STYLE[verdict]}]{verdict}[/]", str(self.counts[verdict]))
-        table.add_row("total", str(summary.total))
-        self.console.print(table)
-        self.console.print(
-            f"{summary.elapsed:.1f}s, "
-            f"{summary.total / max(summary.elapsed, 1e-9):.1f} addresses/s, "
-            f"{summary.sessions} SMTP sessions, "
-            f"{summary.rcpts_per_session:.1f} RCPTs per session, "
-            f"{summary.reused} reused from earlier runs"
-            + (f", {summary.pending} retries left pending (--resume)" if summary.pending else "")
-        )

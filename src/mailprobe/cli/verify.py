@@ -26,10 +26,12 @@ from mailprobe.config import Settings
 
 if TYPE_CHECKING:
     from mailprobe.engine.bulk import BulkOptions, Summary
+    from mailprobe.engine.bulk.status import RunStatus
     from mailprobe.inputs import InputLine
     from mailprobe.results import LineAnswer
 
 T = TypeVar("T")
+STATUS_EVERY = 0.25  # seconds between looks at the run's status for the progress display
 COLUMN_OPTION = typer.Option("--column", help="Address column: header name or number.")
 
 
@@ -174,9 +176,10 @@ def verify(
     Exit status: 0 every line has a final answer; 3 lines left pending (--no-wait);
     130 interrupted; 75 the throttle's Redis went away; 141 the output was closed;
     2 bad input or configuration (see the README's table)."""
+    from mailprobe.cli.progress import ProgressView, shares_terminal
     from mailprobe.engine.bulk import BulkOptions, ServiceLost, SinkFailed
     from mailprobe.inputs import InputError, read_addresses
-    from mailprobe.report import ProgressView, RecordWriter, render_record
+    from mailprobe.report import RecordWriter, render_record
     from mailprobe.runs import RunState
     from mailprobe.store import StoreError
     from mailprobe.throttle import ThrottleError
@@ -224,11 +227,11 @@ def verify(
     writer = RecordWriter(out, fmt.value, headers=lines.headers, delimiter=lines.delimiter)
     show = not quiet and sys.stderr.isatty()
     total = _count_lines(input_path) if show and input_path != "-" else None
-    view = ProgressView(total, enabled=show)
+    view = ProgressView(total, enabled=show, shared=output is None and shares_terminal())
     # --enqueue reads and collects the fleet's answers on one thread: its reading is
     # never held (the buffer is then not bounded; --unordered keeps it small).
-    order = InputOrder(lines, writer.write, ordered=not unordered, window=order_buffer,
-                       bounded=not enqueue)  # fmt: skip
+    order = InputOrder(lines, view.writing(writer.write), ordered=not unordered,
+                       window=order_buffer, bounded=not enqueue)  # fmt: skip
 
     def write(record: dict[str, Any]) -> None:
         view.advance(record)
@@ -253,6 +256,7 @@ def verify(
                     render_record,
                     settings,
                     options,
+                    view.update if show else None,
                 )
             )
         )
@@ -288,7 +292,7 @@ def verify(
                 if finish is not None:
                     finish()
     view.close()
-    view.summary(summary)
+    view.summary(summary, show)
     if summary.pending:
         typer.echo(
             f"mailprobe: {summary.pending} retries left pending; rerun with --resume", err=True
@@ -304,15 +308,34 @@ async def _run_verify(
     render: Callable[[LineAnswer], dict[str, Any]],
     settings: Settings,
     options: BulkOptions,
+    show: Callable[[RunStatus], None] | None = None,
 ) -> Summary:
-    """The embedded run: this process's Context, the bulk engine, records rendered here."""
+    """The embedded run: this process's Context, the bulk engine, records rendered here;
+    `show` gets the run's status every STATUS_EVERY seconds."""
     from mailprobe.engine import Context
-    from mailprobe.engine.bulk import verify
+    from mailprobe.engine.bulk import BulkVerifier, verify
 
     ctx = Context.create(settings)
+    watching: list[asyncio.Task[None]] = []
+
+    async def watch(verifier: BulkVerifier) -> None:
+        assert show is not None
+        while True:
+            show(verifier.status())
+            await asyncio.sleep(STATUS_EVERY)
+
+    def started(verifier: BulkVerifier) -> None:
+        if show is not None:
+            watching.append(asyncio.create_task(watch(verifier)))
+
     try:
-        return await verify(lines, lambda line: write(render(line)), ctx=ctx, options=options)
+        return await verify(
+            lines, lambda line: write(render(line)), ctx=ctx, options=options, started=started
+        )
     finally:
+        for task in watching:
+            task.cancel()
+        await asyncio.gather(*watching, return_exceptions=True)
         await ctx.aclose()
 
 

@@ -297,7 +297,9 @@ def _chain_rows(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
     yield from rest
 
 
-def _cells(rows: Iterator[Row], headers: list[str], index: int, allowed: Collection[str]) -> Listing:
+def _cells(
+    rows: Iterator[Row], headers: list[str], index: int, allowed: Collection[str]
+) -> Listing:
     """A table's entries; each row's other cells kept under its column's header as given
     (cells past the header row's width as `column N`)."""
     listing = Listing(iter(()), headers, index)

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mailprobe.engine.bulk import retry
@@ -46,6 +46,7 @@ from mailprobe.engine.bulk.routing import Router
 from mailprobe.engine.bulk.scheduler import Ask, Scheduler, Wait
 from mailprobe.engine.bulk.session import SessionRunner
 from mailprobe.engine.bulk.state import DomainState, MXLane
+from mailprobe.engine.bulk.status import RunStatus, run_status
 from mailprobe.engine.bulk.targets import Recipient, Target
 from mailprobe.engine.bulk.writer import StoreAnswers, Writer
 from mailprobe.engine.context import Context
@@ -152,6 +153,17 @@ class BulkVerifier:
         if self._fatal is not None:
             raise self._fatal
         return self.summary
+
+    def status(self) -> RunStatus:
+        """What the run waits for now (read-only, for a progress display)."""
+        now = time.monotonic()
+        return run_status(
+            in_flight=self._outstanding, waiting=self._waiting, parked=self._parked,
+            domains=self.router.domains.values(), lanes=self.router.lanes.values(),
+            timers=self.pacer._timers, now=asyncio.get_running_loop().time(),
+            throttle_down=None if self._outage_since is None else now - self._outage_since,
+            reading=self.scheduler.reading,
+        )  # fmt: skip
 
     # -- admission (see `reader.read`) --------------------------------------------------
 
@@ -506,14 +518,23 @@ class BulkVerifier:
 
 
 async def verify(
-    lines: Lines, sink: Sink, *, ctx: Context, options: BulkOptions | None = None
+    lines: Lines,
+    sink: Sink,
+    *,
+    ctx: Context,
+    options: BulkOptions | None = None,
+    started: Callable[[BulkVerifier], None] | None = None,
 ) -> Summary:
     """Verify every line with the context's store, caches and throttle.
 
     A throttle the context was given is not closed here: the face owns the context
-    (and calls `ctx.aclose()` when the context made its throttle itself)."""
+    (and calls `ctx.aclose()` when the context made its throttle itself). `started` gets
+    the run's verifier, e.g. to show its `status()`."""
     await asyncio.to_thread(ctx.load_behavior)
     # A shared throttle that cannot be reached stops the run now, with its reason,
     # rather than turning every address into a retried failure.
     await ctx.throttle.effective_limits("mailprobe.check")
-    return await BulkVerifier(ctx, sink=sink, options=options).run(lines)
+    verifier = BulkVerifier(ctx, sink=sink, options=options)
+    if started is not None:
+        started(verifier)
+    return await verifier.run(lines)
