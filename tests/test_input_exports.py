@@ -4,6 +4,7 @@ cannot be an address kept small; driven through `mailprobe verify` as a subproce
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -258,3 +259,32 @@ def test_xlsx_without_the_extra_says_which_to_install(tmp_path: Path, monkeypatc
     (tmp_path / "leads.xlsx").write_bytes(b"PK\x03\x04")
     with pytest.raises(InputError, match=r"mailprobe\[xlsx\]"):
         list(read_addresses(tmp_path / "leads.xlsx", ("example",)))
+
+
+# file -> (encoding, delimiter) to read it back with Python's csv module
+TABLES = {
+    "hubspot_contacts.csv": ("utf-8", ","),
+    "mailchimp_members.csv": ("utf-8-sig", ","),
+    "salesforce_contacts.csv": ("utf-8", ","),
+    "excel_de_semicolon_cp1252.csv": ("cp1252", ";"),
+    "excel_fr_tab_latin1.txt": ("latin-1", "\t"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_csv_output_keeps_the_exports_columns_and_order(dns, tmp_path: Path, name: str) -> None:
+    encoding, delimiter = TABLES[name]
+    with (EXPORTS / name).open(encoding=encoding, newline="") as fh:
+        sheet = list(csv.reader(fh, delimiter=delimiter))
+    out = tmp_path / "out.csv"
+    done = verify(dns, EXPORTS / name, tmp_path, "-f", "csv", "-o", str(out))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    spreadsheet = encoding != "utf-8"  # a BOM or a code page: Excel made it
+    with out.open(encoding="utf-8-sig" if spreadsheet else "utf-8", newline="") as fh:
+        if spreadsheet:
+            assert fh.buffer.peek(3)[:3] == b"\xef\xbb\xbf"  # Excel then reads it as UTF-8
+        got = list(csv.reader(fh, delimiter=delimiter))  # the input's own delimiter
+    width = len(sheet[0])
+    assert [row[:width] for row in got] == sheet  # every column, as given, row by row
+    assert got[0][width : width + 3] == ["line", "verdict", "reason"]
+    assert [int(row[width]) for row in got[1:]] == sorted(EXPECTED[name])
