@@ -1,6 +1,6 @@
-"""Lists as people export them (issue 16, points 1, 2, 7; issue 14, point 7): the address
-column found by header, the delimiter sniffed, any encoding, pasted forms, and input that
-cannot be an address kept small; driven through `mailprobe verify` as a subprocess."""
+"""Lists as people export them: the address column found by header, the delimiter sniffed,
+any encoding, pasted forms, input that cannot be an address kept small, and the export's
+own columns back in order; driven through `mailprobe verify` as a subprocess."""
 
 from __future__ import annotations
 
@@ -288,3 +288,17 @@ def test_csv_output_keeps_the_exports_columns_and_order(dns, tmp_path: Path, nam
     assert [row[:width] for row in got] == sheet  # every column, as given, row by row
     assert got[0][width : width + 3] == ["line", "verdict", "reason"]
     assert [int(row[width]) for row in got[1:]] == sorted(EXPECTED[name])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ['"Jane Doe" <jane@acme.example>', "Doe, Jane <jane@acme.example>", "<jane@acme.example>",
+     "MAILTO:jane@acme.example?subject=hi", "\xa0 jane@acme.example\u200b ", "jane@acme.example.",
+     "jane@acme.example (Jane Doe)", "'jane@acme.example',", "<mailto:jane@acme.example>;"],
+)  # fmt: skip
+def test_pasted_form_read_as_the_address_and_kept_as_given(raw: str) -> None:
+    from mailprobe.inputs import entry
+
+    line = entry(7, raw, None, ("example",))
+    assert line.address is not None and line.address.normalized == "jane@acme.example"
+    assert line.raw == raw

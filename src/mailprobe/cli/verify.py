@@ -92,7 +92,8 @@ def verify(
         str,
         typer.Argument(
             metavar="INPUT",
-            help="Text (one address a line), CSV with an 'email' column, or - for stdin.",
+            help="One address a line, a CSV/TSV or .xlsx export (its address column found "
+            "by header, or --column), or - for stdin.",
         ),
     ],
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.jsonl,
@@ -163,7 +164,7 @@ def verify(
             "--order-buffer",
             min=1,
             help="Records in input order: at most this many lines read and not yet "
-            "written (about 2 KB each, ~20 MB at the default); when full, reading waits "
+            "written (about 1 KB each, ~10 MB at the default); when full, reading waits "
             "for the oldest line's answer. Nothing is dropped or written twice.",
         ),
     ] = ORDER_WINDOW,
