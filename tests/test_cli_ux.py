@@ -1,4 +1,4 @@
-"""The CLI as people use it (issue 16): exit statuses, one-line errors for anything a user
+"""The CLI as people use it: exit statuses, one-line errors for anything a user
 can cause, `probe --json` for every outcome, `config` without passwords, the default
 database in the user's data directory, `--version`, `mailprobe results`, and the warning
 about probing real servers under the default identity."""

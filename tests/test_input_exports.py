@@ -1,9 +1,10 @@
-"""Lists as people export them (issue 16, points 1, 2, 7; issue 14, point 7): the address
-column found by header, the delimiter sniffed, any encoding, pasted forms, and input that
-cannot be an address kept small; driven through `mailprobe verify` as a subprocess."""
+"""Lists as people export them: the address column found by header, the delimiter sniffed,
+any encoding, pasted forms, input that cannot be an address kept small, and the export's
+own columns back in order; driven through `mailprobe verify` as a subprocess."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -165,7 +166,7 @@ def lines_of(data: bytes, tmp_path: Path, name: str = "in.csv", **kw: str):
 def test_address_column_found_by_header(tmp_path: Path, header: str) -> None:
     got = lines_of(f"Name,{header}\r\nJane,jane@acme.example\r\n".encode(), tmp_path)
     assert [(x.line_no, x.raw, x.extra) for x in got] == [
-        (2, "jane@acme.example", {"name": "Jane"})
+        (2, "jane@acme.example", {"Name": "Jane"})
     ]
     assert got[0].address is not None
 
@@ -248,8 +249,8 @@ def test_xlsx_first_sheet(tmp_path: Path) -> None:
     book.save(tmp_path / "leads.xlsx")
     got = list(read_addresses(tmp_path / "leads.xlsx", ("example",)))
     assert [(x.line_no, x.raw, x.extra) for x in got] == [
-        (2, "jane@acme.example", {"first name": "Jane"}),
-        (3, "", {"first name": "Bob"}),
+        (2, "jane@acme.example", {"First Name": "Jane"}),
+        (3, "", {"First Name": "Bob"}),
     ]
 
 
@@ -258,3 +259,46 @@ def test_xlsx_without_the_extra_says_which_to_install(tmp_path: Path, monkeypatc
     (tmp_path / "leads.xlsx").write_bytes(b"PK\x03\x04")
     with pytest.raises(InputError, match=r"mailprobe\[xlsx\]"):
         list(read_addresses(tmp_path / "leads.xlsx", ("example",)))
+
+
+# file -> (encoding, delimiter) to read it back with Python's csv module
+TABLES = {
+    "hubspot_contacts.csv": ("utf-8", ","),
+    "mailchimp_members.csv": ("utf-8-sig", ","),
+    "salesforce_contacts.csv": ("utf-8", ","),
+    "excel_de_semicolon_cp1252.csv": ("cp1252", ";"),
+    "excel_fr_tab_latin1.txt": ("latin-1", "\t"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_csv_output_keeps_the_exports_columns_and_order(dns, tmp_path: Path, name: str) -> None:
+    encoding, delimiter = TABLES[name]
+    with (EXPORTS / name).open(encoding=encoding, newline="") as fh:
+        sheet = list(csv.reader(fh, delimiter=delimiter))
+    out = tmp_path / "out.csv"
+    done = verify(dns, EXPORTS / name, tmp_path, "-f", "csv", "-o", str(out))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    spreadsheet = encoding != "utf-8"  # a BOM or a code page: Excel made it
+    with out.open(encoding="utf-8-sig" if spreadsheet else "utf-8", newline="") as fh:
+        if spreadsheet:
+            assert fh.buffer.peek(3)[:3] == b"\xef\xbb\xbf"  # Excel then reads it as UTF-8
+        got = list(csv.reader(fh, delimiter=delimiter))  # the input's own delimiter
+    width = len(sheet[0])
+    assert [row[:width] for row in got] == sheet  # every column, as given, row by row
+    assert got[0][width : width + 3] == ["line", "verdict", "reason"]
+    assert [int(row[width]) for row in got[1:]] == sorted(EXPECTED[name])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ['"Jane Doe" <jane@acme.example>', "Doe, Jane <jane@acme.example>", "<jane@acme.example>",
+     "MAILTO:jane@acme.example?subject=hi", "\xa0 jane@acme.example\u200b ", "jane@acme.example.",
+     "jane@acme.example (Jane Doe)", "'jane@acme.example',", "<mailto:jane@acme.example>;"],
+)  # fmt: skip
+def test_pasted_form_read_as_the_address_and_kept_as_given(raw: str) -> None:
+    from mailprobe.inputs import entry
+
+    line = entry(7, raw, None, ("example",))
+    assert line.address is not None and line.address.normalized == "jane@acme.example"
+    assert line.raw == raw

@@ -1,4 +1,5 @@
-"""Presenting verification records: JSON lines, CSV or a table, a progress bar, a summary.
+"""Presenting verification records: JSON lines, CSV or a table (`verify`'s progress
+display is the CLI's own: `cli.progress`).
 
 Writers flush every record as it arrives, so a killed run leaves every answer
 it had on disk, and a reader can `tail -f` the output.
@@ -8,19 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from mailprobe.results import LineAnswer
@@ -60,23 +51,40 @@ def render_record(line: LineAnswer) -> dict[str, Any]:
 
 
 class RecordWriter:
-    """Writes records in one of the formats; `close()` finishes a table."""
+    """Writes records in one of the formats; `close()` finishes a table.
 
-    def __init__(self, out: TextIO, fmt: str) -> None:
+    `headers`: the input table's header row. A CSV then starts with the input's own
+    columns, as given and in their order (each record's `columns`), followed by the
+    verdict columns (`appended_fields`): rows that can sit next to the user's sheet."""
+
+    def __init__(
+        self, out: TextIO, fmt: str, headers: list[str] | None = None, delimiter: str = ","
+    ) -> None:
         if fmt not in {"jsonl", "csv", "table"}:
             raise ValueError(f"unknown format {fmt!r}: use jsonl, csv or table")
         self.out, self.fmt = out, fmt
         self._rows: list[dict[str, Any]] = []
         self._csv: Any = None
+        self._fields: tuple[str, ...] = CSV_FIELDS
         if fmt == "csv":
-            self._csv = csv.DictWriter(out, CSV_FIELDS, extrasaction="ignore")
-            self._csv.writeheader()
+            self._csv = csv.writer(out, delimiter=delimiter)
+            names = list(CSV_FIELDS)
+            if headers is not None:
+                self._fields = tuple(f for f in CSV_FIELDS if f != "email")
+                names = [*headers, *appended_fields(headers, self._fields)]
+            self._width = len(headers) if headers is not None else None
+            self._csv.writerow(names)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.fmt == "jsonl":
             self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif self.fmt == "csv":
-            self._csv.writerow({**record, **record.get("flags", {})})
+            values = {**record, **record.get("flags", {})}
+            row = [values.get(f) for f in self._fields]  # None: an empty cell
+            if self._width is not None:
+                cells = list((record.get("columns") or {}).values())[: self._width]
+                row = [*cells, *[""] * (self._width - len(cells)), *row]
+            self._csv.writerow(row)
         else:
             self._rows.append(record)
             return
@@ -97,66 +105,12 @@ class RecordWriter:
         Console(file=self.out, width=160).print(table)
 
 
+def appended_fields(headers: list[str], fields: tuple[str, ...]) -> list[str]:
+    """The verdict columns' names after the input's: `mailprobe_` before one the input
+    already has (its own `verdict` or `line` column stays its own)."""
+    taken = {h.strip().lower() for h in headers}
+    return [f"mailprobe_{f}" if f in taken else f for f in fields]
+
+
 def _yes_no(value: bool | None) -> str:
     return "" if value is None else "yes" if value else "no"
-
-
-class ProgressView:
-    """A rich progress bar on stderr with rate, ETA and counts by verdict; silent if disabled."""
-
-    def __init__(self, total: int | None, enabled: bool) -> None:
-        self.counts: Counter[str] = Counter()
-        self.console = Console(stderr=True)
-        self.enabled = enabled
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
-        if enabled:
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}/s"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=False,
-            )
-            self._task = self._progress.add_task(self._describe(), total=total, rate="0.0")
-            self._progress.start()
-
-    def _describe(self) -> str:
-        c = self.counts
-        return (
-            f"[green]{c['deliverable']}✓[/] [red]{c['undeliverable']}✗[/] "
-            f"[yellow]{c['risky']}?[/] [dim]{c['unknown']} unknown[/]"
-        )
-
-    def advance(self, record: dict[str, Any]) -> None:
-        self.counts[record["verdict"]] += 1
-        if self._progress is not None and self._task is not None:
-            task = self._progress.tasks[0]
-            rate = f"{(task.speed or 0.0):.1f}"
-            self._progress.update(self._task, advance=1, description=self._describe(), rate=rate)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def summary(self, summary: Any) -> None:
-        if not self.enabled:
-            return
-        table = Table(title="mailprobe verify: summary")
-        table.add_column("verdict")
-        table.add_column("addresses", justify="right")
-        for verdict in ("deliverable", "undeliverable", "risky", "unknown"):
-            table.add_row(f"[{VERDICT_STYLE[verdict]}]{verdict}[/]", str(self.counts[verdict]))
-        table.add_row("total", str(summary.total))
-        self.console.print(table)
-        self.console.print(
-            f"{summary.elapsed:.1f}s, "
-            f"{summary.total / max(summary.elapsed, 1e-9):.1f} addresses/s, "
-            f"{summary.sessions} SMTP sessions, "
-            f"{summary.rcpts_per_session:.1f} RCPTs per session, "
-            f"{summary.reused} reused from earlier runs"
-            + (f", {summary.pending} retries left pending (--resume)" if summary.pending else "")
-        )

@@ -21,14 +21,17 @@ import typer
 from mailprobe.cli.common import PORT, VERIFY_EXIT_HELP, VerifyExit, app, seconds
 from mailprobe.cli.common import fail as _fail
 from mailprobe.cli.common import settings as _settings
+from mailprobe.cli.ordered import ORDER_WINDOW, InputOrder
 from mailprobe.config import Settings
 
 if TYPE_CHECKING:
     from mailprobe.engine.bulk import BulkOptions, Summary
+    from mailprobe.engine.bulk.status import RunStatus
     from mailprobe.inputs import InputLine
     from mailprobe.results import LineAnswer
 
 T = TypeVar("T")
+STATUS_EVERY = 0.25  # seconds between looks at the run's status for the progress display
 COLUMN_OPTION = typer.Option("--column", help="Address column: header name or number.")
 
 
@@ -89,7 +92,8 @@ def verify(
         str,
         typer.Argument(
             metavar="INPUT",
-            help="Text (one address a line), CSV with an 'email' column, or - for stdin.",
+            help="One address a line, a CSV/TSV or .xlsx export (its address column found "
+            "by header, or --column), or - for stdin.",
         ),
     ],
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.jsonl,
@@ -147,15 +151,36 @@ def verify(
         typer.Option("--enqueue", help="Hand per-domain batches to the RQ workers (REDIS_URL)."),
     ] = False,
     column: Annotated[str | None, COLUMN_OPTION] = None,
+    unordered: Annotated[
+        bool,
+        typer.Option(
+            "--unordered",
+            help="Write each record as soon as it is answered, not in input order.",
+        ),
+    ] = False,
+    order_buffer: Annotated[
+        int,
+        typer.Option(
+            "--order-buffer",
+            min=1,
+            help="Records in input order: at most this many lines read and not yet "
+            "written (about 1 KB each, ~10 MB at the default); when full, reading waits "
+            "for the oldest line's answer. Nothing is dropped or written twice.",
+        ),
+    ] = ORDER_WINDOW,
 ) -> None:
-    """Verify a list: one record per input line, streamed as results arrive.
+    """Verify a list: one record per input line, in input order (--unordered: as answered).
+
+    A CSV or spreadsheet keeps its own columns: --format csv writes them back as given,
+    in their order, followed by the verdict columns; JSON lines carry them as `columns`.
 
     Exit status: 0 every line has a final answer; 3 lines left pending (--no-wait);
     130 interrupted; 75 the throttle's Redis went away; 141 the output was closed;
     2 bad input or configuration (see the README's table)."""
+    from mailprobe.cli.progress import ProgressView, shares_terminal
     from mailprobe.engine.bulk import BulkOptions, ServiceLost, SinkFailed
     from mailprobe.inputs import InputError, read_addresses
-    from mailprobe.report import ProgressView, RecordWriter, render_record
+    from mailprobe.report import RecordWriter, render_record
     from mailprobe.runs import RunState
     from mailprobe.store import StoreError
     from mailprobe.throttle import ThrottleError
@@ -191,23 +216,33 @@ def verify(
         reuse_unknown_ttl=0.0 if force else reuse_unknown_ttl,
         wait_for_retries=not no_wait,
     )
+    # A CSV written to a file for a spreadsheet's export goes back in its dialect: the
+    # same delimiter, and a BOM so that Excel reads it as UTF-8 (without one it assumes
+    # the locale's code page: https://donatstudios.com/CSV-An-Encoding-Nightmare).
+    bom = fmt == Format.csv and lines.spreadsheet
     try:
-        out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
+        encoding = "utf-8-sig" if bom else "utf-8"
+        out = open(output, "w", encoding=encoding, newline="") if output else sys.stdout  # noqa: SIM115
     except OSError as exc:
         raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
-    writer = RecordWriter(out, fmt.value)
+    writer = RecordWriter(out, fmt.value, headers=lines.headers, delimiter=lines.delimiter)
     show = not quiet and sys.stderr.isatty()
     total = _count_lines(input_path) if show and input_path != "-" else None
-    view = ProgressView(total, enabled=show)
+    view = ProgressView(total, enabled=show, shared=output is None and shares_terminal())
+    # --enqueue reads and collects the fleet's answers on one thread: its reading is
+    # never held (the buffer is then not bounded; --unordered keeps it small).
+    order = InputOrder(lines, view.writing(writer.write), ordered=not unordered,
+                       window=order_buffer, bounded=not enqueue)  # fmt: skip
 
     def write(record: dict[str, Any]) -> None:
-        writer.write(record)
         view.advance(record)
+        order.answered(record)
 
     if enqueue:
         try:
-            _verify_enqueued(lines, write, force=force)
+            _verify_enqueued(order.lines(), write, force=force)
         finally:
+            order.close()
             writer.close()
             view.close()
             if output:
@@ -217,11 +252,12 @@ def verify(
         summary = asyncio.run(
             _stop_on_sigterm(
                 _run_verify(
-                    lines,
+                    order.lines(),
                     write,
                     render_record,
                     settings,
                     options,
+                    view.update if show else None,
                 )
             )
         )
@@ -252,12 +288,12 @@ def verify(
         view.close()
         raise _fail(f"throttle error: {exc}") from None
     finally:
-        with contextlib.suppress(OSError):  # a closed pipe takes no more
-            writer.close()
-            if output:
-                out.close()
+        for finish in (order.close, writer.close, out.close if output else None):
+            with contextlib.suppress(OSError):  # a closed pipe takes no more
+                if finish is not None:
+                    finish()
     view.close()
-    view.summary(summary)
+    view.summary(summary, show)
     if summary.pending:
         typer.echo(
             f"mailprobe: {summary.pending} retries left pending; rerun with --resume", err=True
@@ -273,15 +309,34 @@ async def _run_verify(
     render: Callable[[LineAnswer], dict[str, Any]],
     settings: Settings,
     options: BulkOptions,
+    show: Callable[[RunStatus], None] | None = None,
 ) -> Summary:
-    """The embedded run: this process's Context, the bulk engine, records rendered here."""
+    """The embedded run: this process's Context, the bulk engine, records rendered here;
+    `show` gets the run's status every STATUS_EVERY seconds."""
     from mailprobe.engine import Context
-    from mailprobe.engine.bulk import verify
+    from mailprobe.engine.bulk import BulkVerifier, verify
 
     ctx = Context.create(settings)
+    watching: list[asyncio.Task[None]] = []
+
+    async def watch(verifier: BulkVerifier) -> None:
+        assert show is not None
+        while True:
+            show(verifier.status())
+            await asyncio.sleep(STATUS_EVERY)
+
+    def started(verifier: BulkVerifier) -> None:
+        if show is not None:
+            watching.append(asyncio.create_task(watch(verifier)))
+
     try:
-        return await verify(lines, lambda line: write(render(line)), ctx=ctx, options=options)
+        return await verify(
+            lines, lambda line: write(render(line)), ctx=ctx, options=options, started=started
+        )
     finally:
+        for task in watching:
+            task.cancel()
+        await asyncio.gather(*watching, return_exceptions=True)
         await ctx.aclose()
 
 

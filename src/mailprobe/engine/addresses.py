@@ -90,11 +90,12 @@ def ingest(
             if line.address is None:
                 report.bad.append((line.line_no, line.raw, line.error or "invalid"))
                 continue
+            extra = {k.lower(): v for k, v in line.extra.items()}  # headers come as given
             email_id, created = q.upsert_email(
                 session,
                 line.address,
-                person_name=line.extra.get("name") or line.extra.get("person_name"),
-                source=line.extra.get("source") or source_name,
+                person_name=extra.get("name") or extra.get("person_name"),
+                source=extra.get("source") or source_name,
             )
             report.added += created
             report.existing += not created

@@ -9,6 +9,7 @@ read as a list at all (a binary file, a table with no address column) raises
 
 from __future__ import annotations
 
+import codecs
 import sys
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -36,7 +37,15 @@ from mailprobe.inputs.pasted import unwrap
 from mailprobe.inputs.sniff import Shape, address_column, chosen_column, seen, sniff, split
 from mailprobe.inputs.table import Row, csv_rows, xlsx_rows
 
-__all__ = ["Allowed", "InputError", "InputLine", "entry", "has_header_row", "read_addresses"]
+__all__ = [
+    "Allowed",
+    "InputError",
+    "InputLine",
+    "Listing",
+    "entry",
+    "has_header_row",
+    "read_addresses",
+]
 
 Allowed = Collection[str] | None  # special-use names allowed; None: the SPECIAL_USE_ALLOWED setting
 MAX_ADDRESS_TEXT = 1024  # an address (254 octets) with a display name and spaces around it
@@ -49,19 +58,81 @@ class InputLine:
     raw: str  # the line or cell as given (a bounded prefix when it cannot be an address)
     address: EmailAddress | None
     error: str | None
-    extra: dict[str, str]  # the CSV row's other columns (name, source...)
+    extra: dict[str, str]  # the row's other columns, keyed as `Listing.keys` (headers as given)
     reason: str = "invalid_syntax"  # why `address` is None: invalid_syntax, reserved_domain
     # or invalid_encoding
 
 
+class Listing(Iterator[InputLine]):
+    """The entries of one input, with the table's columns when it is a table.
+
+    `headers`: the header row as given (spelling, case and order kept, a BOM dropped), or
+    `column 1`... for a table without one; None for a plain list. `keys`: the same names
+    made unique (a second `Email` is `Email (2)`), the keys of `InputLine.extra`.
+    `address`: the index of the address column. Together they give each row back as the
+    user's sheet had it (`cells`), for output that can sit next to it. `delimiter` is the
+    table's; `spreadsheet`: the file looks saved by a spreadsheet (a UTF-8 BOM, or a
+    legacy code page), whose CSV output should then carry a BOM to open right there."""
+
+    def __init__(
+        self,
+        entries: Iterator[InputLine],
+        headers: list[str] | None = None,
+        address: int | None = None,
+    ) -> None:
+        self._entries = entries
+        self.headers = [h.lstrip("\ufeff") for h in headers] if headers is not None else None
+        self.keys = column_keys(self.headers) if self.headers is not None else None
+        self.address = address
+        self.delimiter = ","
+        self.spreadsheet = False
+
+    def __next__(self) -> InputLine:
+        return next(self._entries)
+
+    def __iter__(self) -> Listing:
+        return self
+
+    def close(self) -> None:
+        close = getattr(self._entries, "close", None)
+        if close is not None:
+            close()
+
+    def cells(self, line: InputLine) -> list[str]:
+        """The line's row in column order: the address cell as given, the others from
+        `extra` ("" where the row was short); [] for a plain list."""
+        if self.keys is None:
+            return []
+        return [
+            line.raw if i == self.address else line.extra.get(key, "")
+            for i, key in enumerate(self.keys)
+        ]
+
+
+def column_keys(headers: list[str]) -> list[str]:
+    """Unique, non-empty names for the columns: a blank header is `column N`, a repeated
+    one gets its ordinal (`Email (2)`)."""
+    keys: list[str] = []
+    taken: set[str] = set()
+    for i, header in enumerate(headers):
+        key = header if header.strip() else f"column {i + 1}"
+        n = 1
+        while key in taken:
+            n += 1
+            key = f"{header} ({n})"
+        taken.add(key)
+        keys.append(key)
+    return keys
+
+
 def read_addresses(
     source: str | Path | TextIO, special_use_allowed: Allowed = None, *, column: str | None = None
-) -> Iterator[InputLine]:
+) -> Listing:
     """Every line of `source` ("-" is stdin) with its parsed address or its error.
 
     The file is opened and its shape found now (so InputError comes before any entry);
     the lines are read as the iterator is. `column` (`--column NAME|NUMBER`) names the
-    address column instead of the header search."""
+    address column instead of the header search. The `Listing` says the table's columns."""
     allowed = _allowed(special_use_allowed)
     if isinstance(source, (str, Path)) and str(source) != "-":
         name = str(source)
@@ -98,7 +169,7 @@ def _read(
     name: str,
     column: str | None,
     allowed: Collection[str],
-) -> Iterator[InputLine]:
+) -> Listing:
     # A pipe gives what it has (read1): a slow producer is not waited on for 8000 bytes.
     read = getattr(src, "read1", None) if owned is None else None
     head = read(HEAD) if read is not None else src.read(HEAD)  # type: ignore[union-attr]
@@ -122,13 +193,27 @@ def _read(
             return _close_after(_from_rows(_single(replay), shape, column, allowed, name), owned)
         if column is not None and not column.strip().isdigit():
             raise InputError(f"--column {column!r}: {name} has no header row")
-        return _close_after(_plain(replay, allowed), owned)
+        return _close_after(Listing(_plain(replay, allowed)), owned)
     if shape.headers is not None:
         next(replay)  # the header line itself
     width = len(shape.headers) if shape.headers else 0
     index = _column(shape.headers, column, name, sample, shape)
     rows = csv_rows(replay, shape.delimiter or ",", width, index)
-    return _close_after(_cells(rows, shape.headers, index, allowed), owned)
+    headers = shape.headers or _numbered(_first_cells(sample, shape.delimiter or ","))
+    listing = _cells(rows, headers, index, allowed)
+    listing.delimiter = shape.delimiter or ","
+    listing.spreadsheet = head.startswith(codecs.BOM_UTF8) or encoding is not None
+    return _close_after(listing, owned)
+
+
+def _first_cells(sample: list[Line], delimiter: str) -> list[str]:
+    first = next((x.text for x in sample if not x.problem and x.text.strip()), "")
+    return split(first.rstrip("\r\n"), delimiter)
+
+
+def _numbered(cells: list[str]) -> list[str]:
+    """Names for the columns of a table without a header row."""
+    return [f"column {i + 1}" for i in range(len(cells))]
 
 
 def _chain(first: list[Line], rest: Iterator[Line]) -> Iterator[Line]:
@@ -136,12 +221,18 @@ def _chain(first: list[Line], rest: Iterator[Line]) -> Iterator[Line]:
     yield from rest
 
 
-def _close_after(lines: Iterator[InputLine], owned: BinaryIO | None) -> Iterator[InputLine]:
-    try:
-        yield from lines
-    finally:
-        if owned is not None:
-            owned.close()
+def _close_after(listing: Listing, owned: BinaryIO | None) -> Listing:
+    """The listing, closing `owned` when it has been read (or dropped)."""
+
+    def entries(inner: Iterator[InputLine]) -> Iterator[InputLine]:
+        try:
+            yield from inner
+        finally:
+            if owned is not None:
+                owned.close()
+
+    listing._entries = entries(listing._entries)
+    return listing
 
 
 def _single(lines: Iterator[Line]) -> Iterator[Row]:
@@ -178,22 +269,22 @@ def _from_rows(
     column: str | None,
     allowed: Collection[str],
     name: str,
-) -> Iterator[InputLine]:
+) -> Listing:
     """Rows whose first row is a header (an .xlsx sheet, a one-column CSV)."""
     first = next(rows, None)
     if first is None:
-        return iter(())
+        return Listing(iter(()))
     headers = first.cells or []
     if column is not None:
         index = chosen_column(headers, column)
         if column.strip().isdigit() and any("@" in h for h in headers):
-            return _cells(_chain_rows(first, rows), None, index, allowed)
+            return _cells(_chain_rows(first, rows), _numbered(headers), index, allowed)
         return _cells(rows, headers, index, allowed)
     found = address_column(headers)
     if found is None:
         if len([h for h in headers if h.strip()]) == 1 and any("@" in h for h in headers):
             index = next(i for i, h in enumerate(headers) if h.strip())
-            return _cells(_chain_rows(first, rows), None, index, allowed)
+            return _cells(_chain_rows(first, rows), _numbered(headers), index, allowed)
         raise InputError(
             f"{name}: no address column among the headers {seen(headers)}; "
             "name it with --column NAME|NUMBER"
@@ -207,20 +298,28 @@ def _chain_rows(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
 
 
 def _cells(
-    rows: Iterator[Row], headers: list[str] | None, index: int, allowed: Collection[str]
-) -> Iterator[InputLine]:
-    keys = [h.strip().lstrip("\ufeff").lower() for h in headers] if headers else []
-    for row in rows:
-        if row.cells is None:
-            yield InputLine(row.line_no, row.raw, None, row.problem, {}, row.reason)
-            continue
-        raw = row.cells[index] if index < len(row.cells) else ""
-        extra = {
-            keys[i] if i < len(keys) else f"column {i + 1}": cell
-            for i, cell in enumerate(row.cells)
-            if i != index
-        }
-        yield _guarded(row.line_no, raw, extra, allowed, row.guessed)
+    rows: Iterator[Row], headers: list[str], index: int, allowed: Collection[str]
+) -> Listing:
+    """A table's entries; each row's other cells kept under its column's header as given
+    (cells past the header row's width as `column N`)."""
+    listing = Listing(iter(()), headers, index)
+    keys = listing.keys or []
+
+    def entries() -> Iterator[InputLine]:
+        for row in rows:
+            if row.cells is None:
+                yield InputLine(row.line_no, row.raw, None, row.problem, {}, row.reason)
+                continue
+            raw = row.cells[index] if index < len(row.cells) else ""
+            extra = {
+                keys[i] if i < len(keys) else f"column {i + 1}": cell
+                for i, cell in enumerate(row.cells)
+                if i != index
+            }
+            yield _guarded(row.line_no, raw, extra, allowed, row.guessed)
+
+    listing._entries = entries()
+    return listing
 
 
 def _plain(lines: Iterator[Line], allowed: Collection[str]) -> Iterator[InputLine]:
@@ -244,7 +343,7 @@ def _guarded(
             None,
             f"line {line_no} is not UTF-8 and its address is not ASCII: read as {guessed} "
             "by a guess that may be wrong; not probed",
-            {},
+            extra,
             "invalid_encoding",
         )
     return entry(line_no, raw, extra, allowed)

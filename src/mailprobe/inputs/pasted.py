@@ -11,6 +11,9 @@ from urllib.parse import unquote
 # brackets is handed on unchanged, for parse_address to judge.
 _NAME_ADDR = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^<>"]*)\s*<([^<>]*)>', re.S)
 _MAILTO = re.compile(r"mailto:", re.I)
+# The older form with the name in a trailing comment (RFC 5322 section 3.4's CFWS after an
+# addr-spec, as old mail clients wrote it): `jane@acme.com (Jane Doe)`.
+_COMMENTED = re.compile(r"([^\s()<>\"]+@[^\s()<>\"]+)\s*\([^()]*\)")
 _EDGE = "\u200b\ufeff"  # zero-width space and BOM, which spreadsheets and web pages leave
 _TRAILING = ";,."  # a list separator or full stop left on the cell by a spreadsheet
 
@@ -23,6 +26,8 @@ def unwrap(raw: str) -> str:
         text = text.rstrip(_TRAILING).strip()
         if match := _NAME_ADDR.fullmatch(text):
             text = match.group(1).strip()
+        elif match := _COMMENTED.fullmatch(text):
+            text = match.group(1)
         if _MAILTO.match(text):
             text = unquote(text[len("mailto:") :].split("?", 1)[0]).strip()
         if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'" and text.count("@") == 1:

@@ -34,18 +34,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mailprobe.engine.bulk import retry
 from mailprobe.engine.bulk.catchall import CatchAllCheck, finding_for
 from mailprobe.engine.bulk.options import MAX_UNSTORED_ROWS, BulkOptions, Sink, Summary
 from mailprobe.engine.bulk.pacing import Pacer
-from mailprobe.engine.bulk.reader import Lines, read
+from mailprobe.engine.bulk.reader import Duplicates, Lines, read
 from mailprobe.engine.bulk.routing import Router
 from mailprobe.engine.bulk.scheduler import Ask, Scheduler, Wait
 from mailprobe.engine.bulk.session import SessionRunner
 from mailprobe.engine.bulk.state import DomainState, MXLane
+from mailprobe.engine.bulk.status import RunStatus, run_status
 from mailprobe.engine.bulk.targets import Recipient, Target
 from mailprobe.engine.bulk.writer import StoreAnswers, Writer
 from mailprobe.engine.context import Context
@@ -116,6 +117,7 @@ class BulkVerifier:
         self._fatal: Exception | None = None  # why the run stopped early (see `stop`)
         self._outage_since: float | None = None  # when the shared throttle went away
         self._outage_pause = 0.0
+        self.duplicates = Duplicates()  # lines asking a mailbox already asked (see reader)
 
     # -- the run ------------------------------------------------------------------
 
@@ -153,6 +155,17 @@ class BulkVerifier:
             raise self._fatal
         return self.summary
 
+    def status(self) -> RunStatus:
+        """What the run waits for now (read-only, for a progress display)."""
+        now = time.monotonic()
+        return run_status(
+            in_flight=self._outstanding, waiting=self._waiting, parked=self._parked,
+            domains=self.router.domains.values(), lanes=self.router.lanes.values(),
+            timers=self.pacer._timers, now=asyncio.get_running_loop().time(),
+            throttle_down=None if self._outage_since is None else now - self._outage_since,
+            reading=self.scheduler.reading,
+        )  # fmt: skip
+
     # -- admission (see `reader.read`) --------------------------------------------------
 
     async def line_coming(self) -> None:
@@ -166,6 +179,9 @@ class BulkVerifier:
         await self._deliver(
             LineAnswer(line.line_no, line.raw, invalid_answer(line.raw, line.error, line.reason))
         )
+
+    async def answer_copy(self, line: InputLine, answer: Answer) -> None:
+        await self._deliver(LineAnswer(line.line_no, line.raw, answer))
 
     async def answer_reused(self, target: Target, answer: Answer) -> None:
         self.summary.reused += 1
@@ -457,6 +473,8 @@ class BulkVerifier:
             self.stop(SinkFailed(exc))
         self._outstanding -= 1
         self._slots.release()
+        for line_no, raw in self.duplicates.done(line.line_no, line.answer):
+            await self._deliver(LineAnswer(line_no, raw, line.answer))  # its later copies
         self._check_done()
 
     async def _answer_pending(self) -> None:
@@ -484,6 +502,9 @@ class BulkVerifier:
         waiting = 0
         if not self.options.wait_for_retries:
             waiting = len(self._waiting) + sum(s.held for s in self._parked)
+            if self.duplicates.waiting:  # and the later lines of the same mailboxes
+                held = [t for s in self._parked for t in s.held_targets()]
+                waiting += self.duplicates.copies_of(t.line_no for t in [*self._waiting, *held])
         if self._outstanding == waiting:
             self._done.set()
 
@@ -516,14 +537,23 @@ class BulkVerifier:
 
 
 async def verify(
-    lines: Lines, sink: Sink, *, ctx: Context, options: BulkOptions | None = None
+    lines: Lines,
+    sink: Sink,
+    *,
+    ctx: Context,
+    options: BulkOptions | None = None,
+    started: Callable[[BulkVerifier], None] | None = None,
 ) -> Summary:
     """Verify every line with the context's store, caches and throttle.
 
     A throttle the context was given is not closed here: the face owns the context
-    (and calls `ctx.aclose()` when the context made its throttle itself)."""
+    (and calls `ctx.aclose()` when the context made its throttle itself). `started` gets
+    the run's verifier, e.g. to show its `status()`."""
     await asyncio.to_thread(ctx.load_behavior)
     # A shared throttle that cannot be reached stops the run now, with its reason,
     # rather than turning every address into a retried failure.
     await ctx.throttle.effective_limits("mailprobe.check")
-    return await BulkVerifier(ctx, sink=sink, options=options).run(lines)
+    verifier = BulkVerifier(ctx, sink=sink, options=options)
+    if started is not None:
+        started(verifier)
+    return await verifier.run(lines)

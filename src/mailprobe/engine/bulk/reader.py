@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,19 +34,81 @@ from mailprobe.store import queries as q
 from mailprobe.store.models import utcnow
 
 READ_CHUNK = 200  # input lines the engine takes from the reader thread at a time
+REMEMBERED_ANSWERS = 50_000  # answered addresses kept for their later duplicates
 READ_AHEAD = 2000  # lines the reader thread may parse ahead of the engine
 READ_PAUSE = 0.05  # seconds of admitting lines before the loop serves everything else
 
 Lines = Iterable[InputLine] | AsyncIterator[InputLine]
 
 
+class Duplicates:
+    """Lines of one run that ask the same mailbox: probed once, answered for every line.
+
+    The same mailbox is the same RCPT TO: the address's wire form (`EmailAddress.wire`),
+    whose domain is case-folded and IDNA-encoded while its local part keeps its case: RFC
+    5321 section 2.4 lets a server treat local parts as case-sensitive, so `Jane@` and
+    `jane@` may be two mailboxes and are asked as two. A later line whose mailbox is in
+    flight waits for that answer (`follow`); one whose mailbox was answered in this run
+    gets that answer (`answered`; the last REMEMBERED_ANSWERS are kept). Each line is its
+    own record with its own number and text."""
+
+    def __init__(self, remembered: int = REMEMBERED_ANSWERS) -> None:
+        self._asking: dict[str, int] = {}  # mailbox -> its first line, in flight
+        self._first: dict[int, str] = {}  # that line -> its mailbox
+        self._copies: dict[int, list[tuple[int, str]]] = {}  # first line -> later lines
+        self._answers: OrderedDict[str, Answer] = OrderedDict()
+        self._remembered = remembered
+        self.waiting = 0  # later lines waiting for their first line's answer
+
+    def asked(self, key: str, line_no: int) -> None:
+        """`line_no` is the first line asking this mailbox."""
+        self._asking[key] = line_no
+        self._first[line_no] = key
+
+    def follow(self, key: str, line_no: int, raw: str) -> bool:
+        """Whether the mailbox is in flight: then the line waits for its answer."""
+        first = self._asking.get(key)
+        if first is None:
+            return False
+        self._copies.setdefault(first, []).append((line_no, raw))
+        self.waiting += 1
+        return True
+
+    def answered(self, key: str) -> Answer | None:
+        return self._answers.get(key)
+
+    def done(self, line_no: int, answer: Answer) -> list[tuple[int, str]]:
+        """The line's answer is out: the later lines that wait for it."""
+        key = self._first.pop(line_no, None)
+        if key is None:
+            return []
+        del self._asking[key]
+        if answer.reason != "pending_retry":  # not an answer: a later line asks again
+            self._answers[key] = answer
+            self._answers.move_to_end(key)
+            if len(self._answers) > self._remembered:
+                self._answers.popitem(last=False)
+        copies = self._copies.pop(line_no, [])
+        self.waiting -= len(copies)
+        return copies
+
+    def copies_of(self, line_nos: Iterable[int]) -> int:
+        """How many later lines wait for these first lines."""
+        return sum(len(self._copies.get(n, ())) for n in line_nos)
+
+
 class Admitting(Protocol):
     """What the reader hands lines to (the conductor)."""
+
+    duplicates: Duplicates
 
     async def line_coming(self) -> None:
         """Wait for room (stored answers, in-flight targets), then count the line in."""
 
     async def answer_invalid(self, line: InputLine) -> None: ...
+
+    async def answer_copy(self, line: InputLine, answer: Answer) -> None:
+        """Answer a line with the answer its mailbox already got in this run."""
 
     async def answer_reused(self, target: Target, answer: Answer) -> None: ...
 
@@ -58,17 +120,28 @@ async def read(lines: Lines, into: Admitting, ctx: Context, options: BulkOptions
     in-flight slots in a batch that the next line could wait for them forever, and
     never sitting on lines that came in while the input is slow to deliver more."""
     batch_size = max(1, min(200, options.max_in_flight // 2))
+    dups = into.duplicates
     async for chunk in chunks(lines):
         batch: list[Target] = []
+        held = 0  # lines holding a slot for this batch: its targets and their duplicates
         for line in chunk:
             await into.line_coming()
             if line.address is None:
                 await into.answer_invalid(line)
                 continue
-            batch.append(Target(line.address, line_no=line.line_no, raw=line.raw))
-            if len(batch) >= batch_size:
+            key = line.address.wire
+            if dups.follow(key, line.line_no, line.raw):
+                held += 1
+            elif (answer := dups.answered(key)) is not None:
+                await into.answer_copy(line, answer)
+                continue
+            else:
+                dups.asked(key, line.line_no)
+                batch.append(Target(line.address, line_no=line.line_no, raw=line.raw))
+                held += 1
+            if held >= batch_size:
                 await _admit(batch, into, ctx, options)
-                batch = []
+                batch, held = [], 0
         await _admit(batch, into, ctx, options)
 
 
