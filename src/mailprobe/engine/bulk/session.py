@@ -26,7 +26,9 @@ from collections import deque
 
 from mailprobe.classify import Reason, classify_reply
 from mailprobe.dns import DNSLookupError
+from mailprobe.egress import DIRECT_ROUTE, Route, egress_key
 from mailprobe.engine.bulk.catchall import Accepted, CatchAll
+from mailprobe.engine.bulk.egress import answer_no_route, proxy_failed
 from mailprobe.engine.bulk.options import BulkOptions, Summary
 from mailprobe.engine.bulk.reports import Deferred, Engine
 from mailprobe.engine.bulk.state import MXLane, drain, take
@@ -46,12 +48,14 @@ from mailprobe.engine.context import Context
 from mailprobe.engine.probe import probe_options
 from mailprobe.results import Outcome
 from mailprobe.smtp import (
+    ErrorKind,
     Reply,
     SessionError,
     SMTPSession,
     StageRefused,
     Timeouts,
     effective_timeouts,
+    skipped,
 )
 
 Span = tuple[int, int]  # the transcript's header (up to EHLO) and where this exchange began
@@ -72,15 +76,20 @@ class SessionRunner:
         self.summary = summary
         self.port = port
 
-    async def run(self, lane: MXLane) -> None:
-        """One session: the lane's next recipients, start to finish."""
+    async def run(self, lane: MXLane, route: Route = DIRECT_ROUTE) -> None:
+        """One session: the lane's next recipients, start to finish, through `route`."""
         batch = take(lane.recipients, self.options.rcpts_per_session)
         if not batch:
             return
         for r in batch:
             r.in_session = True
+            r.egress = egress_key(route, lane.host)  # a penalty goes to this route
         try:
-            await self._run(lane, batch)
+            if route.skip:  # --no-smtp: DNS and the lists have said all there is
+                for r in batch:
+                    self.engine.answered(r, skipped(r.address.normalized, lane.host))
+                return
+            await self._run(lane, batch, route)
         except Exception as exc:  # a bug, or a reply nobody foresaw: never lose an address
             log.error("session with %s failed", lane.host, exc_info=exc)
             detail = f"internal error in the session with {lane.host}: {type(exc).__name__}: {exc}"
@@ -88,7 +97,10 @@ class SessionRunner:
                 if r.in_session:
                     self.engine.answered(r, _internal_error(r, lane.host, detail))
 
-    async def _run(self, lane: MXLane, batch: list[Recipient]) -> None:
+    def no_route(self, lane: MXLane) -> None:
+        answer_no_route(self.engine, self.ctx.routes, lane, self.options.rcpts_per_session)
+
+    async def _run(self, lane: MXLane, batch: list[Recipient], route: Route) -> None:
         if lane.ips is None:
             self.engine.look_up(lane)
         assert lane.ips is not None
@@ -123,9 +135,10 @@ class SessionRunner:
             connect_to=ips[0],
             connect_timeout=timeouts.connect,
             command_timeout=timeouts.command,
-            source_address=options["source_address"],
+            source_address=route.source_address or options["source_address"],
             starttls=options["starttls"],
             tls_context=options["tls_context"],
+            proxy=route.proxy,
         )
         self.summary.sessions += 1
         pending = deque(batch)
@@ -140,6 +153,7 @@ class SessionRunner:
                         self.engine.answered(r, _from_reply(r, session, refused.reply, 0))
                     return
                 self.ctx.behavior.mark_alive(lane.host)
+                self.ctx.routes.worked(route)
                 header = len(session.transcript)
                 mail_from = options["mail_from"]
                 self._without_smtputf8(session, pending)
@@ -159,7 +173,10 @@ class SessionRunner:
                     runner.engine = deferred
                     await runner._one_by_one(lane, session, pending, header, mail_from)
         except SessionError as exc:
-            self._failed(lane, session, pending, exc.kind.value, str(exc))
+            if exc.kind is ErrorKind.PROXY:
+                proxy_failed(self.engine, self.ctx.routes, lane, route, drain(pending), str(exc))
+            else:
+                self._failed(lane, session, pending, exc.kind.value, str(exc))
         except TimeoutError:
             error = f"timeout at {session.stage}: session deadline"
             self._failed(lane, session, pending, "timeout", error)
