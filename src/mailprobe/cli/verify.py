@@ -21,6 +21,7 @@ import typer
 from mailprobe.cli.common import PORT, VERIFY_EXIT_HELP, VerifyExit, app, seconds
 from mailprobe.cli.common import fail as _fail
 from mailprobe.cli.common import settings as _settings
+from mailprobe.cli.egress import NO_SMTP_OPTION, PROXY_OPTION, check_port25, with_egress
 from mailprobe.config import Settings
 
 if TYPE_CHECKING:
@@ -147,6 +148,8 @@ def verify(
         typer.Option("--enqueue", help="Hand per-domain batches to the RQ workers (REDIS_URL)."),
     ] = False,
     column: Annotated[str | None, COLUMN_OPTION] = None,
+    proxy: Annotated[list[str] | None, PROXY_OPTION] = None,
+    no_smtp: Annotated[bool, NO_SMTP_OPTION] = False,
 ) -> None:
     """Verify a list: one record per input line, streamed as results arrive.
 
@@ -160,7 +163,7 @@ def verify(
     from mailprobe.store import StoreError
     from mailprobe.throttle import ThrottleError
 
-    settings = _settings()
+    settings = with_egress(_settings(), proxy, no_smtp)
     if port is not None:
         settings = dataclasses.replace(settings, smtp_port=port)
     try:
@@ -177,6 +180,8 @@ def verify(
         lines = read_addresses(input_path, settings.special_use_allowed, column=column)
     except (InputError, OSError) as exc:
         raise _fail(str(exc)) from None
+    if not enqueue:  # direct port 25 blocked and no proxy: one line now, not N timeouts
+        check_port25(settings)
     try:
         run = RunState.start(input_path, resume=resume)
     except OSError as exc:
@@ -258,6 +263,8 @@ def verify(
                 out.close()
     view.close()
     view.summary(summary)
+    for note in [] if quiet else summary.notes:  # egress routes taken out of rotation
+        typer.echo(f"mailprobe: {note}", err=True)
     if summary.pending:
         typer.echo(
             f"mailprobe: {summary.pending} retries left pending; rerun with --resume", err=True
