@@ -3,8 +3,10 @@
 `check_routes`: for each route other than the plain direct one (a SOCKS proxy, a
 source address), doctor connects to the test MX through it (greeting, EHLO, QUIT),
 learns the route's public IP where it can (a source address is its own; through a
-proxy, the IP the MX says it sees in its EHLO reply, as Gmail's "at your service,
-[203.0.113.5]"), then checks that IP's PTR, forward-confirmed, and the DNS blocklists.
+proxy, the IP the MX says it sees in its EHLO reply, in brackets as Exim writes it:
+"250-myhost.test.ex Hello CALLER at x.y.z [1.2.3.4]", Exim's own test suite,
+https://git.exim.org/exim.git/blob/HEAD:/test/stdout/0485), then checks that IP's
+PTR, forward-confirmed, and the DNS blocklists.
 
 `port25_blocked`: the doctor's `smtp` check, bounded to a few seconds, run by `verify`
 before a run whose MX hosts are all reached directly: when port 25 does not connect,
@@ -39,7 +41,7 @@ from mailprobe.smtp_wire import SMTPWire, WireError, WireFailure
 
 PRECHECK_LIMIT = 8.0  # seconds verify's port 25 check may take in all
 PRECHECK_CONNECT = 4.0  # seconds it waits for the TCP connection
-# An IP in brackets in the EHLO reply's first line: "mx.google.com at your service, [192.0.2.1]"
+# An IP in brackets in the EHLO reply's first line: "myhost.test.ex Hello CALLER at x.y.z [1.2.3.4]"
 _SEEN_IP = re.compile(r"\[([0-9a-fA-F:.]+)\]")
 FIX_PROXY = (
     "check the proxy's URL, credentials and that it is up; a proxy whose own network "
