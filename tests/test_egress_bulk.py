@@ -66,7 +66,7 @@ class World:
 async def make_world(tmp_path: Path) -> AsyncIterator[Any]:
     started: list[Any] = []
 
-    async def make(hosts: dict[str, tuple[str, MXBehavior]], zone: dict[str, DomainSpec]):  # type: ignore[no-untyped-def]
+    async def make(hosts: dict[str, tuple[str, MXBehavior]], zone: dict[str, DomainSpec]):
         port = 0
         servers: dict[str, SimSMTPServer] = {}
         for host, (ip, behavior) in hosts.items():

@@ -29,7 +29,7 @@ def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def world(tmp_path: Path):  # type: ignore[no-untyped-def]
+def world(tmp_path: Path):
     """acme.example's MX on 127.0.0.1 (served), gmail.com's on 127.0.0.9 (nothing there)."""
     server = SimSMTPServer(MXBehavior(mailboxes={BOX: ACCEPT}))
     zone = {

@@ -39,7 +39,7 @@ def via(url: str, name: str = "p") -> Route:
     return Route(name, proxy=parse_proxy_url(url))
 
 
-async def probe(server: SimSMTPServer, route: Route, mx: str = "mx.acme.example", **kw: Any):  # type: ignore[no-untyped-def]
+async def probe(server: SimSMTPServer, route: Route, mx: str = "mx.acme.example", **kw: Any):
     return await probe_address(
         BOX, mx, helo_domain=HELO, mail_from=MAIL_FROM, port=server.port,
         connect_to="127.0.0.1", connect_timeout=3, command_timeout=3, route=route, **kw,
