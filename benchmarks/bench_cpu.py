@@ -40,9 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_verify import CONNECT_TIMEOUT  # noqa: E402
-from mailprobe.testing import SimWorld, WorldConfig  # noqa: E402
-from mailprobe.testing.worldconfig import Kind, Mailbox  # noqa: E402
+from benchmarks.bench_verify import CONNECT_TIMEOUT
+from mailprobe.testing import SimWorld, WorldConfig
+from mailprobe.testing.worldconfig import Kind, Mailbox
 
 # `mailprobe verify` as its entry point runs it, on uvloop unless MAILPROBE_UVLOOP=0.
 VERIFY = (
@@ -89,9 +89,7 @@ class Measured:
         return self.rcpts / self.cpu if self.cpu else 0.0
 
 
-def measure(
-    name: str, cmd: list[str], env: dict[str, str], world: SimWorld, out: Path
-) -> Measured:
+def measure(name: str, cmd: list[str], env: dict[str, str], world: SimWorld, out: Path) -> Measured:
     """Run `cmd` to its end; its CPU (and its children's) from wait4, its RCPTs from the
     servers' counts before and after, its verdicts (JSON lines in `out`) against the truth."""
     before = world.stats()
@@ -138,9 +136,10 @@ def main() -> int:
         return naive(Path(args.naive_worker[0]), Path(args.naive_worker[1]))
 
     results: list[Measured] = []
-    with tempfile.TemporaryDirectory() as tmp_name, SimWorld(
-        args.domains, args.addresses, args.seed, config=WORLD
-    ) as world:
+    with (
+        tempfile.TemporaryDirectory() as tmp_name,
+        SimWorld(args.domains, args.addresses, args.seed, config=WORLD) as world,
+    ):
         tmp = Path(tmp_name)
         print(f"world: {world.describe()}")
         addresses = tmp / "addresses.txt"
@@ -172,8 +171,9 @@ def main() -> int:
             results.append(measure("naive", cmd, base_env, world, out))
             # bench_verify's baseline, unthrottled: a thread pool, DNS asked per address
             out = tmp / "naive-threads.jsonl"
-            cmd = [sys.executable, str(Path(__file__).with_name("bench_verify.py")),
-                   "--baseline-worker", str(addresses), str(out), "--baseline-unthrottled"]  # fmt: skip
+            bench = str(Path(__file__).with_name("bench_verify.py"))
+            cmd = [sys.executable, bench, "--baseline-worker", str(addresses), str(out),
+                   "--baseline-unthrottled"]  # fmt: skip
             results.append(measure("naive-threads", cmd, base_env, world, out))
 
     print(f"caps: {HIGH_CAPS}\n")

@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "mailprobe.flags",
         "mailprobe.redact",
         "mailprobe.data",
+        "mailprobe.egress",
     ),
     # 1: reply meaning and verdict: pure (no sockets, no database)
     ("mailprobe.classify", "mailprobe.verdict", "mailprobe.results", "mailprobe.retry_hint"),

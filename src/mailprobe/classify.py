@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from enum import StrEnum
+from functools import lru_cache
 
 
 class Category(StrEnum):
@@ -76,6 +76,8 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     RESERVED_DOMAIN = "reserved_domain"
     UNKNOWN = "unknown"
+    PROXY_ERROR = "proxy_error"
+    SMTP_SKIPPED = "smtp_skipped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,16 @@ REASONS: dict[Reason, ReasonInfo] = {
         Signal.UNDETERMINED, "undefined", "mailprobe failed while asking (logged with its cause)"
     ),
     Reason.UNKNOWN: ReasonInfo(Signal.UNDETERMINED, "undefined", "nothing we can read"),
+    Reason.PROXY_ERROR: ReasonInfo(
+        Signal.UNDETERMINED,
+        "networkerror",
+        "the egress route's SOCKS proxy refused us, failed or did not answer (not the MX)",
+    ),
+    Reason.SMTP_SKIPPED: ReasonInfo(
+        Signal.UNDETERMINED,
+        "undefined",
+        "--no-smtp: answered from DNS, syntax and list data alone; no server was asked",
+    ),
 }
 
 
@@ -662,4 +674,5 @@ def classify_error(kind: str) -> Reason:
         "bad_input": Reason.INVALID_SYNTAX,
         "protocol": Reason.PROTOCOL_ERROR,  # not an SMTP reply (RFC 5321 §4.2): a broken server
         "out_of_step": Reason.PROTOCOL_ERROR,  # replies that do not match their commands
+        "proxy_error": Reason.PROXY_ERROR,  # the route's proxy failed: says nothing of the MX
     }.get(kind, Reason.UNKNOWN)

@@ -26,6 +26,7 @@ from mailprobe.address import (
     check_hostname,
     parse_address,
 )
+from mailprobe.egress import RouteTable, parse_mx_routes, parse_proxy_url, parse_routes
 
 DEFAULT_HELO_DOMAIN = "verifier.crestwellpartners.com"
 
@@ -116,6 +117,15 @@ class Settings:
     # longest greylisting waited out (postgrey's default delay is 300 s)
     greylist_first_retry: float = 30.0  # GREYLIST_FIRST_RETRY, seconds
     greylist_max_delay: float = 900.0  # GREYLIST_MAX_DELAY, seconds
+    # Egress routes (mailprobe.egress): where probes leave from
+    smtp_proxy: tuple[str, ...] = ()  # SMTP_PROXY, socks5://[user:pass@]host:port, one or more
+    smtp_source_addresses: tuple[str, ...] = ()  # SMTP_SOURCE_ADDRESS, every IP it lists
+    smtp_routes: tuple[str, ...] = ()  # SMTP_ROUTES, "ms=socks5://h:1080, eu=192.0.2.7"
+    mx_routes: tuple[str, ...] = ()  # MX_ROUTES, "*.outlook.com=ms,*=direct" or "@file"
+    route_fail_limit: int = 3  # ROUTE_FAIL_LIMIT, failures in a row that rest a route
+    route_rest: float = 300.0  # ROUTE_REST, seconds a failing route is out of rotation
+    port25_check: bool = True  # PORT25_CHECK, verify checks direct port 25 before a run
+    no_smtp: bool = False  # NO_SMTP (--no-smtp): answer from DNS, syntax and lists alone
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -142,7 +152,7 @@ class Settings:
             smtp_command_timeout=command,
             smtp_port=_port(env, "SMTP_PORT", 25),
             smtp_probe_deadline=deadline,
-            smtp_source_address=_ip_or_none(env, "SMTP_SOURCE_ADDRESS"),
+            smtp_source_address=(_ips(env, "SMTP_SOURCE_ADDRESS") or (None,))[0],
             smtp_starttls=_bool(env, "SMTP_STARTTLS", True),
             smtp_pipelining=_bool(env, "SMTP_PIPELINING", True),
             smtp_tls_verify=_bool(env, "SMTP_TLS_VERIFY", False),
@@ -176,6 +186,7 @@ class Settings:
             special_use_allowed=_special_use(env, "SPECIAL_USE_ALLOWED"),
             greylist_first_retry=_positive_float(env, "GREYLIST_FIRST_RETRY", 30.0),
             greylist_max_delay=_positive_float(env, "GREYLIST_MAX_DELAY", 900.0),
+            **_egress(env),
         )
 
     def as_env(self) -> dict[str, str]:
@@ -194,6 +205,8 @@ class Settings:
                 )
             else:
                 out[f.name.upper()] = str(value)
+        if out.pop("SMTP_SOURCE_ADDRESSES", None):  # read back from SMTP_SOURCE_ADDRESS
+            out["SMTP_SOURCE_ADDRESS"] = ",".join(self.smtp_source_addresses)
         return out
 
 
@@ -328,16 +341,6 @@ def _special_use(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _ip_or_none(env: Mapping[str, str], name: str) -> str | None:
-    raw = _raw(env, name)
-    if raw is None:
-        return None
-    try:
-        return str(ipaddress.ip_address(raw))
-    except ValueError:
-        raise ConfigError(name, f"{raw!r} is not an IP address") from None
-
-
 def _existing_file_or_none(env: Mapping[str, str], name: str) -> str | None:
     raw = _raw(env, name)
     if raw is None:
@@ -434,3 +437,79 @@ def _mx_limits(env: Mapping[str, str], name: str) -> tuple[MXLimit, ...]:
             raise ConfigError(name, f"{item!r}: caps must be positive")
         limits.append(limit)
     return tuple(limits)
+
+
+# --- egress routes (mailprobe.egress) ------------------------------------------
+
+
+def _egress(env: Mapping[str, str]) -> dict[str, Any]:
+    """SMTP_PROXY, SMTP_SOURCE_ADDRESS (all of them), SMTP_ROUTES and MX_ROUTES, checked
+    together: MX_ROUTES may only name routes that exist."""
+    proxies = _proxies(env, "SMTP_PROXY")
+    routes_raw = _raw(env, "SMTP_ROUTES") or ""
+    try:
+        routes = parse_routes(routes_raw)
+    except ValueError as exc:
+        raise ConfigError("SMTP_ROUTES", str(exc)) from None
+    mx_raw = _file_or_value(env, "MX_ROUTES")
+    try:
+        mx_routes = parse_mx_routes(mx_raw)
+        RouteTable.build(
+            proxies=proxies,
+            source_addresses=_ips(env, "SMTP_SOURCE_ADDRESS"),
+            routes=routes,
+            mx_routes=mx_routes,
+        )
+    except ValueError as exc:
+        raise ConfigError("MX_ROUTES", str(exc)) from None
+    return {
+        "smtp_proxy": proxies,
+        "smtp_source_addresses": _ips(env, "SMTP_SOURCE_ADDRESS"),
+        "smtp_routes": tuple(routes_raw.replace(",", " ").split()),
+        "mx_routes": tuple(mx_raw.replace(",", " ").split()),
+        "route_fail_limit": _int(env, "ROUTE_FAIL_LIMIT", 3),
+        "route_rest": _positive_float(env, "ROUTE_REST", 300.0),
+        "port25_check": _bool(env, "PORT25_CHECK", True),
+        "no_smtp": _bool(env, "NO_SMTP", False),
+    }
+
+
+def _proxies(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _raw(env, name)
+    if raw is None:
+        return ()
+    urls = raw.replace(",", " ").split()
+    for url in urls:
+        try:
+            parse_proxy_url(url)
+        except ValueError as exc:
+            raise ConfigError(name, str(exc)) from None
+    return tuple(urls)
+
+
+def _ips(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """ "192.0.2.7, 192.0.2.8" -> the IPs, normalised, without repeats."""
+    raw = _raw(env, name)
+    if raw is None:
+        return ()
+    out: list[str] = []
+    for item in raw.replace(",", " ").split():
+        try:
+            ip = str(ipaddress.ip_address(item))
+        except ValueError:
+            raise ConfigError(name, f"{item!r} is not an IP address") from None
+        if ip not in out:
+            out.append(ip)
+    return tuple(out)
+
+
+def _file_or_value(env: Mapping[str, str], name: str) -> str:
+    """The variable's value, or the lines of the file it names with "@path" ("#" comments)."""
+    raw = _raw(env, name) or ""
+    if raw.startswith("@"):
+        try:
+            with open(raw[1:], encoding="utf-8") as fh:
+                raw = " ".join(line.split("#", 1)[0] for line in fh)
+        except OSError as exc:
+            raise ConfigError(name, f"cannot read {raw[1:]!r}: {exc}") from None
+    return raw

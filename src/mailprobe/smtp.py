@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from mailprobe.address import InvalidAddress, check_hostname, parse_address
 from mailprobe.behavior import record_mx_probe
 from mailprobe.classify import Reason, classify_error
+from mailprobe.egress import Route
 from mailprobe.results import Outcome
 from mailprobe.smtp_session import (
     COURTESY_TIMEOUT,
@@ -50,6 +51,7 @@ __all__ = [
     "probe_address",
     "probe_rcpt",
     "run_sync",
+    "skipped",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,13 +78,16 @@ async def probe_address(
     tls_context: ssl.SSLContext | None = None,
     recorder: Recorder | None = None,
     connect_to: str | None = None,
+    route: Route | None = None,
 ) -> Outcome:
     """Probe one address at one MX: one connection, one RCPT, the typed outcome.
 
     Never raises for a server's behaviour: every outcome, a refusal, a timeout
     or a dropped connection, is an Outcome. Bad input is one too (error_kind
     bad_input) and nothing is sent. `connect_to` is the IP to dial when the
-    caller resolved `mx_host` itself; `mx_host` still names the server.
+    caller resolved `mx_host` itself; `mx_host` still names the server. `route`
+    (mailprobe.egress) is the way out: its proxy or source address; a route that
+    skips SMTP (--no-smtp) answers smtp_skipped without dialling.
     """
     started = time.monotonic()
     try:
@@ -98,8 +103,12 @@ async def probe_address(
             email, str(exc), mx_host=mx_host, helo_domain=helo_domain, port=port
         )
 
+    if route is not None and route.skip:
+        return skipped(email, mx_host, helo_domain=helo_domain, port=port)
     timeouts = effective_timeouts(connect_timeout, command_timeout, behavior_hint)
     budget = deadline or (timeouts.connect + 6 * timeouts.command)
+    if route is not None and route.source_address:
+        source_address = route.source_address
     session = SMTPSession(
         mx_host=mx_host,
         helo_domain=helo_domain,
@@ -110,6 +119,7 @@ async def probe_address(
         source_address=source_address,
         starttls=starttls,
         tls_context=tls_context,
+        proxy=route.proxy if route is not None else None,
     )
     reply: Reply | None = None
     failure: dict[str, Any] = {}  # why there is no reply: Outcome fields
@@ -187,6 +197,20 @@ async def probe_address(
         outcome = Outcome(email=email, mx_host=mx_host, **failure, **evidence)
     _tell_behavior_hook(recorder or record_mx_probe, outcome)
     return outcome
+
+
+def skipped(email: str, mx_host: str | None, **evidence: Any) -> Outcome:
+    """--no-smtp: what is known without asking a server (DNS, syntax, lists): nothing
+    about the mailbox, so unknown / smtp_skipped."""
+    return Outcome(
+        email=email,
+        reason=Reason.SMTP_SKIPPED.value,
+        stage="connect",
+        mx_host=mx_host,
+        error="SMTP skipped (--no-smtp): no server was asked",
+        error_kind="smtp_skipped",
+        **evidence,
+    )
 
 
 async def aprobe_rcpt(

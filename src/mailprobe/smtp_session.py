@@ -23,6 +23,7 @@ from typing import Any
 from mailprobe import identity
 from mailprobe.address import EmailAddress, check_hostname
 from mailprobe.classify import parse_enhanced
+from mailprobe.egress import ProxyURL
 from mailprobe.smtp_wire import SMTPWire, WireError, WireFailure
 
 # QUIT and RSET are courtesy: never let them hold a finished probe for long.
@@ -39,6 +40,7 @@ class ErrorKind(StrEnum):
     BAD_INPUT = "bad_input"
     PROTOCOL = "protocol"
     OUT_OF_STEP = "out_of_step"  # a reply that cannot answer the command it was read for
+    PROXY = "proxy_error"  # the route's SOCKS proxy failed us: nothing about the MX
 
 
 # RFC 5321 §4.3.2: the positive replies each command can get. Any 4yz or 5yz may answer
@@ -167,6 +169,7 @@ class SMTPSession:
     source_address: str | None = None
     starttls: bool = True
     tls_context: ssl.SSLContext | None = None
+    proxy: ProxyURL | None = None  # the route's SOCKS proxy (mailprobe.egress)
     transcript: list[str] = field(default_factory=list)
     tls: bool = False
     smtputf8: bool = False
@@ -186,13 +189,16 @@ class SMTPSession:
         self.stage = "connect"
         self.helo_domain = check_hostname(self.helo_domain, "helo_domain")
         target = f"{self.mx_host} ({self.connect_to})" if self.connect_to else self.mx_host
-        self._log(f"* connect {target} port {self.port}")
+        via = f" via proxy {self.proxy.shown}" if self.proxy is not None else ""
+        self._log(f"* connect {target} port {self.port}{via}")
         with self._errors():
             self._wire = await SMTPWire.connect(
                 self.connect_to or self.mx_host,
                 self.port,
                 timeout=self.connect_timeout,
                 source_address=self.source_address,
+                proxy=self.proxy,
+                server_name=self.mx_host,
             )
         identity.check_dial(self._wire.peer_ip, self.helo_domain)
         self.stage = "greeting"
@@ -411,4 +417,5 @@ _ERROR_KINDS = {
     WireFailure.CONNECT: ErrorKind.CONNECTION_FAILED,
     WireFailure.TLS: ErrorKind.TLS_FAILED,
     WireFailure.PROTOCOL: ErrorKind.PROTOCOL,
+    WireFailure.PROXY: ErrorKind.PROXY,
 }

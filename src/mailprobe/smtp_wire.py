@@ -31,12 +31,18 @@ import ssl
 from dataclasses import dataclass
 from enum import StrEnum
 
+from mailprobe.egress import ProxyURL
+
 MAX_LINE = 4096  # RFC 5321 §4.5.3.1.5 says 512 for a reply line; real servers exceed it
 MAX_LINES = 200  # lines in one reply (EHLO lists run to a few dozen)
 STREAM_LIMIT = 64 * 1024  # asyncio's buffer for one line, above MAX_LINE so we can say why
 # RFC 5321 §4.2: a reply code is three ASCII digits, the first 2-5, then SP, "-" or the line's
 # end. Matched on the raw bytes: str.isdigit() would take "٢٥٠" or "²⁵⁰" for a code.
 _REPLY_HEAD = re.compile(rb"([2-5][0-9][0-9])([ -]|\r?\n)")
+PROXY_CHECK_TIMEOUT = 3.0  # seconds to see whether a proxy answers at all
+# RFC 1928 §6 replies that speak of the MX, not the proxy: host unreachable, connection
+# refused, TTL expired.
+SOCKS5_TARGET_FAILURES = frozenset({4, 5, 6})
 # Control characters a server should not send in reply text (NUL first of all): escaped, so
 # the text stays printable and storable (PostgreSQL refuses NUL in text).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -62,6 +68,7 @@ class WireFailure(StrEnum):
     TIMEOUT = "timeout"
     CLOSED = "closed"  # the server closed or reset the connection
     CONNECT = "connect"  # no connection at all (refused, unreachable)
+    PROXY = "proxy"  # the SOCKS proxy refused us, failed or is unreachable: not the MX
     TLS = "tls"
     PROTOCOL = "protocol"  # not an SMTP reply
 
@@ -88,8 +95,19 @@ class SMTPWire:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, *, timeout: float, source_address: str | None = None
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        source_address: str | None = None,
+        proxy: ProxyURL | None = None,
+        server_name: str | None = None,
     ) -> SMTPWire:
+        """A connection to `host`:`port`, directly or through a SOCKS `proxy` (then
+        `server_name`, the MX's name, is what a socks5h/socks4a proxy resolves)."""
+        if proxy is not None:
+            return await cls._through(proxy, server_name or host, host, port, timeout)
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(
@@ -104,6 +122,52 @@ class SMTPWire:
             ) from None
         except OSError as exc:
             raise WireError(WireFailure.CONNECT, f"{host}:{port}: {exc}") from None
+        return cls(reader, writer)
+
+    @classmethod
+    async def _through(
+        cls, proxy: ProxyURL, name: str, ip: str, port: int, timeout: float
+    ) -> SMTPWire:
+        """The proxy's CONNECT with python-socks, then our own stream on its socket, so
+        STARTTLS upgrades that connection like a direct one.
+
+        Whose failure it is decides what it means: the proxy unreachable, refusing us, or
+        failing on its side is a PROXY failure (the route's, never the address's); the
+        proxy saying the MX refused or cannot be reached (SOCKS5 replies 4, 5, 6, RFC 1928
+        §6) is the MX's, as it would be directly. A CONNECT that times out is either: the
+        proxy is then dialled alone for a moment to tell which (a proxy whose own network
+        blocks port 25 also stalls or fails here: Reacher's users met both,
+        reacherhq/check-if-email-exists#1276 and #1523)."""
+        from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
+        from python_socks.async_.asyncio import Proxy
+
+        kind = ProxyType.SOCKS5 if proxy.version == 5 else ProxyType.SOCKS4
+        client = Proxy(kind, proxy.host, proxy.port, proxy.username, proxy.password,
+                       rdns=proxy.remote_dns)  # fmt: skip
+        target = name if proxy.remote_dns else ip
+        via = f"via proxy {proxy.shown}"
+        try:
+            sock = await client.connect(target, port, timeout=timeout)
+        except ProxyTimeoutError:
+            if await _answers(proxy, min(timeout, PROXY_CHECK_TIMEOUT)):
+                raise WireError(
+                    WireFailure.TIMEOUT,
+                    f"no connection to {target}:{port} {via} within {timeout:g}s",
+                ) from None
+            raise WireError(WireFailure.PROXY, f"proxy {proxy.shown} does not answer") from None
+        except ProxyConnectionError as exc:
+            raise WireError(WireFailure.PROXY, f"proxy {proxy.shown}: {exc}") from None
+        except ProxyError as exc:
+            if exc.error_code in SOCKS5_TARGET_FAILURES and proxy.version == 5:
+                raise WireError(WireFailure.CONNECT, f"{target}:{port} {via}: {exc}") from None
+            raise WireError(WireFailure.PROXY, f"proxy {proxy.shown}: {exc}") from None
+        except OSError as exc:
+            raise WireError(WireFailure.PROXY, f"proxy {proxy.shown}: {exc}") from None
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+        except OSError as exc:
+            sock.close()
+            raise WireError(WireFailure.CLOSED, f"{target}:{port} {via}: {exc}") from None
         return cls(reader, writer)
 
     def has_unread(self) -> bool:
@@ -227,3 +291,14 @@ def reply_text(raw: bytes) -> str:
     so what the server sent stays readable in the transcript and storable anywhere."""
     text = raw.decode("utf-8", "backslashreplace")
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+async def _answers(proxy: ProxyURL, timeout: float) -> bool:
+    """Does the proxy accept a TCP connection at all (said nothing, closed at once)?"""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    except (OSError, TimeoutError):
+        return False
+    writer.transport.abort()
+    return True

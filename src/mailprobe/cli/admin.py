@@ -93,7 +93,7 @@ def config() -> None:
     Passwords in URLs (DATABASE_URL, REDIS_URL) are shown as ***: the output is fit
     to paste into a ticket."""
     for name, value in sorted(settings().as_env().items()):
-        shown = redact_url(value) if name.endswith("_URL") else value
+        shown = redact_url(value) if name.endswith("_URL") or "://" in value else value
         typer.echo(f"{name}={shown}")
 
 

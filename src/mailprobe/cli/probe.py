@@ -9,6 +9,7 @@ import typer
 
 from mailprobe.address import InvalidAddress, parse_address
 from mailprobe.cli.common import EXIT_BY_CATEGORY, PORT, Exit, app, fail, run_store, settings
+from mailprobe.cli.egress import NO_SMTP_OPTION, PROXY_OPTION, with_egress
 
 if TYPE_CHECKING:
     from mailprobe.mxcache import CachedMX
@@ -57,11 +58,13 @@ def probe(
     transcript: Annotated[
         bool, typer.Option("--transcript", "-v", help="Also print the SMTP conversation.")
     ] = False,
+    proxy: Annotated[list[str] | None, PROXY_OPTION] = None,
+    no_smtp: Annotated[bool, NO_SMTP_OPTION] = False,
 ) -> None:
     """Probe one address: EHLO, STARTTLS when offered, MAIL FROM, RCPT TO (never DATA)."""
     from mailprobe.results import Outcome
 
-    current = settings()
+    current = with_egress(settings(), proxy, no_smtp)
     try:
         address = parse_address(email)
     except InvalidAddress as exc:

@@ -21,6 +21,7 @@ import typer
 from mailprobe.cli.common import PORT, VERIFY_EXIT_HELP, VerifyExit, app, seconds
 from mailprobe.cli.common import fail as _fail
 from mailprobe.cli.common import settings as _settings
+from mailprobe.cli.egress import NO_SMTP_OPTION, PROXY_OPTION, check_port25, with_egress
 from mailprobe.cli.ordered import ORDER_WINDOW, InputOrder
 from mailprobe.config import Settings
 
@@ -168,6 +169,8 @@ def verify(
             "for the oldest line's answer. Nothing is dropped or written twice.",
         ),
     ] = ORDER_WINDOW,
+    proxy: Annotated[list[str] | None, PROXY_OPTION] = None,
+    no_smtp: Annotated[bool, NO_SMTP_OPTION] = False,
 ) -> None:
     """Verify a list: one record per input line, in input order (--unordered: as answered).
 
@@ -185,7 +188,7 @@ def verify(
     from mailprobe.store import StoreError
     from mailprobe.throttle import ThrottleError
 
-    settings = _settings()
+    settings = with_egress(_settings(), proxy, no_smtp)
     if port is not None:
         settings = dataclasses.replace(settings, smtp_port=port)
     try:
@@ -202,6 +205,8 @@ def verify(
         lines = read_addresses(input_path, settings.special_use_allowed, column=column)
     except (InputError, OSError) as exc:
         raise _fail(str(exc)) from None
+    if not enqueue:  # direct port 25 blocked and no proxy: one line now, not N timeouts
+        check_port25(settings)
     try:
         run = RunState.start(input_path, resume=resume)
     except OSError as exc:
@@ -294,6 +299,8 @@ def verify(
                     finish()
     view.close()
     view.summary(summary, show)
+    for note in [] if quiet else summary.notes:  # egress routes taken out of rotation
+        typer.echo(f"mailprobe: {note}", err=True)
     if summary.pending:
         typer.echo(
             f"mailprobe: {summary.pending} retries left pending; rerun with --resume", err=True

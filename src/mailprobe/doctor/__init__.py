@@ -19,7 +19,10 @@ fix in one line):
 * helo_ptr   — SMTP_HELO_DOMAIN is that PTR name (or at least resolves to the IP);
 * spf        — the MAIL FROM domain's SPF allows the egress IP;
 * blocklist:<zone> — the egress IP is not on the DNS blocklist <zone>;
-* redis, database — reachable, when configured.
+* redis, database — reachable, when configured;
+* route:<name>, route:<name>:ip, :ptr, :blocklist:<zone> — each egress route other
+  than the plain direct one (SMTP_PROXY, SMTP_ROUTES, several SMTP_SOURCE_ADDRESS IPs):
+  the test MX reached through it, its public IP where it can be learnt, PTR, listings.
 
 Every network step is bounded: DNS by the resolver's lifetime (DNS_TIMEOUT),
 SMTP by SMTP_CONNECT_TIMEOUT / SMTP_COMMAND_TIMEOUT, Redis by REDIS_TIMEOUT.
@@ -28,7 +31,8 @@ each waiting out its own timeout.
 
 The checks live by concern in `identity` (helo, mail_from, ptr, helo_ptr, spf),
 `connection` (smtp, egress_ip), `dns_checks` (dns, blocklists) and `services`
-(redis, database); `common` holds `Check` and the constants. SPF itself is
+(redis, database), `egress` (the routes; verify's port 25 check); `common` holds
+`Check` and the constants. SPF itself is
 `mailprobe.spf`, DNS is `mailprobe.dns`, SMTP is `mailprobe.smtp_wire`.
 """
 
@@ -58,6 +62,7 @@ from mailprobe.doctor.common import (
 )
 from mailprobe.doctor.connection import check_egress, check_smtp, ip_ready
 from mailprobe.doctor.dns_checks import check_blocklist, check_dns
+from mailprobe.doctor.egress import check_routes
 from mailprobe.doctor.identity import (
     check_helo,
     check_helo_ptr,
@@ -138,7 +143,18 @@ async def run_checks(
         ]
         ptr, spf, *listed = await asyncio.gather(*ip_checks)
         checks += [ptr, check_helo_ptr(ctx, ip), spf, *listed]
-    return [*checks, redis_check, database]
+    try:
+        routes = await check_routes(
+            settings, mx_host=mx_host, port=port, resolver=ctx.resolver, blocklists=blocklists,
+            check_private=check_private, reference_domain=reference_domain,
+        )  # fmt: skip
+    except Exception as exc:  # a crashed check is that check's failure, not doctor's
+        routes = [await _guarded("routes", _raise(exc))]
+    return [*checks, *routes, redis_check, database]
+
+
+async def _raise(exc: Exception) -> Check:
+    raise exc
 
 
 async def _guarded(name: str, check: Awaitable[Check]) -> Check:

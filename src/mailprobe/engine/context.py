@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from mailprobe.behavior import BehaviorCache
 from mailprobe.behavior import default_cache as default_behavior
 from mailprobe.config import Settings, get_settings
+from mailprobe.egress import RouteTable
 from mailprobe.mxcache import MXCache
 from mailprobe.store import Store, open_store
 from mailprobe.store import queries as q
@@ -29,6 +30,7 @@ class Context:
     # The process's cache by default: the seed's `record_mx_probe` hook writes there.
     behavior: BehaviorCache = field(default_factory=lambda: default_behavior)
     _throttle: Throttle | None = None
+    _routes: RouteTable | None = None
 
     @classmethod
     def create(
@@ -57,6 +59,13 @@ class Context:
         if self._throttle is None:
             self._throttle = make_throttle(self.settings)
         return self._throttle
+
+    @property
+    def routes(self) -> RouteTable:
+        """The egress routes (SMTP_PROXY, SMTP_ROUTES, MX_ROUTES...) and their health, made once."""
+        if self._routes is None:
+            self._routes = RouteTable.from_settings(self.settings)
+        return self._routes
 
     async def aclose(self) -> None:
         """Close what this context opened (the throttle's connections)."""

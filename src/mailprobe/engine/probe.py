@@ -14,11 +14,13 @@ from typing import Any
 from mailprobe.address import InvalidAddress, ReservedDomain, parse_address
 from mailprobe.config import Settings
 from mailprobe.dns import DNSLookupError, resolve_host
+from mailprobe.egress import Route, egress_key
 from mailprobe.engine.context import Context
+from mailprobe.engine.egress import probe_routed
 from mailprobe.flags import flags_for
 from mailprobe.mxcache import CachedMX
 from mailprobe.results import Answer, Outcome, answer_for
-from mailprobe.smtp import make_tls_context, probe_address
+from mailprobe.smtp import make_tls_context
 from mailprobe.store import StoreError
 from mailprobe.store import queries as q
 from mailprobe.store.models import utcnow
@@ -63,6 +65,7 @@ async def probe_email(
     email_id: int | None = None,
     port: int | None = None,
     persist: bool = True,
+    route: Route | None = None,
 ) -> Answer:
     """Resolve (through the cache), probe with the MX's behaviour hint, decide, store.
 
@@ -104,7 +107,9 @@ async def probe_email(
             outcome = outcome.with_evidence(mx_host=host, error=f"MX host {host} has no address")
             continue
         options = probe_options(settings, port=port, behavior_hint=ctx.behavior.hint(host))
-        outcome = await probe_address(address.normalized, host, connect_to=ips[0], **options)
+        outcome = await probe_routed(  # through the MX's egress routes (`route` first)
+            ctx.routes, address.normalized, host, prefer=route, connect_to=ips[0], **options
+        )
         if not unreachable(outcome):
             ctx.behavior.mark_alive(host)
             break
@@ -179,15 +184,16 @@ async def probe_in_slot(
         # A forked job starts with an empty cache: adopt what the fleet knows.
         await asyncio.to_thread(ctx.load_behavior, resolution.resolution.hosts)
         throttle = ctx.throttle
+        route = next(iter(ctx.routes.choose(mx)), None)  # the caps are the route's (egress)
         async with (
-            throttle.slot(mx, wait=ctx.settings.throttle_wait) as slot,
+            throttle.slot(egress_key(route, mx), wait=ctx.settings.throttle_wait) as slot,
             renewing(throttle, slot, lease),
         ):
-            answer = await probe_email(ctx, address.normalized, email_id=email_id)
+            answer = await probe_email(ctx, address.normalized, email_id=email_id, route=route)
         reason = penalty_reason(answer.outcome.as_seed_dict())
         if reason is not None:
             try:
-                await throttle.penalize(answer.mx_host or mx, reason=reason)
+                await throttle.penalize(egress_key(route, answer.mx_host or mx), reason=reason)
             except ThrottleError as exc:
                 log.warning("could not penalize %s: %s", mx, exc)
     try:

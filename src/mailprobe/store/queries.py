@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy import CursorResult, Table, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -261,7 +261,7 @@ def add_answers(session: Session, answers: Iterable[tuple[Answer, int | None]]) 
     now, transcripts = utcnow(), _Transcripts()
     values = [_row_values(answer, email_id, now, transcripts) for answer, email_id in answers]
     if values:
-        session.connection().execute(insert(VerificationResult.__table__), values)
+        session.connection().execute(insert(cast(Table, VerificationResult.__table__)), values)
 
 
 def answer_from_row(row: VerificationResult) -> Answer:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailprobe.config import MXLimit, Settings
+from mailprobe.egress import mx_of_key
 
 log = logging.getLogger("mailprobe.throttle")
 
@@ -112,7 +113,7 @@ class ThrottlePolicy:
 
     def limits_for(self, mx_host: str) -> Limits:
         """The configured (unpenalized) per-MX limits: the first matching override wins."""
-        host = normalize_host(mx_host)
+        host = mx_of_key(normalize_host(mx_host))  # "route|mx" (egress_key): the MX's caps
         for limit in self.overrides:
             if limit.matches(host):
                 return Limits(limit.max_concurrency, limit.rps, self.connect_rps)

@@ -37,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from mailprobe.egress import Route
 from mailprobe.engine.bulk import retry
 from mailprobe.engine.bulk.catchall import CatchAllCheck, finding_for
 from mailprobe.engine.bulk.options import MAX_UNSTORED_ROWS, BulkOptions, Sink, Summary
@@ -50,6 +51,7 @@ from mailprobe.engine.bulk.status import RunStatus, run_status
 from mailprobe.engine.bulk.targets import Recipient, Target
 from mailprobe.engine.bulk.writer import StoreAnswers, Writer
 from mailprobe.engine.context import Context
+from mailprobe.engine.egress import acquire_routed, pooled
 from mailprobe.flags import flags_for
 from mailprobe.inputs import InputLine
 from mailprobe.results import Answer, LineAnswer, Outcome, answer_for, invalid_answer
@@ -99,7 +101,8 @@ class BulkVerifier:
         self.port = port or ctx.settings.smtp_port
         self.summary = Summary()
         self.throttle = ctx.throttle
-        self.scheduler = Scheduler(self.options, self.throttle.policy)
+        self.routes = ctx.routes  # egress: each route has the per-MX caps (engine.egress)
+        self.scheduler = Scheduler(self.options, pooled(self.throttle.policy, self.routes))
         self.writer = Writer(
             ctx, store_answers=store_answers, max_unstored=max_unstored, on_failure=self.stop
         )
@@ -149,6 +152,7 @@ class BulkVerifier:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.writer.finish(writer)
             self.summary.elapsed = time.monotonic() - started
+            self.summary.notes = self.routes.notes()
         if isinstance(self._fatal, ServiceLost):
             self._fatal.pending = self.summary.pending
         if self._fatal is not None:
@@ -222,7 +226,9 @@ class BulkVerifier:
                 try:
                     # an RCPT token must be there, but the session takes its tokens as
                     # it sends (after connect and EHLO), so none arrives late
-                    slot = await self.throttle.acquire(lane.host, wait=0, rcpts=0)
+                    routed = await acquire_routed(
+                        self.throttle, self.routes, lane.host, wait=0, rcpts=0
+                    )
                 except ThrottleTimeout as exc:
                     rnd.refused(lane, exc.limited_by, exc.retry_after)
                 except ThrottleError as exc:  # the shared throttle is down: never unthrottled
@@ -231,7 +237,7 @@ class BulkVerifier:
                 else:
                     self._throttle_back()
                     rnd.granted(lane)
-                    self.spawn(self._session(lane, slot))
+                    self.spawn(self._session(lane, *routed) if routed else self._no_route(lane))
                 decision = rnd.next()
             seconds = pause or (decision.seconds if isinstance(decision, Wait) else 0.0)
             if seconds > 0:
@@ -272,14 +278,22 @@ class BulkVerifier:
             self._fatal = reason
         self._done.set()
 
-    async def _session(self, lane: MXLane, slot: Slot) -> None:
+    async def _no_route(self, lane: MXLane) -> None:
+        """Every route of the lane's MX is resting: its recipients are answered proxy_error."""
+        try:
+            self.sessions.no_route(lane)
+        finally:
+            self.scheduler.ended(lane, 0.0)
+            self._wake.set()
+
+    async def _session(self, lane: MXLane, route: Route, slot: Slot | None) -> None:
         started = time.monotonic()
         lingering: SMTPSession | None = None
         try:
-            lingering = await self.sessions.run(lane, slot)
+            lingering = await self.sessions.run(lane, route, slot)
         finally:
             self.scheduler.ended(lane, time.monotonic() - started)
-            if lingering is not None:  # the server still counts it: so does our slot
+            if lingering is not None and slot is not None:  # the server still counts it
                 self.spawn(self._release_after(lingering, slot))
             else:
                 await self._release(slot)
@@ -293,11 +307,12 @@ class BulkVerifier:
         finally:
             await self._release(slot)
 
-    async def _release(self, slot: Slot) -> None:
+    async def _release(self, slot: Slot | None) -> None:
         try:
-            await self.throttle.release(slot)
+            if slot is not None:  # --no-smtp takes none
+                await self.throttle.release(slot)
         except ThrottleError as exc:  # a Redis lease frees the slot by itself anyway
-            log.warning("could not release throttle slot for %s: %s", slot.mx_host, exc)
+            log.warning("could not release throttle slot for %s: %s", slot and slot.mx_host, exc)
         self._wake.set()
 
     # -- what to do with an outcome ---------------------------------------------------
@@ -326,7 +341,8 @@ class BulkVerifier:
         )
         step = retry.next_step(outcome.reason, counters, self.options, pace)
         if isinstance(step, retry.Retry | retry.Final) and step.penalize and host:
-            self.spawn(self.throttle.penalize(host, reason=outcome.reason))
+            key = target.egress or host  # the route that earned it (egress_key)
+            self.spawn(self.throttle.penalize(key, reason=outcome.reason))
         self.pacer.stepped(host, target, step)
         match step:
             case retry.Alone():

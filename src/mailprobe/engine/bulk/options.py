@@ -51,6 +51,7 @@ class Summary:
     rcpts: int = 0
     pending: int = 0  # retries left unfinished when stopped
     elapsed: float = 0.0
+    notes: list[str] = field(default_factory=list)  # egress routes taken out of rotation
 
     @property
     def rcpts_per_session(self) -> float:

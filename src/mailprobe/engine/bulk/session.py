@@ -26,7 +26,9 @@ from collections import deque
 
 from mailprobe.classify import Reason, classify_reply
 from mailprobe.dns import DNSLookupError
+from mailprobe.egress import DIRECT_ROUTE, Route, egress_key
 from mailprobe.engine.bulk.catchall import Accepted, CatchAll
+from mailprobe.engine.bulk.egress import answer_no_route, proxy_failed
 from mailprobe.engine.bulk.options import BulkOptions, Summary
 from mailprobe.engine.bulk.reports import Deferred, Engine
 from mailprobe.engine.bulk.state import MXLane, drain, take
@@ -47,12 +49,14 @@ from mailprobe.engine.context import Context
 from mailprobe.engine.probe import probe_options
 from mailprobe.results import Outcome
 from mailprobe.smtp import (
+    ErrorKind,
     Reply,
     SessionError,
     SMTPSession,
     StageRefused,
     Timeouts,
     effective_timeouts,
+    skipped,
 )
 from mailprobe.throttle import Slot
 
@@ -74,20 +78,26 @@ class SessionRunner:
         self.summary = summary
         self.port = port
 
-    async def run(self, lane: MXLane, slot: Slot) -> SMTPSession | None:
-        """One session: the lane's next recipients, start to finish, within the throttle's
-        slot (one connection) and its RCPT tokens. Returns a session that timed out on a
-        server still holding the connection: the caller lingers on it (`linger`) before
-        it gives the slot back, since the server still counts it."""
+    async def run(
+        self, lane: MXLane, route: Route = DIRECT_ROUTE, slot: Slot | None = None
+    ) -> SMTPSession | None:
+        """One session: the lane's next recipients, start to finish, through `route`,
+        within the throttle's slot (one connection) and its RCPT tokens. Returns a session
+        that timed out on a server still holding the connection: the caller lingers on it
+        (`linger`) before it gives the slot back, since the server still counts it."""
         batch = take(lane.recipients, self.options.rcpts_per_session)
         if not batch:
             return None
         for r in batch:
             r.in_session = True
-        wait = min(TOKEN_WAIT_MAX, self.ctx.settings.throttle_wait)
-        tokens = Tokens(self.ctx.throttle, slot, wait)
+            r.egress = egress_key(route, lane.host)  # a penalty goes to this route
         try:
-            return await self._run(lane, batch, tokens)
+            if route.skip or slot is None:  # --no-smtp: DNS and the lists have said all
+                for r in batch:
+                    self.engine.answered(r, skipped(r.address.normalized, lane.host))
+                return None
+            wait = min(TOKEN_WAIT_MAX, self.ctx.settings.throttle_wait)
+            return await self._run(lane, batch, route, Tokens(self.ctx.throttle, slot, wait))
         except Exception as exc:  # a bug, or a reply nobody foresaw: never lose an address
             log.error("session with %s failed", lane.host, exc_info=exc)
             detail = f"internal error in the session with {lane.host}: {type(exc).__name__}: {exc}"
@@ -96,8 +106,11 @@ class SessionRunner:
                     self.engine.answered(r, _internal_error(r, lane.host, detail))
             return None
 
+    def no_route(self, lane: MXLane) -> None:
+        answer_no_route(self.engine, self.ctx.routes, lane, self.options.rcpts_per_session)
+
     async def _run(
-        self, lane: MXLane, batch: list[Recipient], tokens: Tokens
+        self, lane: MXLane, batch: list[Recipient], route: Route, tokens: Tokens
     ) -> SMTPSession | None:
         if lane.ips is None:
             self.engine.look_up(lane)
@@ -133,9 +146,10 @@ class SessionRunner:
             connect_to=ips[0],
             connect_timeout=timeouts.connect,
             command_timeout=timeouts.command,
-            source_address=options["source_address"],
+            source_address=route.source_address or options["source_address"],
             starttls=options["starttls"],
             tls_context=options["tls_context"],
+            proxy=route.proxy,
         )
         self.summary.sessions += 1
         timed_out = False  # the server stopped answering in time: linger, then let go
@@ -153,6 +167,7 @@ class SessionRunner:
                         self.engine.answered(r, _from_reply(r, session, refused.reply, 0))
                     return None
                 self.ctx.behavior.mark_alive(lane.host)
+                self.ctx.routes.worked(route)
                 header = len(session.transcript)
                 mail_from = options["mail_from"]
                 self._without_smtputf8(session, pending)
@@ -177,7 +192,10 @@ class SessionRunner:
                 self.engine.route(r)
         except SessionError as exc:
             timed_out = exc.kind.value == "timeout"
-            self._failed(lane, session, pending, exc.kind.value, str(exc))
+            if exc.kind is ErrorKind.PROXY:
+                proxy_failed(self.engine, self.ctx.routes, lane, route, drain(pending), str(exc))
+            else:
+                self._failed(lane, session, pending, exc.kind.value, str(exc))
         except TimeoutError:
             timed_out = True
             error = f"timeout at {session.stage}: session deadline"

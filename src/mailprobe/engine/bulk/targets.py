@@ -30,6 +30,7 @@ class Recipient:
     last: Outcome | None = None  # the latest outcome, answered when nothing better comes
     out_of_step: int = 0  # sessions whose replies fell out of step while it was asked
     in_session: bool = False  # taken by a session and not yet answered, re-routed or held
+    egress: str = ""  # throttle key (egress.egress_key) of the session that asked it last
 
     @property
     def domain(self) -> str:
