@@ -26,7 +26,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "mailprobe.egress",
     ),
     # 1: reply meaning and verdict: pure (no sockets, no database)
-    ("mailprobe.classify", "mailprobe.verdict", "mailprobe.results", "mailprobe.retry_hint"),
+    (
+        "mailprobe.classify",
+        "mailprobe.reasons",
+        "mailprobe.verdict",
+        "mailprobe.results",
+        "mailprobe.retry_hint",
+    ),
     # 2: the SMTP wire and session, DNS, throttles, behaviour, MX cache, store, input
     (
         "mailprobe.smtp_wire",
