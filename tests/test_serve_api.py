@@ -102,7 +102,13 @@ def test_a_reacher_client_is_told_plainly_what_we_do_not_do(client: httpx.Client
 
 BAD = [
     # (method, path, kwargs, status, words in the error)
-    ("POST", "/v1/verify", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "JSON"),  # noqa: E501
+    (
+        "POST",
+        "/v1/verify",
+        {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        400,
+        "JSON",
+    ),  # noqa: E501
     ("POST", "/v1/verify", {"json": {}}, 422, "email"),
     ("POST", "/v1/verify", {"json": {"email": ""}}, 422, "email"),
     ("POST", "/v1/verify", {"json": {"email": "a@ok.example", "timeout": -1}}, 422, "timeout"),
@@ -113,19 +119,85 @@ BAD = [
     ("POST", "/v1/jobs", {"json": {"emails": []}}, 400, "empty"),
     ("POST", "/v1/jobs", {"json": {"emails": "a@ok.example"}}, 422, "emails"),
     ("POST", "/v1/jobs", {"json": {"emails": [{"name": "x"}]}}, 422, '"email"'),
-    ("POST", "/v1/jobs", {"json": {"emails": [f"u{i}@ok.example" for i in range(51)]}}, 413, "SERVE_MAX_ROWS"),  # noqa: E501
-    ("POST", "/v1/jobs", {"content": b"{", "headers": {"content-type": "application/json"}}, 400, "JSON"),  # noqa: E501
-    ("POST", "/v1/jobs", {"content": b"name,phone\nAnn,123\n", "headers": {"content-type": "text/csv"}}, 400, "no address column"),  # noqa: E501
+    (
+        "POST",
+        "/v1/jobs",
+        {"json": {"emails": [f"u{i}@ok.example" for i in range(51)]}},
+        413,
+        "SERVE_MAX_ROWS",
+    ),  # noqa: E501
+    (
+        "POST",
+        "/v1/jobs",
+        {"content": b"{", "headers": {"content-type": "application/json"}},
+        400,
+        "JSON",
+    ),  # noqa: E501
+    (
+        "POST",
+        "/v1/jobs",
+        {"content": b"name,phone\nAnn,123\n", "headers": {"content-type": "text/csv"}},
+        400,
+        "no address column",
+    ),  # noqa: E501
     ("POST", "/v1/jobs", {"content": b"", "headers": {"content-type": "text/csv"}}, 400, "empty"),
-    ("POST", "/v1/jobs", {"content": b"\x00\x01\x02binary\x00" * 10, "headers": {"content-type": "text/csv"}}, 400, ""),  # noqa: E501
-    ("POST", "/v1/jobs", {"content": b"x" * 30000, "headers": {"content-type": "text/csv"}}, 413, "SERVE_MAX_BODY_BYTES"),  # noqa: E501
-    ("POST", "/v1/jobs", {"content": b"email\n" + b"u@ok.example\n" * 60, "headers": {"content-type": "text/csv"}}, 413, "SERVE_MAX_ROWS"),  # noqa: E501
-    ("POST", "/v1/jobs", {"content": b"<x/>", "headers": {"content-type": "application/xml"}}, 415, "Content-Type"),  # noqa: E501
+    (
+        "POST",
+        "/v1/jobs",
+        {"content": b"\x00\x01\x02binary\x00" * 10, "headers": {"content-type": "text/csv"}},
+        400,
+        "",
+    ),  # noqa: E501
+    (
+        "POST",
+        "/v1/jobs",
+        {"content": b"x" * 30000, "headers": {"content-type": "text/csv"}},
+        413,
+        "SERVE_MAX_BODY_BYTES",
+    ),  # noqa: E501
+    (
+        "POST",
+        "/v1/jobs",
+        {"content": b"email\n" + b"u@ok.example\n" * 60, "headers": {"content-type": "text/csv"}},
+        413,
+        "SERVE_MAX_ROWS",
+    ),  # noqa: E501
+    (
+        "POST",
+        "/v1/jobs",
+        {"content": b"<x/>", "headers": {"content-type": "application/xml"}},
+        415,
+        "Content-Type",
+    ),  # noqa: E501
     ("POST", "/v1/jobs", {"files": {"other": ("a.csv", b"email\na@ok.example\n")}}, 400, '"file"'),  # noqa: E501
-    ("POST", "/v1/jobs?column=nope", {"content": b"email\na@ok.example\n", "headers": {"content-type": "text/csv"}}, 400, "no such column"),  # noqa: E501
-    ("POST", "/v1/jobs", {"json": {"emails": ["a@ok.example"], "webhook": {"url": "http://127.0.0.1:9/h"}}}, 400, "private or loopback"),  # noqa: E501
-    ("POST", "/v1/jobs", {"json": {"emails": ["a@ok.example"], "webhook": {"url": "ftp://example.com/"}}}, 400, "http"),  # noqa: E501
-    ("POST", "/v1/jobs", {"json": {"emails": ["a@ok.example"], "webhook": {"url": "http://10.1.2.3/"}}}, 400, "private"),  # noqa: E501
+    (
+        "POST",
+        "/v1/jobs?column=nope",
+        {"content": b"email\na@ok.example\n", "headers": {"content-type": "text/csv"}},
+        400,
+        "no such column",
+    ),  # noqa: E501
+    (
+        "POST",
+        "/v1/jobs",
+        {"json": {"emails": ["a@ok.example"], "webhook": {"url": "http://127.0.0.1:9/h"}}},
+        400,
+        "private or loopback",
+    ),  # noqa: E501
+    (
+        "POST",
+        "/v1/jobs",
+        {"json": {"emails": ["a@ok.example"], "webhook": {"url": "ftp://example.com/"}}},
+        400,
+        "http",
+    ),  # noqa: E501
+    (
+        "POST",
+        "/v1/jobs",
+        {"json": {"emails": ["a@ok.example"], "webhook": {"url": "http://10.1.2.3/"}}},
+        400,
+        "private",
+    ),  # noqa: E501
     ("GET", "/v1/jobs/nope", {}, 404, "no job"),
     ("GET", "/v1/jobs/nope/results", {}, 404, "no job"),
     ("GET", "/v1/jobs/nope/results?format=xml", {}, 400, "csv or jsonl"),

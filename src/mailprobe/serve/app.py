@@ -24,6 +24,7 @@ from mailprobe.engine.context import Context
 from mailprobe.metrics import CONTENT_TYPE_LATEST, METRICS, MeteredThrottle, StateGauge, exposition
 from mailprobe.serve import jobs, jobstore, page, single
 from mailprobe.serve.config import ServeConfig
+from mailprobe.serve.drain import DrainingThrottle
 from mailprobe.serve.limits import BodyLimit, RateLimiter
 from mailprobe.serve.runner import JobRunner
 from mailprobe.serve.state import ApiError, ServeState
@@ -49,9 +50,10 @@ def create_app(settings: Settings | None = None, config: ServeConfig | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = Context.create(settings, throttle=MeteredThrottle(make_throttle(settings)))
+        throttle = DrainingThrottle(MeteredThrottle(make_throttle(settings)))
+        ctx = Context.create(settings, throttle=throttle)
         webhooks = Dispatcher(ctx.store, config)
-        runner = JobRunner(ctx, config, webhooks)
+        runner = JobRunner(ctx, config, webhooks, throttle)
         state = ServeState(ctx, config, runner, webhooks, RateLimiter(config.rate_limit))
         app.state.serve = state
         gauge = StateGauge(

@@ -27,11 +27,13 @@ from mailprobe.report import render_record
 from mailprobe.results import LineAnswer
 from mailprobe.serve import jobstore
 from mailprobe.serve.config import ServeConfig
+from mailprobe.serve.drain import DrainingThrottle
 from mailprobe.serve.webhooks import Dispatcher
 from mailprobe.store import StoreError
 
 log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 0.25  # seconds between writes of a job's new records
+DRAIN_MARGIN = 5.0  # seconds past a probe's deadline a stopping server waits for sessions
 
 
 class Cancelled(Exception):
@@ -41,8 +43,15 @@ class Cancelled(Exception):
 class JobRunner:
     """Runs the database's active jobs, `config.job_concurrency` at a time."""
 
-    def __init__(self, ctx: Context, config: ServeConfig, webhooks: Dispatcher) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        config: ServeConfig,
+        webhooks: Dispatcher,
+        throttle: DrainingThrottle | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.throttle = throttle
         self.store = ctx.store
         self.config = config
         self.webhooks = webhooks
@@ -59,12 +68,20 @@ class JobRunner:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stop every job where it is: what is answered is stored; the rest resumes later."""
+        """Stop every job where it is: no new SMTP session starts, the open ones end (at most
+        a probe's deadline), their answers are stored; the rest resumes at the next start."""
         self._stopping = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        if self.throttle is not None and self.running:
+            self.throttle.close()
+            deadline = self.ctx.settings.smtp_probe_deadline + DRAIN_MARGIN
+            if not await self.throttle.drained(deadline):
+                log.warning("sessions still open after %.0f s: cut", deadline)
+            # their answers reach the job
+            await asyncio.sleep(FLUSH_INTERVAL * 2)
         tasks = list(self.running.values())
         for task in tasks:
             task.cancel()
