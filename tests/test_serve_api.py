@@ -8,6 +8,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -108,7 +109,7 @@ BAD = [
         {"content": b"{not json", "headers": {"content-type": "application/json"}},
         400,
         "JSON",
-    ),  # noqa: E501
+    ),
     ("POST", "/v1/verify", {"json": {}}, 422, "email"),
     ("POST", "/v1/verify", {"json": {"email": ""}}, 422, "email"),
     ("POST", "/v1/verify", {"json": {"email": "a@ok.example", "timeout": -1}}, 422, "timeout"),
@@ -125,21 +126,21 @@ BAD = [
         {"json": {"emails": [f"u{i}@ok.example" for i in range(51)]}},
         413,
         "SERVE_MAX_ROWS",
-    ),  # noqa: E501
+    ),
     (
         "POST",
         "/v1/jobs",
         {"content": b"{", "headers": {"content-type": "application/json"}},
         400,
         "JSON",
-    ),  # noqa: E501
+    ),
     (
         "POST",
         "/v1/jobs",
         {"content": b"name,phone\nAnn,123\n", "headers": {"content-type": "text/csv"}},
         400,
         "no address column",
-    ),  # noqa: E501
+    ),
     ("POST", "/v1/jobs", {"content": b"", "headers": {"content-type": "text/csv"}}, 400, "empty"),
     (
         "POST",
@@ -147,57 +148,57 @@ BAD = [
         {"content": b"\x00\x01\x02binary\x00" * 10, "headers": {"content-type": "text/csv"}},
         400,
         "",
-    ),  # noqa: E501
+    ),
     (
         "POST",
         "/v1/jobs",
         {"content": b"x" * 30000, "headers": {"content-type": "text/csv"}},
         413,
         "SERVE_MAX_BODY_BYTES",
-    ),  # noqa: E501
+    ),
     (
         "POST",
         "/v1/jobs",
         {"content": b"email\n" + b"u@ok.example\n" * 60, "headers": {"content-type": "text/csv"}},
         413,
         "SERVE_MAX_ROWS",
-    ),  # noqa: E501
+    ),
     (
         "POST",
         "/v1/jobs",
         {"content": b"<x/>", "headers": {"content-type": "application/xml"}},
         415,
         "Content-Type",
-    ),  # noqa: E501
-    ("POST", "/v1/jobs", {"files": {"other": ("a.csv", b"email\na@ok.example\n")}}, 400, '"file"'),  # noqa: E501
+    ),
+    ("POST", "/v1/jobs", {"files": {"other": ("a.csv", b"email\na@ok.example\n")}}, 400, '"file"'),
     (
         "POST",
         "/v1/jobs?column=nope",
         {"content": b"email\na@ok.example\n", "headers": {"content-type": "text/csv"}},
         400,
         "no such column",
-    ),  # noqa: E501
+    ),
     (
         "POST",
         "/v1/jobs",
         {"json": {"emails": ["a@ok.example"], "webhook": {"url": "http://127.0.0.1:9/h"}}},
         400,
         "private or loopback",
-    ),  # noqa: E501
+    ),
     (
         "POST",
         "/v1/jobs",
         {"json": {"emails": ["a@ok.example"], "webhook": {"url": "ftp://example.com/"}}},
         400,
         "http",
-    ),  # noqa: E501
+    ),
     (
         "POST",
         "/v1/jobs",
         {"json": {"emails": ["a@ok.example"], "webhook": {"url": "http://10.1.2.3/"}}},
         400,
         "private",
-    ),  # noqa: E501
+    ),
     ("GET", "/v1/jobs/nope", {}, 404, "no job"),
     ("GET", "/v1/jobs/nope/results", {}, 404, "no job"),
     ("GET", "/v1/jobs/nope/results?format=xml", {}, 400, "csv or jsonl"),
@@ -210,7 +211,7 @@ BAD = [
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "status", "words"), BAD)
 def test_bad_input_gets_a_clear_4xx_never_a_500(
-    client: httpx.Client, method: str, path: str, kwargs: dict, status: int, words: str
+    client: httpx.Client, method: str, path: str, kwargs: dict[str, Any], status: int, words: str
 ) -> None:
     r = client.request(method, path, **kwargs)
     assert r.status_code == status, r.text
@@ -282,7 +283,7 @@ def test_results_are_there_while_the_job_runs_and_a_cancel_stops_it(tmp_path: Pa
         job_id = c.post("/v1/jobs", json={"emails": emails}).json()["id"]
 
         def some_done() -> bool:
-            return c.get(f"/v1/jobs/{job_id}").json()["done"] >= 3
+            return bool(c.get(f"/v1/jobs/{job_id}").json()["done"] >= 3)
 
         from tests.serve_server import wait_for
 
@@ -307,10 +308,13 @@ def test_health_readiness_metrics_and_openapi(client: httpx.Client) -> None:
     assert ready.status_code == 200 and ready.json()["database"] == "ok"
     client.post("/v1/verify", json={"email": "user.metrics@ok.example"})
     text = client.get("/metrics").text
-    for name in ("mailprobe_probes_total", "mailprobe_rcpt_seconds_bucket",
-                 "mailprobe_session_seconds_bucket", "mailprobe_sessions_open",
-                 "mailprobe_jobs", "mailprobe_http_requests_total",
-                 "mailprobe_throttle_penalties_total", "mailprobe_webhook_deliveries_total"):  # fmt: skip
+    names = (
+        "mailprobe_probes_total", "mailprobe_rcpt_seconds_bucket",
+        "mailprobe_session_seconds_bucket", "mailprobe_sessions_open", "mailprobe_jobs",
+        "mailprobe_http_requests_total", "mailprobe_throttle_penalties_total",
+        "mailprobe_webhook_deliveries_total",
+    )  # fmt: skip
+    for name in names:
         assert name in text, name
     assert 'mailprobe_probes_total{reason="accepted",verdict="deliverable"}' in text
     spec = client.get("/openapi.json").json()

@@ -73,13 +73,13 @@ def test_the_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     with (
         MailWorld() as world,
         ServeProcess({**world.env(), "SERVE_RATE_LIMIT": "5"}, tmp_path) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as c,
     ):
-        with httpx.Client(base_url=srv.url, timeout=30) as c:
-            codes = [c.get("/v1/jobs").status_code for _ in range(8)]
-            assert codes[:5] == [200] * 5 and codes[5:] == [429] * 3
-            limited = c.get("/v1/jobs")
-            assert int(limited.headers["retry-after"]) >= 1
-            assert "SERVE_RATE_LIMIT" in limited.json()["error"]
+        codes = [c.get("/v1/jobs").status_code for _ in range(8)]
+        assert codes[:5] == [200] * 5 and codes[5:] == [429] * 3
+        limited = c.get("/v1/jobs")
+        assert int(limited.headers["retry-after"]) >= 1
+        assert "SERVE_RATE_LIMIT" in limited.json()["error"]
 
 
 def test_100_concurrent_single_checks_hold_every_cap(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from tests.serve_server import MailWorld, ServeProcess, job_done, wait_for
 
 pytest.importorskip("fastapi")
 
-from mailprobe.serve.webhooks import verify_signature  # noqa: E402
+from mailprobe.serve.webhooks import verify_signature
 
 SECRET = "s3cret-for-tests"
 
