@@ -147,6 +147,10 @@ def verify(
         typer.Option("--enqueue", help="Hand per-domain batches to the RQ workers (REDIS_URL)."),
     ] = False,
     column: Annotated[str | None, COLUMN_OPTION] = None,
+    metrics_port: Annotated[  # serve branch: Prometheus metrics (mailprobe.metrics)
+        int | None,
+        typer.Option("--metrics-port", **PORT, help="Serve Prometheus /metrics on this port."),
+    ] = None,
 ) -> None:
     """Verify a list: one record per input line, streamed as results arrive.
 
@@ -204,6 +208,8 @@ def verify(
         writer.write(record)
         view.advance(record)
 
+    if metrics_port is not None:  # serve branch: --metrics-port
+        _serve_metrics(metrics_port)
     if enqueue:
         try:
             _verify_enqueued(lines, write, force=force)
@@ -278,11 +284,48 @@ async def _run_verify(
     from mailprobe.engine import Context
     from mailprobe.engine.bulk import verify
 
-    ctx = Context.create(settings)
+    ctx = Context.create(settings, throttle=_metered(settings))  # serve branch: metrics
     try:
-        return await verify(lines, lambda line: write(render(line)), ctx=ctx, options=options)
+        return await verify(lines, lambda line: write(render(_counted(line))), ctx=ctx,
+                            options=options)  # fmt: skip
     finally:
         await ctx.aclose()
+
+
+# -- serve branch: --metrics-port (mailprobe.metrics, the serve extra) -----------------
+_METRICS = False
+
+
+def _serve_metrics(port: int) -> None:
+    global _METRICS
+    try:
+        from mailprobe.metrics import serve_metrics
+    except ModuleNotFoundError:
+        raise _fail(
+            "--metrics-port needs the serve extra: pip install 'mailprobe[serve]'"
+        ) from None
+    try:
+        serve_metrics(port)
+    except OSError as exc:
+        raise _fail(f"--metrics-port {port}: {exc.strerror or exc}") from None
+    _METRICS = True
+
+
+def _metered(settings: Settings) -> Any:
+    if not _METRICS:
+        return None
+    from mailprobe.metrics import MeteredThrottle
+    from mailprobe.throttle import make_throttle
+
+    return MeteredThrottle(make_throttle(settings))
+
+
+def _counted(line: LineAnswer) -> LineAnswer:
+    if _METRICS:
+        from mailprobe.metrics import METRICS
+
+        METRICS.answered(line.answer)
+    return line
 
 
 def _silence_stdout() -> None:
