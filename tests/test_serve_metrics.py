@@ -27,12 +27,12 @@ def test_verify_exposes_its_metrics(
         assert main(["verify", str(listing), "-q", "--metrics-port", str(port)]) == 0
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
 
-    def value(line_start: str) -> float:
+    def sample(line_start: str) -> float:
         return next(float(x.split()[-1]) for x in text.splitlines() if x.startswith(line_start))
 
-    assert value('mailprobe_probes_total{reason="accepted",verdict="deliverable"}') >= 2
-    assert value('mailprobe_probes_total{reason="mailbox_not_found",verdict="undeliverable"}') >= 1
-    assert value('mailprobe_session_seconds_count{mx_class="default"}') >= 1
+    assert sample('mailprobe_probes_total{reason="accepted",verdict="deliverable"}') >= 2
+    assert sample('mailprobe_probes_total{reason="mailbox_not_found",verdict="undeliverable"}') >= 1
+    assert sample('mailprobe_session_seconds_count{mx_class="default"}') >= 1
     assert 'mailprobe_sessions_open{mx_class="default"} 0.0' in text
     assert main(["verify", str(listing), "-q", "--metrics-port", str(port)]) == 2
     assert "--metrics-port" in capsys.readouterr().err
