@@ -3,7 +3,8 @@
 #   bash scripts/setup.sh            # everything, then the demo
 #   bash scripts/setup.sh --no-demo  # everything but the demo (used by scripts/test.sh)
 # Installs, when missing: python3-venv, redis-server and PostgreSQL's server binaries
-# (tests start private servers from them); creates .venv and `pip install -e .[dev]`.
+# (tests start private servers from them), chromium (the web page's browser tests);
+# creates .venv and `pip install -e .[dev]`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
     || need_pkgs+=(postgresql)
+# The web page's tests drive Debian's chromium through Playwright (never `playwright install`).
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 if ((${#need_pkgs[@]})); then
     sudo=""
     [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"

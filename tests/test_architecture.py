@@ -58,6 +58,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "mailprobe.doctor",
         "mailprobe.demo",
         "mailprobe.testing",
+        "mailprobe.serve",
+        "mailprobe.metrics",
     ),
 )
 PURE_FORBIDDEN = ("asyncio", "socket", "ssl", "sqlalchemy", "redis", "rq", "dns")

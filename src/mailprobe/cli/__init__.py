@@ -7,8 +7,8 @@ entry point is `mailprobe.cli:main`; `python -m mailprobe.cli` runs the same.
 
 from __future__ import annotations
 
-from mailprobe.cli import admin, probe, readback, verify
+from mailprobe.cli import admin, probe, readback, serve, verify
 from mailprobe.cli.common import EXIT_BY_CATEGORY, Exit, VerifyExit, app, main
 
 __all__ = ["EXIT_BY_CATEGORY", "Exit", "VerifyExit", "admin", "app", "main", "probe", "readback",
-           "verify"]  # fmt: skip
+           "serve", "verify"]  # fmt: skip

@@ -171,6 +171,10 @@ def verify(
     ] = ORDER_WINDOW,
     proxy: Annotated[list[str] | None, PROXY_OPTION] = None,
     no_smtp: Annotated[bool, NO_SMTP_OPTION] = False,
+    metrics_port: Annotated[  # serve branch: Prometheus metrics (mailprobe.metrics)
+        int | None,
+        typer.Option("--metrics-port", **PORT, help="Serve Prometheus /metrics on this port."),
+    ] = None,
 ) -> None:
     """Verify a list: one record per input line, in input order (--unordered: as answered).
 
@@ -243,6 +247,8 @@ def verify(
         view.advance(record)
         order.answered(record)
 
+    if metrics_port is not None:  # serve branch: --metrics-port
+        _serve_metrics(metrics_port)
     if enqueue:
         try:
             _verify_enqueued(order.lines(), write, force=force)
@@ -323,7 +329,7 @@ async def _run_verify(
     from mailprobe.engine import Context
     from mailprobe.engine.bulk import BulkVerifier, verify
 
-    ctx = Context.create(settings)
+    ctx = Context.create(settings, throttle=_metered(settings))  # metrics
     watching: list[asyncio.Task[None]] = []
 
     async def watch(verifier: BulkVerifier) -> None:
@@ -338,13 +344,53 @@ async def _run_verify(
 
     try:
         return await verify(
-            lines, lambda line: write(render(line)), ctx=ctx, options=options, started=started
+            lines,
+            lambda line: write(render(_counted(line))),
+            ctx=ctx,
+            options=options,
+            started=started,
         )
     finally:
         for task in watching:
             task.cancel()
         await asyncio.gather(*watching, return_exceptions=True)
         await ctx.aclose()
+
+
+# -- serve branch: --metrics-port (mailprobe.metrics, the serve extra) -----------------
+_METRICS = False
+
+
+def _serve_metrics(port: int) -> None:
+    global _METRICS
+    try:
+        from mailprobe.metrics import serve_metrics
+    except ModuleNotFoundError:
+        raise _fail(
+            "--metrics-port needs the serve extra: pip install 'mailprobe[serve]'"
+        ) from None
+    try:
+        serve_metrics(port)
+    except OSError as exc:
+        raise _fail(f"--metrics-port {port}: {exc.strerror or exc}") from None
+    _METRICS = True
+
+
+def _metered(settings: Settings) -> Any:
+    if not _METRICS:
+        return None
+    from mailprobe.metrics import MeteredThrottle
+    from mailprobe.throttle import make_throttle
+
+    return MeteredThrottle(make_throttle(settings))
+
+
+def _counted(line: LineAnswer) -> LineAnswer:
+    if _METRICS:
+        from mailprobe.metrics import METRICS
+
+        METRICS.answered(line.answer)
+    return line
 
 
 def _silence_stdout() -> None:

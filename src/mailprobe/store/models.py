@@ -121,3 +121,81 @@ class VerificationResult(Base):
     error: Mapped[str | None] = mapped_column(Text)
     transcript: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+# -- the HTTP API's keys and bulk jobs (`mailprobe serve`) ---------------------
+
+
+class ApiKey(Base):
+    """An API key, kept as its SHA-256 only: the key itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))  # its first characters, to tell keys apart
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class ApiJob(Base):
+    """A bulk job of the HTTP API: its input lines are rows of api_job_lines, so a server
+    restarted mid-job goes on from the lines not yet answered."""
+
+    __tablename__ = "api_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued|running|done|cancelled
+    name: Mapped[str | None] = mapped_column(String(255))  # the uploaded file's name
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # by verdict
+    columns: Mapped[list[str]] = mapped_column(JSON, default=list)  # the upload's header row
+    address_column: Mapped[int | None] = mapped_column(Integer)  # its index in `columns`
+    force: Mapped[bool] = mapped_column(Boolean, default=False)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str | None] = mapped_column(Text)
+    webhook_each: Mapped[bool] = mapped_column(Boolean, default=False)
+    webhook_state: Mapped[str | None] = mapped_column(String(16))  # pending|delivered|failed
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class ApiJobLine(Base):
+    """One input line of a job and, once answered, its record."""
+
+    __tablename__ = "api_job_lines"
+    __table_args__ = (
+        Index("ix_api_job_lines_job_line", "job_id", "line_no", unique=True),
+        Index("ix_api_job_lines_job_verdict", "job_id", "verdict"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("api_jobs.id", ondelete="CASCADE"))
+    line_no: Mapped[int] = mapped_column(Integer)
+    raw: Mapped[str] = mapped_column(Text)
+    dup_of: Mapped[int | None] = mapped_column(Integer)  # line_no of the same address's first line
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the row's other cells
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    answered_at: Mapped[datetime | None] = mapped_column()
+
+
+class ApiWebhookDelivery(Base):
+    """One attempt to deliver a job's webhook: shown on the job."""
+
+    __tablename__ = "api_webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("api_jobs.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    ok: Mapped[bool] = mapped_column(Boolean, default=False)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
