@@ -34,6 +34,9 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     monkeypatch.delenv("MAILPROBE_RUNS_DIR", raising=False)
     # Tests live under .example (RFC 6761), refused by default as reserved_domain.
     monkeypatch.setenv("SPECIAL_USE_ALLOWED", "example")
+    # verify's port 25 check dials gmail.com's MX: never from a test (no network), but
+    # where a test turns it on with a simulated gmail.com.
+    monkeypatch.setenv("PORT25_CHECK", "0")
     config.get_settings.cache_clear()
     behavior.default_cache.clear()
     identity.reset()

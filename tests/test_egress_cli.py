@@ -42,7 +42,7 @@ def world(tmp_path: Path):
         env = {
             "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(server.port),
             "SMTP_CONNECT_TIMEOUT": "2", "SMTP_COMMAND_TIMEOUT": "2",
-            "SPECIAL_USE_ALLOWED": "example",
+            "SPECIAL_USE_ALLOWED": "example", "PORT25_CHECK": "1",
             "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
         }  # fmt: skip
         yield env, server, proxy

@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from mailprobe.inputs import column_keys
 from mailprobe.report import CSV_FIELDS, render_record
 from mailprobe.results import Answer, LineAnswer
 
@@ -46,6 +47,7 @@ class ResultsCSV:
 
     def __init__(self, columns: Sequence[str], address_column: int | None) -> None:
         self.columns = list(columns)  # none: a plain list, the record's columns only
+        self.keys = column_keys(self.columns)  # InputLine.extra's keys (headers as given)
         self.address_column = address_column
         taken = {header_key(c) for c in self.columns}
         self.ours = [f"mailprobe_{f}" if f in taken else f for f in CSV_FIELDS]
@@ -55,8 +57,8 @@ class ResultsCSV:
 
     def row(self, raw: str, extra: dict[str, Any], record: dict[str, Any]) -> str:
         cells = [
-            raw if i == self.address_column else str(extra.get(header_key(c), ""))
-            for i, c in enumerate(self.columns)
+            raw if i == self.address_column else str(extra.get(key, ""))
+            for i, key in enumerate(self.keys)
         ]
         flat = {**record, **record.get("flags", {})}
         ours = ["" if flat.get(f) is None else str(flat.get(f)) for f in CSV_FIELDS]
