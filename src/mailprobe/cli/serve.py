@@ -88,7 +88,7 @@ def serve(
             "create one (`mailprobe apikey create NAME`) or say --no-auth"
         )
     try:
-        config = ServeConfig.from_env(auth=not no_auth)
+        config = ServeConfig.from_env(auth=not no_auth, require_key=not _is_loopback(host))
     except ConfigError as exc:
         raise fail(f"configuration error: {exc}") from None
     _check_port(host, port)

@@ -3,7 +3,9 @@
 against the stored hashes; then the caller's rate limit.
 
 With no live key in the database the API is open: `mailprobe serve` then binds to
-loopback only (or the user said --no-auth). Once a key exists, every API call needs one.
+loopback only (or the user said --no-auth). Once a key exists, every API call needs one;
+a server listening on a public address needs one always (`require_key`), even after its
+last key is revoked. A key that is shown is checked even where none is needed.
 """
 
 from __future__ import annotations
@@ -47,18 +49,18 @@ async def caller(request: Request) -> Caller:
     exist), 429 past the caller's rate."""
     state = state_of(request)
     key_id: int | None = None
-    if state.config.auth and await state.keys_configured():
-        key = presented_key(request)
-        if key is None:
-            raise ApiError(
-                401,
-                "an API key is required: send it as 'Authorization: Bearer KEY' "
-                "(create one with `mailprobe apikey create`)",
-                {"WWW-Authenticate": "Bearer"},
-            )
+    key = presented_key(request) if state.config.auth else None
+    if key is not None:  # a key shown is checked, even where none is needed
         key_id = await asyncio.to_thread(keys.check_key, state.ctx.store, key)
         if key_id is None:
             raise ApiError(401, "unknown or revoked API key", {"WWW-Authenticate": "Bearer"})
+    elif state.config.auth and (state.config.require_key or await state.keys_configured()):
+        raise ApiError(
+            401,
+            "an API key is required: send it as 'Authorization: Bearer KEY' "
+            "(create one with `mailprobe apikey create`)",
+            {"WWW-Authenticate": "Bearer"},
+        )
     who = (
         f"key:{key_id}"
         if key_id is not None

@@ -31,9 +31,12 @@ class ServeConfig:
     webhook_backoff: float = 2.0  # WEBHOOK_BACKOFF: first retry's delay, doubled each time
     webhook_max_backoff: float = 600.0  # WEBHOOK_MAX_BACKOFF
     auth: bool = True  # False only with `mailprobe serve --no-auth`
+    require_key: bool = False  # a public --host: a key is needed even when none is left
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, auth: bool = True) -> ServeConfig:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, auth: bool = True, require_key: bool = False
+    ) -> ServeConfig:
         env = os.environ if env is None else env
         d = cls()
         allow, allow_all = _networks(env, "WEBHOOK_ALLOW_PRIVATE")
@@ -50,6 +53,7 @@ class ServeConfig:
             webhook_backoff=_float(env, "WEBHOOK_BACKOFF", d.webhook_backoff),
             webhook_max_backoff=_float(env, "WEBHOOK_MAX_BACKOFF", d.webhook_max_backoff),
             auth=auth,
+            require_key=require_key,
         )
 
 
