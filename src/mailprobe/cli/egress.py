@@ -49,6 +49,10 @@ def check_port25(settings: Settings) -> None:
         return
     from mailprobe.doctor.egress import port25_blocked
 
-    blocked = asyncio.run(port25_blocked(settings))
+    try:
+        blocked = asyncio.run(port25_blocked(settings))
+    except KeyboardInterrupt:  # nothing was probed yet: end quietly
+        typer.echo("mailprobe: interrupted before the run started", err=True)
+        raise typer.Exit(130) from None
     if blocked is not None:
         raise fail(blocked)
