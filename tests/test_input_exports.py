@@ -280,9 +280,8 @@ def test_csv_output_keeps_the_exports_columns_and_order(dns, tmp_path: Path, nam
     done = verify(dns, EXPORTS / name, tmp_path, "-f", "csv", "-o", str(out))
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     spreadsheet = encoding != "utf-8"  # a BOM or a code page: Excel made it
-    if spreadsheet:
-        assert out.read_bytes()[:3] == b"\xef\xbb\xbf"  # Excel then reads it as UTF-8
-    with out.open(encoding="utf-8-sig" if spreadsheet else "utf-8", newline="") as fh:
+    assert out.read_bytes().startswith(b"\xef\xbb\xbf") == spreadsheet  # Excel: UTF-8
+    with out.open(encoding="utf-8-sig", newline="") as fh:
         got = list(csv.reader(fh, delimiter=delimiter))  # the input's own delimiter
     width = len(sheet[0])
     assert [row[:width] for row in got] == sheet  # every column, as given, row by row
