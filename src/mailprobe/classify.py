@@ -33,6 +33,7 @@ ENHANCED_CODE = re.compile(r"^\s*#?([245]\.\d{1,3}\.\d{1,3})\b")
 ENHANCED_TRAILER = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)\s*$")
 
 
+@lru_cache(maxsize=1024)  # a reply's text is parsed by its Reply and again by its reading
 def parse_enhanced(text: str) -> tuple[str | None, str]:
     """Split an RFC 3463 enhanced status code off a reply text.
 
