@@ -47,8 +47,12 @@ from mailprobe.testing.worldconfig import Kind, Mailbox
 # `mailprobe verify` as its entry point runs it, on uvloop unless MAILPROBE_UVLOOP=0.
 VERIFY = (
     "import sys\n"
-    "from mailprobe.smtp_wire import use_fast_event_loop\n"
-    "use_fast_event_loop()\n"
+    "try:\n"
+    "    from mailprobe.smtp_wire import use_fast_event_loop\n"
+    "except ImportError:  # an older mailprobe, for comparisons\n"
+    "    pass\n"
+    "else:\n"
+    "    use_fast_event_loop()\n"
     "from mailprobe.cli import main\n"
     "sys.exit(main())\n"
 )
