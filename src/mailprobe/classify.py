@@ -138,7 +138,7 @@ class _Pattern:
     def search(self, text: str, lowered: str | None) -> bool:
         """`lowered`: `text.lower()` when `text` is ASCII, else None."""
         if lowered is not None and self.folded is not None:
-            for part in self.folded:  # (a loop: any() over a generator costs more here)
+            for part in self.folded:  # noqa: SIM110 (any() over a generator costs more here)
                 if part.search(lowered) is not None:
                     return True
             return False
