@@ -112,7 +112,8 @@ def _split(pattern: str) -> tuple[re.Pattern[str], ...]:
     others. A match of the whole is a match of one of them, and the reverse. An
     alternative that begins with \\b and a word character, `\\bptr`, begins with that
     character instead, `p(?<!\\wp)tr`: the same condition, checked after it."""
-    fast, slow = [], []
+    fast: list[str] = []
+    slow: list[str] = []
     for alt in _alternatives(pattern):
         word = _WORD_START.match(alt)
         if word:
