@@ -47,8 +47,12 @@ from mailprobe.testing.worldconfig import Kind, Mailbox
 # `mailprobe verify` as its entry point runs it, on uvloop unless MAILPROBE_UVLOOP=0.
 VERIFY = (
     "import sys\n"
-    "from mailprobe.smtp_wire import use_fast_event_loop\n"
-    "use_fast_event_loop()\n"
+    "try:\n"
+    "    from mailprobe.smtp_wire import use_fast_event_loop\n"
+    "except ImportError:  # an older mailprobe, for comparisons\n"
+    "    pass\n"
+    "else:\n"
+    "    use_fast_event_loop()\n"
     "from mailprobe.cli import main\n"
     "sys.exit(main())\n"
 )
@@ -162,7 +166,9 @@ def main() -> int:
                 prefix = ["py-spy", "record", "--gil", "-r", "250", "-f", "raw", "-o",
                           f"{args.py_spy}.{name}", "--", *prefix]  # fmt: skip
             out = tmp / f"{name}.jsonl"
-            cmd = [*prefix, "-c", VERIFY, "verify", str(addresses), "-o", str(out), "--quiet",
+            # (cProfile runs a module, not -c: profiled, verify runs on the default loop)
+            entry = ["-m", "mailprobe.cli"] if args.profile else ["-c", VERIFY]
+            cmd = [*prefix, *entry, "verify", str(addresses), "-o", str(out), "--quiet",
                    "--force", "--rcpts-per-session", str(args.rcpts_per_session)]  # fmt: skip
             results.append(measure(name, cmd, env, world, out))
         if not args.skip_naive:

@@ -357,3 +357,84 @@ def test_classify_never_raises(stage: str, code: int, text: str, mx_host: str) -
 @given(text=st.text(max_size=400), enhanced=st.none() | st.text(max_size=12))
 def test_classify_never_raises_with_enhanced(text: str, enhanced: str | None) -> None:
     classify_reply("rcpt", 550, text, enhanced=enhanced)
+
+
+# -- the fast matching means what the table says ---------------------------------------
+# Rules are matched, for ASCII text, by their patterns lowercased and split into the
+# alternatives `re` can skip ahead by (classify._Pattern); these tests hold that to the
+# plain meaning: the pattern as written, case-insensitive, searched in the text as is.
+
+_PATTERNS = [(rule.name, p) for rule in RULES for p in (rule.text, rule.mx) if p is not None]
+_WORDS = sorted(
+    {w for _, p in _PATTERNS for w in re.findall(r"[A-Za-z0-9]+", p)}
+    | {w for e in CORPUS for w in e["text"].split()}
+)
+
+
+def _fast_equals_plain(text: str) -> None:
+    from mailprobe.classify import _lowered
+
+    for rule in RULES:
+        for compiled, pattern in ((rule._text, rule.text), (rule._mx, rule.mx)):
+            if compiled is None or pattern is None:
+                continue
+            plain = re.search(pattern, text, re.IGNORECASE) is not None
+            assert compiled.search(text, _lowered(text)) is plain, (rule.name, text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(_WORDS) | st.sampled_from(["", " ", ".", "_", "x", "-", "(", ")", "#"]),
+        max_size=12,
+    ),
+    st.sampled_from([" ", "", "_", ".", "x"]),
+    st.booleans(),
+)
+def test_fast_matching_means_the_pattern(words: list[str], sep: str, upper: bool) -> None:
+    """Words of the patterns themselves, glued with and without word boundaries (so a
+    \\b in a pattern is tested both ways), in any case."""
+    text = sep.join(words)
+    _fast_equals_plain(text.upper() if upper else text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=120))
+def test_fast_matching_means_the_pattern_on_any_ascii(text: str) -> None:
+    _fast_equals_plain(text)
+
+
+def test_fast_matching_of_word_boundaries() -> None:
+    for text in ("ptr", "a ptr", "xptr", "ptrx", "PTR record", "_rbl_", "the RBL", "rbl", "xrbl"):
+        _fast_equals_plain(text)
+
+
+def _reference(stage: str, code: int, text: str, mx_host: str) -> tuple[Reason, str]:
+    """The table read the plain way: every rule in order, its patterns as written."""
+    enhanced, text = parse_enhanced(text)
+    text, mx_host = " ".join(text.split()), mx_host.strip().rstrip(".")
+    for r in RULES:
+        if str(code)[0] not in r.classes or stage not in r.stages:
+            continue
+        if r.codes and code not in r.codes:
+            continue
+        if r.enhanced is not None and not (enhanced and re.fullmatch(r.enhanced, enhanced)):
+            continue
+        if r.text is not None and not re.search(r.text, text, re.IGNORECASE):
+            continue
+        if r.mx is not None and not re.search(r.mx, mx_host, re.IGNORECASE):
+            continue
+        return r.reason, r.name
+    return Reason.UNKNOWN, "no-rule"
+
+
+def test_classification_is_the_plain_reading_of_the_table() -> None:
+    """Every corpus reply, as is, upper-cased, lower-cased and with a non-ASCII character
+    (which takes the unsplit path), at every stage, classifies as the plain reading does."""
+    for e in CORPUS:
+        mx = PROVIDER_MX.get(e.get("provider", ""), "")
+        for text in (e["text"], e["text"].upper(), e["text"].lower(), e["text"] + " é"):
+            for stage in STAGES:
+                for code in {e["code"], 450, 550}:
+                    got = classify_reply(stage, code, text, mx_host=mx)
+                    assert (got.reason, got.rule) == _reference(stage, code, text, mx), e["id"]

@@ -176,6 +176,19 @@ class SMTPWire:
         buffer = getattr(self._reader, "_buffer", b"")
         return bool(buffer)
 
+    def _reply_buffered(self) -> bool:
+        """A whole reply (up to a line that is not a "-" continuation) is in the buffer, as
+        the replies to a pipelined group mostly are: reading it cannot wait."""
+        buffer = getattr(self._reader, "_buffer", None)
+        if not buffer:
+            return False
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            if buffer[start + 3 : start + 4] != b"-":
+                return True
+            start = end + 1
+        return False
+
     @property
     def peer_ip(self) -> str | None:
         """The address this connection reached (for the default-identity warning)."""
@@ -201,6 +214,8 @@ class SMTPWire:
     async def read_reply(self, timeout: float) -> WireReply:
         """The next whole reply, however many lines, within `timeout` seconds."""
         try:
+            if self._reply_buffered():  # nothing to wait for: no timer to arm
+                return await self._read_reply()
             async with asyncio.timeout(timeout):
                 return await self._read_reply()
         except TimeoutError:
