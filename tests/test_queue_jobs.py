@@ -142,10 +142,14 @@ def test_job_policy_transient_and_no_slot(
         queue.job_probe_email(None, "jane@broken.example", "broken.example")
 
     class NoSlot(Throttle):
-        async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
+        async def acquire(
+            self, mx_host: str, *, wait: float | None = None, rcpts: int = 1, priority: bool = False
+        ) -> Slot:
             raise ThrottleTimeout(mx_host, wait or 0.0, "per-MX concurrency")
 
-        async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
+        async def more(
+            self, slot: Slot, rcpts: int, *, wait: float | None = None, priority: bool = False
+        ) -> int:
             raise AssertionError("a single probe sends one RCPT")
 
         async def release(self, slot: Slot) -> None:

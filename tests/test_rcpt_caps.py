@@ -10,6 +10,7 @@ servers count RCPTs in sliding windows (`MXBehavior.expect_rps`, `expect_burst`)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -295,3 +296,40 @@ async def test_four_workers_on_redis_share_the_rcpt_caps(tmp_path: Path, redis_u
     assert window_violations(rec.rcpt_times, rps, 1, 5.0) == 0
     assert window_violations(rec.rcpt_times, grps, 1, 1.0) == 0
     assert rec.max_open <= 2 and rec.concurrency_violations == 0
+
+
+async def _critical_share(throttle: Throttle, priority: bool, seconds: float = 2.0) -> int:
+    """RCPT tokens a lane capped at 10 a second gets in `seconds` while ten other lanes
+    want every global token there is."""
+    crit = await throttle.acquire("mx.critical.example", wait=1, rcpts=0)
+    hogs = [await throttle.acquire(f"mx.hog{i}.example", wait=1, rcpts=0) for i in range(10)]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    got = 0
+
+    async def hog(slot: Any) -> None:
+        while loop.time() < end:
+            with contextlib.suppress(ThrottleTimeout):
+                await throttle.more(slot, 50, wait=1)
+
+    async def critical() -> None:
+        nonlocal got
+        while loop.time() < end:
+            with contextlib.suppress(ThrottleTimeout):
+                got += await throttle.more(crit, 1, wait=1, priority=priority)
+
+    await asyncio.gather(critical(), *(hog(h) for h in hogs))
+    return got
+
+
+async def test_the_critical_lane_gets_its_rate_when_every_mx_wants_global_tokens(
+    backend: Any,
+) -> None:
+    """Global 50 RCPTs a second (a burst of 20), per MX 10 a second: the lane that bounds
+    the run gets its 10 a second however many others wait; without priority it gets a
+    share of the global rate."""
+    policy = ThrottlePolicy(Limits(100, 50.0), Limits(20, 10.0), burst_seconds=0.4)
+    with_priority = await _critical_share(backend(policy), priority=True)
+    without = await _critical_share(backend(policy), priority=False)
+    assert with_priority >= 16, (with_priority, without)  # ~10 a second for 2 s (+ burst)
+    assert without < with_priority

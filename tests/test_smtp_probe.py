@@ -476,11 +476,15 @@ def _r16_recording_throttle(events: list[tuple[Any, ...]], server: Any) -> Any:
     from mailprobe.throttle import Limits, Slot, Throttle
 
     class Recording(Throttle):
-        async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
+        async def acquire(
+            self, mx_host: str, *, wait: float | None = None, rcpts: int = 1, priority: bool = False
+        ) -> Slot:
             events.append(("acquire", mx_host, wait, server.record.connections))
             return Slot(mx_host, "token")
 
-        async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
+        async def more(
+            self, slot: Slot, rcpts: int, *, wait: float | None = None, priority: bool = False
+        ) -> int:
             raise AssertionError("a single probe sends one RCPT")
 
         async def release(self, slot: Slot) -> None:

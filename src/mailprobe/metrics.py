@@ -139,10 +139,12 @@ class MeteredThrottle(Throttle):
         self.metrics = metrics
         self._held: dict[str, tuple[float, str]] = {}  # slot token -> (acquired at, class)
 
-    async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
+    async def acquire(
+        self, mx_host: str, *, wait: float | None = None, rcpts: int = 1, priority: bool = False
+    ) -> Slot:
         started = time.monotonic()
         try:
-            slot = await self.inner.acquire(mx_host, wait=wait, rcpts=rcpts)
+            slot = await self.inner.acquire(mx_host, wait=wait, rcpts=rcpts, priority=priority)
         except ThrottleTimeout as exc:
             self.metrics.throttle_refusals.labels(exc.limited_by or "unknown").inc()
             raise
@@ -154,8 +156,10 @@ class MeteredThrottle(Throttle):
         self.metrics.sessions_open.labels(label).inc()
         return slot
 
-    async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
-        return await self.inner.more(slot, rcpts, wait=wait)
+    async def more(
+        self, slot: Slot, rcpts: int, *, wait: float | None = None, priority: bool = False
+    ) -> int:
+        return await self.inner.more(slot, rcpts, wait=wait, priority=priority)
 
     async def release(self, slot: Slot) -> None:
         held = self._held.pop(slot.token, None)

@@ -71,6 +71,7 @@ async def acquire_routed(
     *,
     wait: float | None = None,
     rcpts: int = 1,
+    priority: bool = False,
 ) -> tuple[Route, Slot | None] | None:
     """A slot for `mx_host` on the first of its routes (in rotation order) whose caps have
     room: the throttle keys on (route, MX) (`egress_key`). None when every route of the

@@ -22,16 +22,20 @@ class DrainingThrottle(Throttle):
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
+    async def acquire(
+        self, mx_host: str, *, wait: float | None = None, rcpts: int = 1, priority: bool = False
+    ) -> Slot:
         if self.closing:
             raise ThrottleTimeout(mx_host, 0.0, "draining", retry_after=1.0)
-        slot = await self.inner.acquire(mx_host, wait=wait, rcpts=rcpts)
+        slot = await self.inner.acquire(mx_host, wait=wait, rcpts=rcpts, priority=priority)
         self.held += 1
         self._idle.clear()
         return slot
 
-    async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
-        return await self.inner.more(slot, rcpts, wait=wait)
+    async def more(
+        self, slot: Slot, rcpts: int, *, wait: float | None = None, priority: bool = False
+    ) -> int:
+        return await self.inner.more(slot, rcpts, wait=wait, priority=priority)
 
     async def release(self, slot: Slot) -> None:
         try:

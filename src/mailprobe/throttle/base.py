@@ -162,7 +162,7 @@ def next_tat(tat: float, now: float, interval: float) -> float:
 
 
 def take_tokens(
-    tat: float, now: float, interval: float, burst: int, want: int
+    tat: float, now: float, interval: float, burst: int, want: int, reserve: int = 0
 ) -> tuple[int, float, float]:
     """GCRA with a burst: up to `want` tokens at `now` -> (taken, new tat, wait).
 
@@ -170,14 +170,21 @@ def take_tokens(
     at once, so any window of T seconds sees at most ``burst + T / interval`` of them (give
     or take `late_tolerance`, see `next_tat`). Taking none returns the seconds until one
     is due. Taking k moves the grid k intervals on: a pipelined group of k RCPTs costs what
-    k separate RCPTs cost."""
+    k separate RCPTs cost. `reserve` tokens of the burst are left for others (the critical
+    lane's, see `priority_reserve`)."""
     late = 0.0 <= now - tat <= late_tolerance(interval)
     base = tat if late else max(tat, now)  # a little late: keep the grid
-    available = math.floor((now - base) / interval + burst + 1e-9)
+    available = math.floor((now - base) / interval + burst + 1e-9) - reserve
     if available < 1:
-        return 0, tat, base - (burst - 1) * interval - now
+        return 0, tat, base - (burst - 1 - reserve) * interval - now
     taken = min(available, want)
     return taken, base + taken * interval, 0.0
+
+
+def priority_reserve(burst: int) -> int:
+    """Global RCPT tokens the other lanes leave while the critical lane waits for one (a
+    quarter of the burst, never all of it: the others always get some)."""
+    return (burst - 1) // 4
 
 
 def penalty_reason(result: Mapping[str, Any]) -> str | None:
@@ -209,22 +216,28 @@ class Throttle(abc.ABC):
     policy: ThrottlePolicy
 
     @abc.abstractmethod
-    async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
+    async def acquire(
+        self, mx_host: str, *, wait: float | None = None, rcpts: int = 1, priority: bool = False
+    ) -> Slot:
         """Wait (at most `wait`, default policy.wait) for a connection: a global and a
         per-MX concurrency slot, the MX's new-connection token, and at least one RCPT
         token on both the global and the MX's RCPT rate (up to `rcpts` of them, as many
         as are available now); take them together and return the slot. `rcpts=0`: an
         RCPT token must be available, but none is taken (the session takes its tokens
         with `more` just before it sends, so the server sees them at the pace they were
-        given, not late by the connect and EHLO).
+        given, not late by the connect and EHLO). `priority`: as for `more`.
 
         Raises ThrottleTimeout when that does not happen in time."""
 
     @abc.abstractmethod
-    async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
+    async def more(
+        self, slot: Slot, rcpts: int, *, wait: float | None = None, priority: bool = False
+    ) -> int:
         """RCPT tokens for a connection already open: wait (at most `wait`) until at least
         one is available on both the global and the slot's MX rate, and take up to
-        `rcpts`. A wait that cannot end within `wait` fails at once.
+        `rcpts`. A wait that cannot end within `wait` fails at once. `priority`: the run's
+        critical lane; while it waits on the global rate, the others leave it a reserve
+        (`priority_reserve`), so the global cap does not slow the MX that bounds the run.
 
         Raises ThrottleTimeout (with `retry_after`) when none comes in time."""
 

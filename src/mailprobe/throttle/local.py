@@ -20,6 +20,7 @@ from mailprobe.throttle.base import (
     log,
     normalize_host,
     penalty_level,
+    priority_reserve,
     take_tokens,
 )
 
@@ -42,6 +43,7 @@ class LocalThrottle(Throttle):
         self._conn_tat: dict[str, float] = {}  # per MX: its new-connection rate's grid
         self._penalties: dict[str, tuple[int, float]] = {}  # host -> (level, since)
         self._changed: asyncio.Event | None = None
+        self._priority_until = -math.inf  # the critical lane waits on the global rate till
 
     def _penalty(self, host: str, now: float) -> int:
         stored, since = self._penalties.get(host, (0, now))
@@ -53,7 +55,9 @@ class LocalThrottle(Throttle):
     def _limits(self, host: str, now: float) -> Limits:
         return self.policy.limits_for(host).penalized(self._penalty(host, now))
 
-    def _try_take(self, host: str, now: float, want: int) -> tuple[int, float, str]:
+    def _try_take(
+        self, host: str, now: float, want: int, priority: bool = False
+    ) -> tuple[int, float, str]:
         """Take a connection and up to `want` RCPT tokens now -> (RCPT tokens, 0, ""), or
         (0, seconds to wait, the cap in the way)."""
         glob, mx = self.policy.global_limits, self._limits(host, now)
@@ -65,7 +69,9 @@ class LocalThrottle(Throttle):
         ok, conn_next, conn_wait = take_tokens(conn_tat, now, 1.0 / mx.connect_rate, 1, 1)
         if not ok:
             return 0, conn_wait, "per-MX connection rate"
-        taken, wait, limited_by = self._take_rcpts(host, now, max(1, want), mx, commit=want > 0)
+        taken, wait, limited_by = self._take_rcpts(
+            host, now, max(1, want), mx, commit=want > 0, priority=priority
+        )
         if not taken:
             return 0, wait, limited_by
         self._conn_tat[host] = conn_next
@@ -74,45 +80,60 @@ class LocalThrottle(Throttle):
         return taken if want > 0 else 1, 0.0, ""
 
     def _take_rcpts(
-        self, host: str, now: float, want: int, mx: Limits, commit: bool = True
+        self,
+        host: str,
+        now: float,
+        want: int,
+        mx: Limits,
+        commit: bool = True,
+        priority: bool = False,
     ) -> tuple[int, float, str]:
         """Up to `want` RCPT tokens on both the global and the MX's rate, or none.
         `commit=False`: only say whether one is available now."""
         glob = self.policy.global_limits
         g_int, m_int = 1.0 / glob.rps, 1.0 / mx.rps
         g_burst, m_burst = self.policy.burst(glob.rps), self.policy.burst(mx.rps)
+        keep = 0 if priority or now >= self._priority_until else priority_reserve(g_burst)
         mx_tat = self._tat.get(host, -math.inf)
-        g_ok, _, g_wait = take_tokens(self._global_tat, now, g_int, g_burst, want)
+        g_ok, _, g_wait = take_tokens(self._global_tat, now, g_int, g_burst, want, keep)
         m_ok, _, m_wait = take_tokens(mx_tat, now, m_int, m_burst, want)
         if not g_ok or not m_ok:
             if g_wait >= m_wait:
+                if priority:  # the others leave it a reserve until it gets its token
+                    self._priority_until = now + g_wait + 0.1
                 return 0, g_wait, "global rate"
             return 0, m_wait, "per-MX rate"
         taken = min(g_ok, m_ok)
+        if priority:
+            self._priority_until = -math.inf
         if not commit:
             return taken, 0.0, ""
-        _, self._global_tat, _ = take_tokens(self._global_tat, now, g_int, g_burst, taken)
+        _, self._global_tat, _ = take_tokens(self._global_tat, now, g_int, g_burst, taken, keep)
         _, self._tat[host], _ = take_tokens(mx_tat, now, m_int, m_burst, taken)
         return taken, 0.0, ""
 
-    async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
+    async def acquire(
+        self, mx_host: str, *, wait: float | None = None, rcpts: int = 1, priority: bool = False
+    ) -> Slot:
         host = normalize_host(mx_host)
         want = max(0, rcpts)
 
         def attempt(now: float) -> tuple[int, float, str]:
-            return self._try_take(host, now, want)
+            return self._try_take(host, now, want, priority)
 
         taken = await self._wait_for(host, attempt, wait)
         token = uuid.uuid4().hex
         self._held[token] = host
         return Slot(host, token, rcpts=taken if want else 0)
 
-    async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
+    async def more(
+        self, slot: Slot, rcpts: int, *, wait: float | None = None, priority: bool = False
+    ) -> int:
         host = slot.mx_host
         want = max(1, rcpts)
 
         def attempt(now: float) -> tuple[int, float, str]:
-            return self._take_rcpts(host, now, want, self._limits(host, now))
+            return self._take_rcpts(host, now, want, self._limits(host, now), priority=priority)
 
         return await self._wait_for(host, attempt, wait, fail_fast=True)
 

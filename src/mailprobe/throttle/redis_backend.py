@@ -67,40 +67,49 @@ end
 
 # GCRA with a burst (see base.take_tokens), in milliseconds.
 _LUA_TAKE = """
-local function take(tat, now, interval, burst_ms, want, tol)
+local function take(tat, now, interval, burst_ms, want, tol, keep)
   local burst = math.max(1, math.floor(burst_ms / interval + 1e-9))
+  local reserve = 0
+  if keep then reserve = math.floor((burst - 1) / 4) end
   local base = math.max(tat, now)
   local late = now - tat
   if late >= 0 and late <= math.min(tol, interval / 4) then base = tat end
-  local available = math.floor((now - base) / interval + burst + 1e-9)
-  if available < 1 then return 0, tat, base - (burst - 1) * interval - now end
+  local available = math.floor((now - base) / interval + burst + 1e-9) - reserve
+  if available < 1 then return 0, tat, base - (burst - 1 - reserve) * interval - now end
   local taken = math.min(available, want)
   return taken, base + taken * interval, 0
 end
-local function rcpt_tokens(gkey, mkey, now, gint, mint, burst_ms, want, tol)
-  -- want 0: only whether one is available now (1), nothing taken
+-- want 0: only whether one is available now (1), nothing taken. `prio`: the key that
+-- says a critical-lane RCPT waits on the global rate; the others then leave a reserve.
+local function rcpt_tokens(gkey, mkey, prio, priority, now, gint, mint, burst_ms, want, tol)
+  local keep = (not priority) and redis.call('EXISTS', prio) == 1
   local gtat = tonumber(redis.call('GET', gkey)) or 0
   local mtat = tonumber(redis.call('GET', mkey)) or 0
-  local gok, _, gwait = take(gtat, now, gint, burst_ms, math.max(want, 1), tol)
-  local mok, _, mwait = take(mtat, now, mint, burst_ms, math.max(want, 1), tol)
+  local gok, _, gwait = take(gtat, now, gint, burst_ms, math.max(want, 1), tol, keep)
+  local mok, _, mwait = take(mtat, now, mint, burst_ms, math.max(want, 1), tol, false)
   if gok < 1 or mok < 1 then
-    if gwait >= mwait then return 0, gwait, 'global rate' end
+    if gwait >= mwait then
+      if priority then redis.call('SET', prio, '1', 'PX', math.ceil(gwait) + 100) end
+      return 0, gwait, 'global rate'
+    end
     return 0, mwait, 'per-MX rate'
   end
   if want == 0 then return 1, 0, '' end
   local n = math.min(gok, mok)
-  local _a, gnext = take(gtat, now, gint, burst_ms, n, tol)
-  local _b, mnext = take(mtat, now, mint, burst_ms, n, tol)
+  local _a, gnext = take(gtat, now, gint, burst_ms, n, tol, keep)
+  local _b, mnext = take(mtat, now, mint, burst_ms, n, tol, false)
   redis.call('SET', gkey, gnext, 'PX', math.ceil(gnext - now) + 1000)
   redis.call('SET', mkey, mnext, 'PX', math.ceil(mnext - now) + 1000)
+  if priority then redis.call('DEL', prio) end
   return n, 0, ''
 end
 """
 
-# KEYS: global leases, MX leases, global rate, MX rate, MX penalty, MX connection rate
+# KEYS: global leases, MX leases, global rate, MX rate, MX penalty, MX connection rate,
+#       critical lane waiting
 # ARGV: token, now|'', lease ms, global conc, global interval ms, MX conc, MX interval ms,
 #       cool-down ms, lateness tolerance ms (at most; see next_tat), RCPTs wanted,
-#       burst ms, MX connection interval ms
+#       burst ms, MX connection interval ms, priority (1|0)
 # -> {RCPT tokens, lease expiry ms} | {0, ms until a rate token, or -1 when a slot is full,
 #    reason}
 _ACQUIRE = (
@@ -125,9 +134,10 @@ end
 if redis.call('ZCARD', KEYS[1]) >= gconc then return {0, '-1', 'global concurrency'} end
 if redis.call('ZCARD', KEYS[2]) >= mconc then return {0, '-1', 'per-MX concurrency'} end
 local ctat = tonumber(redis.call('GET', KEYS[6])) or 0
-local cok, cnext, cwait = take(ctat, now, cint, 0, 1, tol)
+local cok, cnext, cwait = take(ctat, now, cint, 0, 1, tol, false)
 if cok < 1 then return {0, tostring(cwait), 'per-MX connection rate'} end
-local n, wait, reason = rcpt_tokens(KEYS[3], KEYS[4], now, gint, mint, burst_ms, want, tol)
+local n, wait, reason = rcpt_tokens(KEYS[3], KEYS[4], KEYS[7], ARGV[13] == '1', now, gint,
+                                    mint, burst_ms, want, tol)
 if n < 1 then return {0, tostring(wait), reason} end
 redis.call('SET', KEYS[6], cnext, 'PX', math.ceil(cnext - now) + 1000)
 local expires = now + lease
@@ -139,9 +149,9 @@ return {n, tostring(expires), ''}
 """
 )
 
-# KEYS: global rate, MX rate, MX penalty
+# KEYS: global rate, MX rate, MX penalty, critical lane waiting
 # ARGV: now|'', global interval ms, MX interval ms, cool-down ms, tolerance ms, RCPTs wanted,
-#       burst ms -> {RCPT tokens, ms until one is due, reason}
+#       burst ms, priority (1|0) -> {RCPT tokens, ms until one is due, reason}
 _MORE = (
     _LUA_PRELUDE
     + _LUA_TAKE
@@ -150,8 +160,9 @@ local now = now_ms(ARGV[1])
 local gint, mint = tonumber(ARGV[2]), tonumber(ARGV[3])
 local level = penalty(KEYS[3], now, tonumber(ARGV[4]))
 if level > 0 then mint = mint * 2 ^ level end
-local n, wait, reason = rcpt_tokens(KEYS[1], KEYS[2], now, gint, mint, tonumber(ARGV[7]),
-                                    tonumber(ARGV[6]), tonumber(ARGV[5]))
+local n, wait, reason = rcpt_tokens(KEYS[1], KEYS[2], KEYS[4], ARGV[8] == '1', now, gint,
+                                    mint, tonumber(ARGV[7]), tonumber(ARGV[6]),
+                                    tonumber(ARGV[5]))
 return {n, tostring(wait), reason}
 """
 )
@@ -292,6 +303,7 @@ class RedisThrottle(Throttle):
             f"{KEY_PREFIX}rate:mx:{host}",
             f"{KEY_PREFIX}penalty:{host}",
             f"{KEY_PREFIX}conn:mx:{host}",
+            f"{KEY_PREFIX}priority:global",
         ]
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -302,7 +314,9 @@ class RedisThrottle(Throttle):
             detail = str(exc) or type(exc).__name__
             raise ThrottleUnavailable(self.url, detail) from exc
 
-    async def acquire(self, mx_host: str, *, wait: float | None = None, rcpts: int = 1) -> Slot:
+    async def acquire(
+        self, mx_host: str, *, wait: float | None = None, rcpts: int = 1, priority: bool = False
+    ) -> Slot:
         host = normalize_host(mx_host)
         glob, mx = self.policy.global_limits, self.policy.limits_for(host)
         token = f"{self._ident}:{uuid.uuid4().hex}"
@@ -320,6 +334,7 @@ class RedisThrottle(Throttle):
             max(0, rcpts),
             1000.0 * self.policy.burst_seconds,
             1000.0 / mx.connect_rate,
+            "1" if priority else "0",
         ]
 
         async def attempt() -> tuple[int, float, str]:
@@ -330,10 +345,12 @@ class RedisThrottle(Throttle):
         taken, expires = await self._poll(host, attempt, wait)
         return Slot(host, token, expires / 1000.0, rcpts=taken if rcpts > 0 else 0)
 
-    async def more(self, slot: Slot, rcpts: int, *, wait: float | None = None) -> int:
+    async def more(
+        self, slot: Slot, rcpts: int, *, wait: float | None = None, priority: bool = False
+    ) -> int:
         host = slot.mx_host
         glob, mx = self.policy.global_limits, self.policy.limits_for(host)
-        keys = [self._keys(host)[i] for i in (2, 3, 4)]
+        keys = [self._keys(host)[i] for i in (2, 3, 4, 6)]
         args: list[Any] = [
             "",
             1000.0 / glob.rps,
@@ -342,6 +359,7 @@ class RedisThrottle(Throttle):
             self._ms(LATE_TOLERANCE),
             max(1, rcpts),
             1000.0 * self.policy.burst_seconds,
+            "1" if priority else "0",
         ]
 
         async def attempt() -> tuple[int, float, str]:

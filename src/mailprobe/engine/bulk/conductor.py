@@ -227,8 +227,9 @@ class BulkVerifier:
                     # an RCPT token must be there, but the session takes its tokens as
                     # it sends (after connect and EHLO), so none arrives late
                     routed = await acquire_routed(
-                        self.throttle, self.routes, lane.host, wait=0, rcpts=0
-                    )
+                        self.throttle, self.routes, lane.host, wait=0, rcpts=0,
+                        priority=lane.critical,
+                    )  # fmt: skip
                 except ThrottleTimeout as exc:
                     rnd.refused(lane, exc.limited_by, exc.retry_after)
                 except ThrottleError as exc:  # the shared throttle is down: never unthrottled

@@ -72,6 +72,7 @@ class Scheduler:
         self.active_slow = 0  # of which in slow lanes
         self.session_seconds = 0.5  # how long a session lasts (moving average, this run)
         self.reading = True  # the input is still being read
+        self.critical: MXLane | None = None  # the lane with the most time left
 
     # -- what the conductor reports --------------------------------------------
 
@@ -110,7 +111,21 @@ class Scheduler:
                 reverse=True,
             )
             self.ready = {lane for lane in self.ready if lane.recipients}
+        self._mark_critical()
         return Round(self, candidates)
+
+    def _mark_critical(self) -> None:
+        """The lane that needs the longest gets the first call on global RCPT tokens (see
+        `Throttle.more(priority=)`): when every MX wants tokens at once, the global rate
+        would otherwise slow the one MX whose rate bounds the whole run."""
+        critical = max(self.ready, key=self.time_left, default=None)
+        if critical is self.critical:
+            return
+        if self.critical is not None:
+            self.critical.critical = False
+        if critical is not None:
+            critical.critical = True
+        self.critical = critical
 
     def worth_starting(self, lane: MXLane, now: float) -> bool:
         if not lane.recipients or lane.sessions >= self.cap(lane):

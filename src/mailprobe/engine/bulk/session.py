@@ -97,7 +97,9 @@ class SessionRunner:
                     self.engine.answered(r, skipped(r.address.normalized, lane.host))
                 return None
             wait = min(TOKEN_WAIT_MAX, self.ctx.settings.throttle_wait)
-            return await self._run(lane, batch, route, Tokens(self.ctx.throttle, slot, wait))
+            return await self._run(
+                lane, batch, route, Tokens(self.ctx.throttle, slot, wait, lambda: lane.critical)
+            )
         except Exception as exc:  # a bug, or a reply nobody foresaw: never lose an address
             log.error("session with %s failed", lane.host, exc_info=exc)
             detail = f"internal error in the session with {lane.host}: {type(exc).__name__}: {exc}"

@@ -112,6 +112,7 @@ class MXLane:
     waiting_since: float = 0.0  # when the lane last went from empty to having recipients
     one_rcpt: bool = False  # the server refuses several RCPTs in one transaction
     no_pipelining: bool = False  # its replies fell out of step in a group: one at a time
+    critical: bool = False  # the run's critical path: first call on global RCPT tokens
     ips: asyncio.Task[list[str]] | None = None  # the host's addresses, looked up ahead
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mailprobe.engine.bulk.steps import CatchAllStep, RcptStep, Step
 from mailprobe.throttle import Slot, Throttle, ThrottleError
@@ -29,8 +29,11 @@ class OutOfTokens(Exception):
 class Tokens:
     """The RCPT tokens of one session: those taken with its slot, then more as it goes."""
 
-    def __init__(self, throttle: Throttle, slot: Slot, wait: float) -> None:
+    def __init__(
+        self, throttle: Throttle, slot: Slot, wait: float, critical: Callable[[], bool]
+    ) -> None:
         self.throttle = throttle
+        self.critical = critical  # is the session's lane the run's critical path, now
         self.slot = slot
         self.wait = wait
         self.left = slot.rcpts
@@ -51,7 +54,9 @@ class Tokens:
             deadline.reschedule(when + self.wait)
         start = time.monotonic()
         try:
-            taken = await self.throttle.more(self.slot, want, wait=self.wait)
+            taken = await self.throttle.more(
+                self.slot, want, wait=self.wait, priority=self.critical()
+            )
         except ThrottleError as exc:
             raise OutOfTokens(str(exc)) from exc
         finally:
