@@ -34,7 +34,7 @@ from mailprobe.store import queries as q
 from mailprobe.store.models import utcnow
 
 READ_CHUNK = 200  # input lines the engine takes from the reader thread at a time
-REMEMBERED_ANSWERS = 50_000  # answered addresses kept for their later duplicates
+REMEMBERED_ANSWERS = 10_000  # answered addresses kept for their later duplicates (~0.6 KB each)
 READ_AHEAD = 2000  # lines the reader thread may parse ahead of the engine
 READ_PAUSE = 0.05  # seconds of admitting lines before the loop serves everything else
 
