@@ -50,16 +50,24 @@ def _shown(url: URL) -> str:
     return redact_url(url.render_as_string(hide_password=False))
 
 
+class SharedList(list[Any]):
+    """A list several rows store as it is and nobody changes once made (a session's
+    transcript, see `queries._Transcripts`): the engine encodes it once."""
+
+
 class _JSONDumps:
-    """json.dumps (SQLAlchemy's default for JSON columns), remembering the value it encoded
-    last: a batch of answers from one session shares one transcript list (see
-    `queries._Transcripts`), encoded once. Compared by identity, and the value is held, so
-    a different value can never be mistaken for it; a pair read at once, so thread-safe."""
+    """json.dumps (SQLAlchemy's default for JSON columns), remembering the `SharedList` it
+    encoded last, so the rows of a batch that share one are encoded once. Other values may
+    be changed between rows by their callers: they are encoded every time. Compared by
+    identity, and the value is held, so no other list is mistaken for it; the pair is read
+    at once, so thread-safe."""
 
     def __init__(self) -> None:
-        self._last: tuple[object, str] | None = None
+        self._last: tuple[SharedList, str] | None = None
 
     def __call__(self, value: object) -> str:
+        if type(value) is not SharedList:
+            return json.dumps(value)
         last = self._last
         if last is not None and last[0] is value:
             return last[1]

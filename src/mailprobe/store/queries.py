@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from mailprobe.address import EmailAddress
 from mailprobe.flags import flags_for_email
 from mailprobe.results import Answer, Outcome, answer_for
+from mailprobe.store.database import SharedList
 from mailprobe.store.models import (
     DomainResolution,
     GeneratedEmail,
@@ -208,13 +209,13 @@ class _Transcripts:
     engine's JSON serializer, encoded) once, and the rows share it."""
 
     def __init__(self) -> None:
-        self._last: tuple[tuple[str, ...], list[str | None]] | None = None
+        self._last: tuple[tuple[str, ...], SharedList] | None = None
 
-    def __call__(self, transcript: tuple[str, ...]) -> list[str | None]:
+    def __call__(self, transcript: tuple[str, ...]) -> SharedList:
         last = self._last
         if last is not None and (last[0] is transcript or last[0] == transcript):
             return last[1]
-        storable = [_text(line) for line in transcript]
+        storable = SharedList(_text(line) for line in transcript)
         self._last = (transcript, storable)
         return storable
 
