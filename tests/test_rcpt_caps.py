@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -333,3 +334,69 @@ async def test_the_critical_lane_gets_its_rate_when_every_mx_wants_global_tokens
     without = await _critical_share(backend(policy), priority=False)
     assert with_priority >= 16, (with_priority, without)  # ~10 a second for 2 s (+ burst)
     assert without < with_priority
+
+
+WORKER = (
+    "import sys\n"
+    "from mailprobe.queue.worker import run_worker\n"
+    "sys.exit(run_worker(['verify'], burst=False, logging_level='WARNING'))\n"
+)
+
+
+def test_verify_enqueue_with_four_rq_workers_keeps_the_rcpt_caps(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """`verify --enqueue`: per-domain batches on four RQ workers, all to one MX (a hosting
+    cluster): the RCPTs the server counted keep its rate and the global rate, fleet-wide."""
+    rps, grps = 8.0, 10.0
+    names = ["alpha", "beta", "gamma", "delta"]
+    zone = {f"{n}.example": DomainSpec(mx=[(10, "mx.cluster.example")]) for n in names}
+    zone["mx.cluster.example"] = DomainSpec(a=["127.0.0.1"])
+    behavior = MXBehavior(
+        mailboxes={f"u{i}@{n}.example": ACCEPT for n in names for i in range(0, 12, 3)},
+        expect_rps=rps,
+        expect_burst=1,
+        expect_max_concurrency=2,
+    )
+    listing = tmp_path / "in.txt"
+    listing.write_text("".join(f"u{i}@{n}.example\n" for i in range(12) for n in names))
+    with SimDNSServer(zone) as dns, serve_in_thread(behavior) as smtp:
+        env = {
+            **os.environ, "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(smtp.port),
+            "REDIS_URL": redis_url, "MAILPROBE_RUNS_DIR": str(tmp_path / "runs"),
+            "GLOBAL_RPS": str(grps), "PER_MX_RPS_DEFAULT": str(rps),
+            "PER_MX_MAX_CONCURRENCY_DEFAULT": "2", "THROTTLE_BURST_SECONDS": "0",
+        }  # fmt: skip
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )  # fmt: skip
+            for _ in range(4)
+        ]
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "mailprobe.cli", "verify", str(listing), "--enqueue"],
+                env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            for worker in workers:
+                os.killpg(worker.pid, signal.SIGTERM)
+            for worker in workers:
+                worker.wait(20)
+        rec = smtp.record
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(rows) == 48
+    verdicts = {r["email"]: r["verdict"] for r in rows}
+    assert verdicts["u0@alpha.example"] == "deliverable"
+    assert verdicts["u1@delta.example"] == "undeliverable"
+    assert rec.rcpts >= 52  # every address, each domain's catch-all check
+    assert rec.rcpt_rate_violations == 0, rec.peak_rcpts_per_second()
+    assert window_violations(rec.rcpt_times, rps, 1, 5.0) == 0
+    assert window_violations(rec.rcpt_times, grps, 1, 1.0) == 0
+    assert rec.max_open <= 2 and rec.concurrency_violations == 0
