@@ -375,7 +375,7 @@ def test_verify_enqueue_with_four_rq_workers_keeps_the_rcpt_caps(
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-            )  # fmt: skip
+            )
             for _ in range(4)
         ]
         try:
