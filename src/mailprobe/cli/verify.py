@@ -24,6 +24,7 @@ from mailprobe.cli.common import settings as _settings
 from mailprobe.cli.egress import NO_SMTP_OPTION, PROXY_OPTION, check_port25, with_egress
 from mailprobe.cli.ordered import ORDER_WINDOW, InputOrder
 from mailprobe.config import Settings
+from mailprobe.smtp_wire import use_fast_event_loop
 
 if TYPE_CHECKING:
     from mailprobe.engine.bulk import BulkOptions, Summary
@@ -259,6 +260,7 @@ def verify(
             if output:
                 out.close()
         return
+    use_fast_event_loop()  # uvloop when the `fast` extra is installed (MAILPROBE_UVLOOP=0: off)
     try:
         summary = asyncio.run(
             _stop_on_sigterm(

@@ -547,9 +547,6 @@ def _from_reply(
     span: Span | None = None,
 ) -> Outcome:
     """The outcome of a reply: the transcript is the session's header and this exchange."""
-    transcript = session.transcript
-    if span is not None:
-        transcript = transcript[: span[0]] + transcript[span[1] :]
     return Outcome.from_reply(
         recipient.address.normalized,
         stage=reply.stage,
@@ -560,8 +557,27 @@ def _from_reply(
         helo_domain=session.helo_domain,
         elapsed_ms=elapsed_ms,
         tls=session.tls,
-        transcript=tuple(transcript),
+        transcript=_transcript(session, span),
     )
+
+
+# (the session's transcript list itself, its length, the span) -> the tuple made of it; the
+# list is held, so its identity cannot pass to another session's list while it is here.
+_last_transcript: list[tuple[list[str], int, Span | None, tuple[str, ...]]] = []
+
+
+def _transcript(session: SMTPSession, span: Span | None) -> tuple[str, ...]:
+    """The session's header and this exchange, as one tuple shared by every reply of a
+    pipelined group (they are read before any is handed on, so they see the same lines):
+    built once per group, not once per RCPT, and stored once (`store.queries`)."""
+    lines = session.transcript
+    if _last_transcript:
+        held, length, held_span, made = _last_transcript[0]
+        if held is lines and length == len(lines) and held_span == span:
+            return made
+    made = tuple(lines if span is None else lines[: span[0]] + lines[span[1] :])
+    _last_transcript[:] = [(lines, len(lines), span, made)]
+    return made
 
 
 def _smtputf8_unsupported(recipient: Recipient, session: SMTPSession) -> Outcome:
