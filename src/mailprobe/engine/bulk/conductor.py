@@ -431,7 +431,7 @@ class BulkVerifier:
             self.checked(recipient, "connection_failed")
             return
         assert isinstance(recipient, Target)
-        self.spawn(self._emit(recipient, outcome))
+        self._emit(recipient, outcome)
 
     def _retry(self, target: Target, delay: float, host: str = "") -> None:
         if self._stopping:
@@ -460,9 +460,10 @@ class BulkVerifier:
 
     # -- answers --------------------------------------------------------------------
 
-    async def _emit(self, target: Target, outcome: Outcome) -> None:
+    def _emit(self, target: Target, outcome: Outcome) -> None:
         """The target's final answer: decided with its domain's catch-all finding and DNS
-        status, stored (in a batch) and handed to the sink."""
+        status, stored (in a batch) and handed to the sink, at once (no task per answer:
+        the sink is usually synchronous, see `_deliver_now`)."""
         state = self.router.known(target.domain)
         answer = answer_for(
             outcome,
@@ -476,22 +477,48 @@ class BulkVerifier:
         if state is not None:
             state.pending -= 1
             self.router.forget_if_idle(state)
-        await self._deliver(LineAnswer(target.line_no, target.raw, answer))
+        self._deliver_now(LineAnswer(target.line_no, target.raw, answer))
+
+    def _deliver_now(self, line: LineAnswer) -> None:
+        """Hand a line's answer to the sink; a sink that returns an awaitable is awaited in
+        a task of its own, and the line counts as answered once it is done."""
+        maybe = self._to_sink(line)
+        if maybe is not None:
+            self.spawn(self._finish(line, maybe))
+        else:
+            self._answered_line(line)
 
     async def _deliver(self, line: LineAnswer) -> None:
+        """`_deliver_now`, for callers that wait until the sink has the line."""
+        maybe = self._to_sink(line)
+        if maybe is not None:
+            await self._finish(line, maybe)
+        else:
+            self._answered_line(line)
+
+    def _to_sink(self, line: LineAnswer) -> Awaitable[Any] | None:
         verdicts = self.summary.by_verdict
         verdict = line.answer.verdict.value
         verdicts[verdict] = verdicts.get(verdict, 0) + 1
         try:
             maybe = self.sink(line)
-            if maybe is not None:
-                await maybe
         except Exception as exc:  # the output is gone (closed pipe, full disk): stop the run
             self.stop(SinkFailed(exc))
+            return None
+        return maybe
+
+    async def _finish(self, line: LineAnswer, maybe: Awaitable[Any]) -> None:
+        try:
+            await maybe
+        except Exception as exc:
+            self.stop(SinkFailed(exc))
+        self._answered_line(line)
+
+    def _answered_line(self, line: LineAnswer) -> None:
         self._outstanding -= 1
         self._slots.release()
         for line_no, raw in self.duplicates.done(line.line_no, line.answer):
-            await self._deliver(LineAnswer(line_no, raw, line.answer))  # its later copies
+            self._deliver_now(LineAnswer(line_no, raw, line.answer))  # its later copies
         self._check_done()
 
     async def _answer_pending(self) -> None:
