@@ -15,6 +15,7 @@ from mailprobe.queue import (
     RETRY_MAX,
     VERIFY_QUEUE,
     QueueUnavailable,
+    counted,
     job_timeout,
     make_job_throttle,
     redis_connection,
@@ -37,12 +38,16 @@ def job_verify_batch(lines: list[tuple[int, str]], force: bool = False) -> list[
     settings = get_settings()
     records: list[dict[str, Any]] = []
 
+    def answered(line: LineAnswer) -> None:
+        counted(line.answer)
+        records.append(render_record(line))
+
     async def run() -> None:
         ctx = Context.create(settings, throttle=make_job_throttle(settings))
         try:
             await verify(
                 [entry(n, raw, {}, settings.special_use_allowed) for n, raw in lines],
-                lambda line: records.append(render_record(line)),
+                answered,
                 ctx=ctx,
                 options=BulkOptions(reuse_ttl=None if force else 86400.0),
             )
