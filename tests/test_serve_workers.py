@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,7 +113,8 @@ def test_a_worker_serves_what_its_forked_jobs_counted(
         wait_for(scraped, 30)
         queue = Queue("verify", connection=Redis.from_url(redis_url))
         jobs = [  # one worker runs them in turn; the 421 (which slows the MX down) last
-            queue.enqueue(job_verify_batch, [(1, "user.w3@ok.example"), (2, "nobody.w4@ok.example")]),
+            queue.enqueue(job_verify_batch, [(1, "user.w3@ok.example"),
+                                             (2, "nobody.w4@ok.example")]),
             queue.enqueue(job_probe_email, None, "user.w1@ok.example", "ok.example"),
             queue.enqueue(job_probe_email, None, "slow.w2@ok.example", "ok.example"),
         ]  # fmt: skip
@@ -143,7 +145,8 @@ def test_a_worker_serves_what_its_forked_jobs_counted(
         assert owners <= {"archive", str(worker.proc.pid)}, names
         assert "counter_archive.db" in names
         again = wait_for(scraped, 10)  # a scrape reads the same counts again
-        assert sample(again, "mailprobe_probes_total", verdict="deliverable", reason="accepted") == 2
+        assert sample(again, "mailprobe_probes_total", verdict="deliverable",
+                      reason="accepted") == 2  # fmt: skip
     finally:
         code = worker.stop()
     assert code == 0, worker.output()
@@ -220,3 +223,56 @@ def test_serve_hands_a_job_to_the_workers_and_stores_every_line_once(
 
     finished = FinishedJobRegistry("verify", connection=Redis.from_url(redis_url))
     assert finished.count == 3
+
+
+def test_a_server_waiting_on_absent_workers_stops_and_its_job_resumes_later(
+    world: PushbackWorld, redis_url: str, tmp_path: Path
+) -> None:
+    emails = [f"user.z{i}@ok.example" for i in range(5)] + ["nobody.z5@ok.example"]
+    env = {**world.env(), "REDIS_URL": redis_url}
+    first = ServeProcess(env, tmp_path).start()
+    with httpx.Client(base_url=first.url, timeout=30) as c:
+        job_id = c.post("/v1/jobs", json={"emails": emails}).json()["id"]
+        wait_for(lambda: c.get(f"/v1/jobs/{job_id}").json()["status"] == "running", 30)
+        time.sleep(1.0)  # its batch is on the queue, no worker to take it
+        started = time.monotonic()
+        # Ctrl-C: uvicorn shuts down, then re-raises SIGINT (KeyboardInterrupt), and the
+        # interpreter waits for the threads of the default executor on its way out
+        assert first.stop(signal.SIGINT, timeout=60) in (0, 1, 130, -signal.SIGINT), first.output()
+        assert time.monotonic() - started < 20, "the server hung waiting for the workers"
+        assert sum(world.rcpts.values()) == 0
+    from redis import Redis
+    from rq import Queue
+
+    assert Queue("verify", connection=Redis.from_url(redis_url)).count == 0  # no orphan batch
+    second = ServeProcess(env, tmp_path, port=first.port).start()
+    worker = Worker({**second.env, "REDIS_URL": redis_url}, tmp_path / "worker.log")
+    try:
+        with httpx.Client(base_url=second.url, timeout=30) as c:
+            job = job_done(c, job_id, timeout=120)
+            assert job["status"] == "done" and job["done"] == 6, (job, worker.output())
+            lines = c.get(f"/v1/jobs/{job_id}/results?format=jsonl").text.splitlines()
+            assert [json.loads(x)["line"] for x in lines] == list(range(1, 7))
+    finally:
+        assert worker.stop() == 0, worker.output()
+        second.stop()
+    for email in emails:
+        assert world.count(email) == 1, email  # the stopped server's batch was not run too
+
+
+def test_a_job_cancelled_while_out_with_the_workers_takes_its_batches_back(
+    world: PushbackWorld, redis_url: str, tmp_path: Path
+) -> None:
+    from redis import Redis
+    from rq import Queue
+
+    queue = Queue("verify", connection=Redis.from_url(redis_url))
+    srv = ServeProcess({**world.env(), "REDIS_URL": redis_url}, tmp_path)
+    with srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        emails = ["user.c1@ok.example", "anyone@all.example"]
+        job_id = c.post("/v1/jobs", json={"emails": emails}).json()["id"]
+        wait_for(lambda: queue.count == 2, 30)  # a batch per domain, no worker to run them
+        r = c.delete(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        wait_for(lambda: queue.count == 0, 5)
+        assert c.get(f"/v1/jobs/{job_id}").json()["done"] == 0
