@@ -180,3 +180,35 @@ def test_the_ssrf_guard_refuses_private_targets_unless_allowed(
     for url in ("http://10.0.0.5/h", "http://169.254.169.254/latest", "http://[::1]:8080/"):
         r = c.post("/v1/jobs", json={"emails": ["a@ok.example"], "webhook": {"url": url}})
         assert r.status_code == 400 and "WEBHOOK_ALLOW_PRIVATE" in r.json()["error"], url
+
+
+def test_a_completion_webhook_a_stopped_server_still_owed_is_sent_after_its_restart(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.statuses["/later"] = [503]  # the first attempt fails; its retry is 60 s away
+    with MailWorld() as world:
+        env = {**world.env(), "WEBHOOK_ALLOW_PRIVATE": "127.0.0.0/8", "WEBHOOK_BACKOFF": "60"}
+        first = ServeProcess(env, tmp_path).start()
+        c = httpx.Client(base_url=first.url, timeout=30)
+        webhook = {"url": receiver.url("/later"), "secret": SECRET}
+        job_id = c.post("/v1/jobs", json={"emails": ["user.k1@ok.example"], "webhook": webhook}
+                        ).json()["id"]  # fmt: skip
+        job_done(c, job_id)
+        wait_for(lambda: c.get(f"/v1/jobs/{job_id}").json()["webhook"]["deliveries"], 30)
+        assert first.stop(signal.SIGTERM) in (0, -signal.SIGTERM), first.output()
+        assert len(receiver.got("/later")) == 1
+        second = ServeProcess(env, tmp_path, port=first.port).start()
+        try:
+            job = wait_for(
+                lambda: (j := c.get(f"/v1/jobs/{job_id}").json())["webhook"]["state"]
+                == "delivered" and j, 30,
+            )  # fmt: skip
+        finally:
+            second.stop()
+    deliveries = [(d["attempt"], d["status_code"], d["ok"]) for d in job["webhook"]["deliveries"]]
+    assert deliveries == [(1, 503, False), (2, 200, True)]  # resumed where it was, not anew
+    sent = receiver.got("/later", "job.finished")
+    assert [h["X-Mailprobe-Attempt"] for h, _ in sent] == ["1", "2"]
+    headers, body = sent[-1]
+    assert verify_signature(SECRET, body, headers["X-Mailprobe-Signature"])
+    assert json.loads(body)["job"]["id"] == job_id

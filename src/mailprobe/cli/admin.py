@@ -40,6 +40,12 @@ def worker(
     name: Annotated[
         str | None, typer.Option("--name", help="Worker name (default: random).")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port", **PORT, help="Serve Prometheus /metrics on this port (loopback)."
+        ),
+    ] = None,
 ) -> None:
     """Serve probe and MX jobs from Redis (REDIS_URL), throttled across the whole fleet."""
     from mailprobe.queue.worker import run_worker
@@ -49,7 +55,7 @@ def worker(
     if unknown or not names:
         raise fail(f"--queues {queues!r}: serve some of {', '.join(QUEUES)}")
     settings()
-    raise typer.Exit(run_worker(names, burst=burst, name=name))
+    raise typer.Exit(run_worker(names, burst=burst, name=name, metrics_port=metrics_port))
 
 
 @app.command(epilog="Exit status: 0 every check passed (or was skipped), 1 a warning, 2 a failure.")

@@ -66,6 +66,9 @@ if TYPE_CHECKING:
     from redis import Redis
     from rq import Retry
 
+    from mailprobe.metrics import Metrics
+    from mailprobe.results import Answer
+
 log = logging.getLogger(__name__)
 
 VERIFY_QUEUE = "verify"
@@ -257,10 +260,10 @@ def task_probe_email(
     async def run() -> dict[str, Any]:
         ctx = Context.create(settings, throttle=make_job_throttle(settings))
         try:
-            answer = await probe_in_slot(
+            answer = counted(await probe_in_slot(
                 ctx, address.normalized, email_id=email_id, force=force,
                 lease=slot_lease(settings),
-            )  # fmt: skip
+            ))  # fmt: skip
         finally:
             await ctx.aclose()
         return answer.as_seed_dict()
@@ -308,11 +311,29 @@ def task_resolve_mx(domain: str, force: bool = False) -> dict[str, Any]:
 
 def make_job_throttle(settings: Settings) -> Throttle:
     """The throttle a queue job probes under: Redis-backed when REDIS_URL is set, so every
-    worker on every machine shares the caps. Its leases are short and renewed."""
+    worker on every machine shares the caps. Its leases are short and renewed. Metered
+    (sessions, waits, penalties) when the worker serves metrics."""
     throttle = make_throttle(settings)
     if isinstance(throttle, RedisThrottle):
         throttle.lease_seconds = slot_lease(settings)
+    if job_metrics is not None:
+        from mailprobe.metrics import MeteredThrottle
+
+        return MeteredThrottle(throttle, job_metrics)
     return throttle
+
+
+# serve branch: `mailprobe worker --metrics-port` sets this before the worker forks its
+# first job, so each job (a forked work horse) counts into the worker's multiprocess
+# metrics; None (the default) counts nothing and never imports prometheus-client.
+job_metrics: Metrics | None = None
+
+
+def counted(answer: Answer) -> Answer:
+    """A job's final answer, counted by verdict and reason when the worker serves metrics."""
+    if job_metrics is not None:
+        job_metrics.answered(answer)
+    return answer
 
 
 def _bad_input(email: str, error: str) -> dict[str, Any]:

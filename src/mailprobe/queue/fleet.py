@@ -3,6 +3,8 @@ RQ jobs on `verify`, each run by a worker's bulk engine under the shared Redis t
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -15,6 +17,7 @@ from mailprobe.queue import (
     RETRY_MAX,
     VERIFY_QUEUE,
     QueueUnavailable,
+    counted,
     job_timeout,
     make_job_throttle,
     redis_connection,
@@ -23,6 +26,7 @@ from mailprobe.report import render_record
 from mailprobe.results import LineAnswer, Outcome, answer_for, invalid_answer
 from mailprobe.smtp import run_sync
 
+_NOT_STARTED = frozenset({"queued", "scheduled", "deferred"})
 BATCH_SIZE = 50  # addresses of one domain per job: one worker reuses one session for them
 MAX_JOBS_IN_FLIGHT = 200  # bounds the memory of the enqueueing process
 
@@ -37,12 +41,16 @@ def job_verify_batch(lines: list[tuple[int, str]], force: bool = False) -> list[
     settings = get_settings()
     records: list[dict[str, Any]] = []
 
+    def answered(line: LineAnswer) -> None:
+        counted(line.answer)
+        records.append(render_record(line))
+
     async def run() -> None:
         ctx = Context.create(settings, throttle=make_job_throttle(settings))
         try:
             await verify(
                 [entry(n, raw, {}, settings.special_use_allowed) for n, raw in lines],
-                lambda line: records.append(render_record(line)),
+                answered,
                 ctx=ctx,
                 options=BulkOptions(reuse_ttl=None if force else 86400.0),
             )
@@ -53,12 +61,26 @@ def job_verify_batch(lines: list[tuple[int, str]], force: bool = False) -> list[
     return records
 
 
+class Stopped(Exception):
+    """`enqueue_verify` was told to stop; its batches no worker had started were cancelled."""
+
+
 def enqueue_verify(
-    lines: Any, sink: Any, *, force: bool = False, poll: float = 0.5
+    lines: Any,
+    sink: Any,
+    *,
+    force: bool = False,
+    poll: float = 0.5,
+    stop: threading.Event | None = None,
 ) -> tuple[int, int]:
     """Split the input into per-domain batches, queue them on `verify`, and hand every
     record to `sink` as its batch finishes. Returns (jobs, lines). A batch whose job
-    fails is answered too (verdict unknown, reason job_failed): no line is lost."""
+    fails is answered too (verdict unknown, reason job_failed): no line is lost.
+
+    `stop` (serve branch: a job cancelled or a server stopping) ends the wait within
+    `poll` seconds with Stopped, after cancelling the batches still on the queue, so no
+    worker runs them for nobody (a batch already started runs to its end and stores
+    its answers, which the next run reuses)."""
     from rq import Queue, Retry
     from rq.job import Job
 
@@ -101,8 +123,19 @@ def enqueue_verify(
                     continue
                 del pending[job.id]
                 done = True
-            if not done:
+            if done:
+                continue
+            if stop is None:
                 time.sleep(poll)
+            elif stop.wait(poll):
+                abandon()
+
+    def abandon() -> None:
+        for job in Job.fetch_many(list(pending), connection=connection):
+            if job is not None and job.get_status(refresh=False) in _NOT_STARTED:
+                with contextlib.suppress(Exception):  # taken by a worker meanwhile: it runs
+                    job.cancel()
+        raise Stopped(f"stopped with {len(pending)} batch(es) out")
 
     for line in lines:
         count += 1

@@ -214,8 +214,11 @@ class JobRunner:
         force: bool,
     ) -> None:
         """REDIS_URL: per-domain batches to the RQ workers (`verify --enqueue`'s path),
-        waited on from a thread; a cancel stops it at its next record."""
-        from mailprobe.queue.fleet import enqueue_verify
+        waited on from a thread. A cancel (the job's, or a stopping server's) tells the
+        thread to stop: it cancels the batches no worker has started and ends within a
+        poll, so a stopping server does not wait on workers (nor leave them work for nobody).
+        """
+        from mailprobe.queue.fleet import Stopped, enqueue_verify
 
         stop = threading.Event()
         loop = asyncio.get_running_loop()
@@ -226,6 +229,8 @@ class JobRunner:
             loop.call_soon_threadsafe(sink, rec)
 
         try:
-            await asyncio.to_thread(enqueue_verify, lines, record, force=force)
+            await asyncio.to_thread(enqueue_verify, lines, record, force=force, stop=stop)
+        except Stopped as exc:
+            raise Cancelled(f"job {job_id} cancelled") from exc
         finally:
             stop.set()
