@@ -199,16 +199,17 @@ async def test_a_failing_session_answers_what_it_held_and_the_run_ends(
 ) -> None:
     """A bug in a session (simulated: reading a RCPT reply raises) answers the addresses that
     session held, `unknown / internal_error`, logs once, and the run goes on and ends."""
+    from mailprobe.engine.bulk import outcomes
     from mailprobe.engine.bulk import session as session_module
 
-    real = session_module._from_reply
+    real = outcomes.from_reply
 
     def broken(recipient: Any, session: Any, reply: Any, *args: Any) -> Any:
         if reply.stage == "rcpt" and "bug" in recipient.address.normalized:
             raise RuntimeError("simulated bug")
         return real(recipient, session, reply, *args)
 
-    monkeypatch.setattr(session_module, "_from_reply", broken)
+    monkeypatch.setattr(session_module, "from_reply", broken)
     port = await server(b"250 2.1.5 ok\r\n")
     dns = SimDNSServer({"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
                         "mx.acme.example": DomainSpec(a=["127.0.0.1"]),

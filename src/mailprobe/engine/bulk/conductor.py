@@ -40,6 +40,8 @@ from typing import Any
 from mailprobe.egress import Route
 from mailprobe.engine.bulk import retry
 from mailprobe.engine.bulk.catchall import CatchAllCheck, finding_for
+from mailprobe.engine.bulk.errors import ServiceLost as ServiceLost
+from mailprobe.engine.bulk.errors import SinkFailed as SinkFailed
 from mailprobe.engine.bulk.options import MAX_UNSTORED_ROWS, BulkOptions, Sink, Summary
 from mailprobe.engine.bulk.pacing import Pacer
 from mailprobe.engine.bulk.reader import Duplicates, Lines, read
@@ -59,24 +61,6 @@ from mailprobe.smtp import SMTPSession
 from mailprobe.throttle import Slot, ThrottleError, ThrottleTimeout
 
 log = logging.getLogger(__name__)
-
-
-class ServiceLost(RuntimeError):
-    """A service the run needs (the shared throttle) went away for longer than allowed: the
-    run stopped, every address not answered is pending (`--resume`), nothing was invented."""
-
-    def __init__(self, detail: str, pending: int = 0) -> None:
-        super().__init__(detail)
-        self.pending = pending
-
-
-class SinkFailed(RuntimeError):
-    """The records could not be written (stdout closed, disk full): the run stopped. What was
-    answered is stored, so `--resume` goes on from there."""
-
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(f"cannot write records: {cause}")
-        self.cause = cause
 
 
 OUTAGE_MAX_PAUSE = 10.0  # seconds between tries of a throttle that went away

@@ -24,12 +24,20 @@ import logging
 import time
 from collections import deque
 
-from mailprobe.classify import Reason, classify_reply
+from mailprobe.classify import Reason
 from mailprobe.dns import DNSLookupError
 from mailprobe.egress import DIRECT_ROUTE, Route, egress_key
 from mailprobe.engine.bulk.catchall import Accepted, CatchAll
 from mailprobe.engine.bulk.egress import answer_no_route, proxy_failed
 from mailprobe.engine.bulk.options import BulkOptions, Summary
+from mailprobe.engine.bulk.outcomes import (
+    Span,
+    failure,
+    from_reply,
+    internal_error,
+    reason_of,
+    smtputf8_unsupported,
+)
 from mailprobe.engine.bulk.reports import Deferred, Engine
 from mailprobe.engine.bulk.state import MXLane, drain, take
 from mailprobe.engine.bulk.steps import (
@@ -47,7 +55,6 @@ from mailprobe.engine.bulk.targets import Recipient, Target
 from mailprobe.engine.bulk.tokens import TOKEN_WAIT_MAX, OutOfTokens, Tokens, group_end, rcpts_from
 from mailprobe.engine.context import Context
 from mailprobe.engine.probe import probe_options
-from mailprobe.results import Outcome
 from mailprobe.smtp import (
     ErrorKind,
     Reply,
@@ -59,9 +66,6 @@ from mailprobe.smtp import (
     skipped,
 )
 from mailprobe.throttle import Slot
-
-Span = tuple[int, int]  # the transcript's header (up to EHLO) and where this exchange began
-
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +109,7 @@ class SessionRunner:
             detail = f"internal error in the session with {lane.host}: {type(exc).__name__}: {exc}"
             for r in batch:
                 if r.in_session:
-                    self.engine.answered(r, _internal_error(r, lane.host, detail))
+                    self.engine.answered(r, internal_error(r, lane.host, detail))
             return None
 
     def no_route(self, lane: MXLane) -> None:
@@ -122,7 +126,7 @@ class SessionRunner:
         except DNSLookupError as exc:
             lane.ips = None  # looked up again by the next session
             for r in batch:
-                self.engine.answered(r, _failure(r, lane.host, "dns_error", str(exc)))
+                self.engine.answered(r, failure(r, lane.host, "dns_error", str(exc)))
             return None
         if not ips:
             lane.ips = None
@@ -166,7 +170,7 @@ class SessionRunner:
                 except StageRefused as refused:
                     self.ctx.behavior.mark_alive(lane.host)  # it answered, if only to refuse
                     for r in drain(pending):
-                        self.engine.answered(r, _from_reply(r, session, refused.reply, 0))
+                        self.engine.answered(r, from_reply(r, session, refused.reply, 0))
                     return None
                 self.ctx.behavior.mark_alive(lane.host)
                 self.ctx.routes.worked(route)
@@ -279,7 +283,7 @@ class SessionRunner:
                 await session.mail(mail_from)
             except StageRefused as refused:
                 for r in txn:
-                    self.engine.answered(r, _from_reply(r, session, refused.reply, 0, span))
+                    self.engine.answered(r, from_reply(r, session, refused.reply, 0, span))
                 answered = len(txn)
                 await session.rset()
                 return None
@@ -326,7 +330,7 @@ class SessionRunner:
         except SessionError:
             self.engine.checked(check, Reason.CONNECTION_FAILED)
             raise
-        self.engine.checked(check, _reason(session, reply), reply.message)
+        self.engine.checked(check, reason_of(session, reply), reply.message)
 
     # -- with PIPELINING: the whole session is one group ------------------------------
 
@@ -375,7 +379,7 @@ class SessionRunner:
                                 asked.add(id(r))
                                 refusal = refused.get(t)
                                 if refusal is not None:  # "503 need MAIL": the refusal answers
-                                    outcome = _from_reply(r, session, refusal, 0, span)
+                                    outcome = from_reply(r, session, refusal, 0, span)
                                     self.engine.answered(r, outcome)
                                 else:
                                     got = accepted.setdefault(t, [])
@@ -386,7 +390,7 @@ class SessionRunner:
                             case CatchAllStep(check=check):
                                 asked.add(id(check))
                                 said = check_refused or reply
-                                self.engine.checked(check, _reason(session, said), said.message)
+                                self.engine.checked(check, reason_of(session, said), said.message)
                             case CheckRsetStep() | QuitStep():
                                 pass
         except OutOfTokens:
@@ -427,7 +431,7 @@ class SessionRunner:
         kept = [r for r in pending if not r.address.needs_smtputf8]
         for r in pending:
             if r.address.needs_smtputf8:
-                self.engine.answered(r, _smtputf8_unsupported(r, session))
+                self.engine.answered(r, smtputf8_unsupported(r, session))
         pending.clear()
         pending.extend(kept)
 
@@ -443,7 +447,7 @@ class SessionRunner:
     ) -> None:
         self.summary.rcpts += 1
         elapsed = int((time.monotonic() - sent) * 1000)
-        outcome = _from_reply(recipient, session, reply, elapsed, span)
+        outcome = from_reply(recipient, session, reply, elapsed, span)
         self.engine.heard(recipient, outcome)
         if outcome.reason == Reason.ACCEPTED and isinstance(recipient, Target):
             accepted.append((recipient, outcome))  # waits for the catch-all check
@@ -489,10 +493,10 @@ class SessionRunner:
                 if r.bounces <= 2:
                     self.engine.route(r)
                 else:
-                    self.engine.answered(r, _failure(r, lane.host, kind, error, session.stage))
+                    self.engine.answered(r, failure(r, lane.host, kind, error, session.stage))
             recipients = recipients[:asked]
         for r in recipients:
-            outcome = _failure(r, lane.host, kind, error, session.stage).with_evidence(
+            outcome = failure(r, lane.host, kind, error, session.stage).with_evidence(
                 transcript=tuple(session.transcript), tls=session.tls
             )
             self.engine.answered(r, outcome)
@@ -512,7 +516,7 @@ class SessionRunner:
                 self.engine.route(r)
                 continue
             self.ctx.behavior.mark_no_pipelining(lane.host)
-            outcome = _failure(r, lane.host, "out_of_step", error, session.stage)
+            outcome = failure(r, lane.host, "out_of_step", error, session.stage)
             self.engine.answered(
                 r, outcome.with_evidence(transcript=tuple(session.transcript), tls=session.tls)
             )
@@ -526,85 +530,10 @@ class SessionRunner:
         lane is for servers that connect and then answer slowly."""
         self.ctx.behavior.mark_dead(lane.host)
         for r in recipients:
-            r.last = _failure(r, lane.host, kind, error, session.stage).with_evidence(
+            r.last = failure(r, lane.host, kind, error, session.stage).with_evidence(
                 transcript=tuple(session.transcript), tls=session.tls
             )
             r.tried += (lane.host,)
             self.engine.route(r)
         for r in drain(lane.recipients):  # queued here, not tried here: routed afresh
             self.engine.route(r)
-
-
-def _reason(session: SMTPSession, reply: Reply) -> str:
-    return classify_reply(reply.stage, reply.code, reply.message, mx_host=session.mx_host).reason
-
-
-def _from_reply(
-    recipient: Recipient,
-    session: SMTPSession,
-    reply: Reply,
-    elapsed_ms: int,
-    span: Span | None = None,
-) -> Outcome:
-    """The outcome of a reply: the transcript is the session's header and this exchange."""
-    return Outcome.from_reply(
-        recipient.address.normalized,
-        stage=reply.stage,
-        code=reply.code,
-        message=reply.message,
-        mx_host=session.mx_host,
-        enhanced_status=reply.enhanced,
-        helo_domain=session.helo_domain,
-        elapsed_ms=elapsed_ms,
-        tls=session.tls,
-        transcript=_transcript(session, span),
-    )
-
-
-# (the session's transcript list itself, its length, the span) -> the tuple made of it; the
-# list is held, so its identity cannot pass to another session's list while it is here.
-_last_transcript: list[tuple[list[str], int, Span | None, tuple[str, ...]]] = []
-
-
-def _transcript(session: SMTPSession, span: Span | None) -> tuple[str, ...]:
-    """The session's header and this exchange, as one tuple shared by every reply of a
-    pipelined group (they are read before any is handed on, so they see the same lines):
-    built once per group, not once per RCPT, and stored once (`store.queries`)."""
-    lines = session.transcript
-    if _last_transcript:
-        held, length, held_span, made = _last_transcript[0]
-        if held is lines and length == len(lines) and held_span == span:
-            return made
-    made = tuple(lines if span is None else lines[: span[0]] + lines[span[1] :])
-    _last_transcript[:] = [(lines, len(lines), span, made)]
-    return made
-
-
-def _smtputf8_unsupported(recipient: Recipient, session: SMTPSession) -> Outcome:
-    """The same outcome `smtp.probe_address` gives: nothing asked, the server cannot."""
-    return Outcome(
-        email=recipient.address.normalized,
-        reason=Reason.SMTPUTF8_UNSUPPORTED.value,
-        stage="ehlo",
-        mx_host=session.mx_host,
-        helo_domain=session.helo_domain,
-        error="address needs SMTPUTF8 and the server does not offer it",
-        tls=session.tls,
-        transcript=tuple(session.transcript),
-    )
-
-
-def _internal_error(recipient: Recipient, mx_host: str, detail: str) -> Outcome:
-    """What a session that failed on our side tells about an address: nothing."""
-    return Outcome(
-        email=recipient.address.normalized, reason=Reason.INTERNAL_ERROR.value, stage="session",
-        mx_host=mx_host, error=detail, error_kind="internal",
-    )  # fmt: skip
-
-
-def _failure(
-    recipient: Recipient, mx_host: str, kind: str, error: str, stage: str = "connect"
-) -> Outcome:
-    return Outcome.failure(
-        recipient.address.normalized, kind=kind, error=error, stage=stage, mx_host=mx_host
-    )
