@@ -285,6 +285,13 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 1, high: in
     return value
 
 
+# The parsers, for faces with settings of their own (`mailprobe.serve.config`): one way to
+# read a number from the environment, one wording of its error.
+env_raw = _raw
+env_int = _int
+env_positive_float = _positive_float
+
+
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return _int(env, name, default, 1, 65535, "a TCP port")
 

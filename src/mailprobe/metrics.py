@@ -12,12 +12,11 @@ folds each ended horse's counts into one file.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -34,7 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
 
-from mailprobe.throttle import Limits, Slot, Throttle, ThrottleTimeout
+from mailprobe.throttle import Slot, Throttle, ThrottleTimeout, ThrottleWrapper
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -148,13 +147,12 @@ def mx_class(throttle: Throttle, mx_host: str) -> str:
     return "default"
 
 
-class MeteredThrottle(Throttle):
+class MeteredThrottle(ThrottleWrapper):
     """A throttle that reports its slots and penalties, and otherwise is the one it wraps.
     Faces hand it to the engine (`Context.create(throttle=...)`), so no engine code counts."""
 
     def __init__(self, inner: Throttle, metrics: Metrics = METRICS) -> None:
-        self.inner = inner
-        self.policy = inner.policy
+        super().__init__(inner)
         self.metrics = metrics
         self._held: dict[str, tuple[float, str]] = {}  # slot token -> (acquired at, class)
 
@@ -175,11 +173,6 @@ class MeteredThrottle(Throttle):
         self.metrics.sessions_open.labels(label).inc()
         return slot
 
-    async def more(
-        self, slot: Slot, rcpts: int, *, wait: float | None = None, priority: bool = False
-    ) -> int:
-        return await self.inner.more(slot, rcpts, wait=wait, priority=priority)
-
     async def release(self, slot: Slot) -> None:
         held = self._held.pop(slot.token, None)
         if held is not None:
@@ -188,25 +181,9 @@ class MeteredThrottle(Throttle):
             self.metrics.session_seconds.labels(label).observe(time.monotonic() - since)
         await self.inner.release(slot)
 
-    async def renew(self, slot: Slot, lease_seconds: float | None = None) -> bool:
-        return await self.inner.renew(slot, lease_seconds)
-
     async def penalize(self, mx_host: str, *, reason: str) -> None:
         self.metrics.penalties.labels(reason).inc()
         await self.inner.penalize(mx_host, reason=reason)
-
-    async def effective_limits(self, mx_host: str) -> Limits:
-        return await self.inner.effective_limits(mx_host)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    @contextlib.asynccontextmanager
-    async def slot(
-        self, mx_host: str, *, wait: float | None = None, rcpts: int = 1
-    ) -> AsyncIterator[Slot]:
-        async with super().slot(mx_host, wait=wait, rcpts=rcpts) as held:
-            yield held
 
 
 class StateGauge(Collector):

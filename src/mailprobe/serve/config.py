@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mailprobe.config import ConfigError
+from mailprobe.config import env_int as _int
+from mailprobe.config import env_positive_float as _float
+from mailprobe.config import env_raw as _raw
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -55,37 +58,6 @@ class ServeConfig:
             auth=auth,
             require_key=require_key,
         )
-
-
-def _raw(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    return value.strip() if value is not None and value.strip() else None
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int) -> int:
-    raw = _raw(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(name, f"{raw!r} is not a whole number") from None
-    if value < low:
-        raise ConfigError(name, f"{value} is below {low}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = _raw(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(name, f"{raw!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise ConfigError(name, f"{raw!r}: give a positive, finite number of seconds")
-    return value
 
 
 def _networks(env: Mapping[str, str], name: str) -> tuple[tuple[Network, ...], bool]:

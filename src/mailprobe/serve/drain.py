@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
-from mailprobe.throttle import Limits, Slot, Throttle, ThrottleTimeout
+from mailprobe.throttle import Slot, Throttle, ThrottleTimeout, ThrottleWrapper
 
 
-class DrainingThrottle(Throttle):
+class DrainingThrottle(ThrottleWrapper):
     def __init__(self, inner: Throttle) -> None:
-        self.inner = inner
-        self.policy = inner.policy
+        super().__init__(inner)
         self.closing = False
         self.held = 0
         self._idle = asyncio.Event()
@@ -31,11 +29,6 @@ class DrainingThrottle(Throttle):
         self.held += 1
         self._idle.clear()
         return slot
-
-    async def more(
-        self, slot: Slot, rcpts: int, *, wait: float | None = None, priority: bool = False
-    ) -> int:
-        return await self.inner.more(slot, rcpts, wait=wait, priority=priority)
 
     async def release(self, slot: Slot) -> None:
         try:
@@ -53,22 +46,3 @@ class DrainingThrottle(Throttle):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
         return not self.held
-
-    async def renew(self, slot: Slot, lease_seconds: float | None = None) -> bool:
-        return await self.inner.renew(slot, lease_seconds)
-
-    async def penalize(self, mx_host: str, *, reason: str) -> None:
-        await self.inner.penalize(mx_host, reason=reason)
-
-    async def effective_limits(self, mx_host: str) -> Limits:
-        return await self.inner.effective_limits(mx_host)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    @contextlib.asynccontextmanager
-    async def slot(
-        self, mx_host: str, *, wait: float | None = None, rcpts: int = 1
-    ) -> AsyncIterator[Slot]:
-        async with super().slot(mx_host, wait=wait, rcpts=rcpts) as held:
-            yield held

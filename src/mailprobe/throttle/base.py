@@ -276,3 +276,37 @@ class Throttle(abc.ABC):
                 await self.release(held)
             except ThrottleError as exc:
                 log.warning("could not release throttle slot for %s: %s", held.mx_host, exc)
+
+
+class ThrottleWrapper(Throttle):
+    """A throttle that is another one, for faces that add to it (metrics, draining): every
+    call goes to `inner`; a subclass overrides what it adds to."""
+
+    def __init__(self, inner: Throttle) -> None:
+        self.inner = inner
+        self.policy = inner.policy
+
+    async def acquire(
+        self, mx_host: str, *, wait: float | None = None, rcpts: int = 1, priority: bool = False
+    ) -> Slot:
+        return await self.inner.acquire(mx_host, wait=wait, rcpts=rcpts, priority=priority)
+
+    async def more(
+        self, slot: Slot, rcpts: int, *, wait: float | None = None, priority: bool = False
+    ) -> int:
+        return await self.inner.more(slot, rcpts, wait=wait, priority=priority)
+
+    async def release(self, slot: Slot) -> None:
+        await self.inner.release(slot)
+
+    async def renew(self, slot: Slot, lease_seconds: float | None = None) -> bool:
+        return await self.inner.renew(slot, lease_seconds)
+
+    async def penalize(self, mx_host: str, *, reason: str) -> None:
+        await self.inner.penalize(mx_host, reason=reason)
+
+    async def effective_limits(self, mx_host: str) -> Limits:
+        return await self.inner.effective_limits(mx_host)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
