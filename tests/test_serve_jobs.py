@@ -62,6 +62,7 @@ class Receiver:
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.statuses: dict[str, list[int]] = {}
+        self.failing: set[str] = set()  # paths that answer every delivery 503
         self.lock = threading.Lock()
         owner = self
 
@@ -73,6 +74,7 @@ class Receiver:
                     script = owner.statuses.get(self.path, [])
                     finished = self.headers.get("X-Mailprobe-Event") == "job.finished"
                     status = script.pop(0) if script and finished else 200
+                    status = 503 if self.path in owner.failing else status
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -212,3 +214,46 @@ def test_a_completion_webhook_a_stopped_server_still_owed_is_sent_after_its_rest
     headers, body = sent[-1]
     assert verify_signature(SECRET, body, headers["X-Mailprobe-Signature"])
     assert json.loads(body)["job"]["id"] == job_id
+
+
+def test_a_webhook_goes_to_the_address_that_was_checked() -> None:
+    """The request is sent to the IP the SSRF check vetted, not to a fresh lookup of the
+    name (which could have changed to a private address since): the name stays in Host and
+    in TLS's server name."""
+    from mailprobe.serve.webhooks import pinned
+
+    assert pinned("https://hooks.example.com/cb?x=1", "203.0.113.7") == (
+        "https://203.0.113.7/cb?x=1", "hooks.example.com", "hooks.example.com"
+    )  # fmt: skip
+    assert pinned("http://hooks.example.com:8080/cb", "2001:db8::5") == (
+        "http://[2001:db8::5]:8080/cb", "hooks.example.com:8080", "hooks.example.com"
+    )  # fmt: skip
+
+
+def test_per_address_events_a_stopped_server_did_not_deliver_are_sent_after_its_restart(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.failing.add("/each")  # every delivery fails; the retries are 60 s away
+    emails = ["user.e1@ok.example", "nobody.e2@ok.example"]
+    with MailWorld() as world:
+        env = {**world.env(), "WEBHOOK_ALLOW_PRIVATE": "127.0.0.0/8", "WEBHOOK_BACKOFF": "60"}
+        first = ServeProcess(env, tmp_path).start()
+        c = httpx.Client(base_url=first.url, timeout=30)
+        webhook = {"url": receiver.url("/each"), "secret": SECRET, "each": True}
+        job_id = c.post("/v1/jobs", json={"emails": emails, "webhook": webhook}).json()["id"]
+        job_done(c, job_id)
+        wait_for(lambda: len(receiver.got("/each", "address.verified")) >= 2, 30)
+        assert first.stop(signal.SIGTERM) in (0, -signal.SIGTERM), first.output()
+        receiver.failing.discard("/each")
+        before = len(receiver.got("/each", "address.verified"))
+        second = ServeProcess(env, tmp_path, port=first.port).start()
+        try:
+            wait_for(lambda: len(receiver.got("/each", "address.verified")) >= before + 2, 30)
+            wait_for(lambda: receiver.got("/each", "job.finished")[1:], 30)
+        finally:
+            second.stop()
+    resent = receiver.got("/each", "address.verified")[before:]
+    lines = sorted(json.loads(body)["record"]["line"] for _, body in resent)
+    assert lines == [1, 2]  # each line's event once more, after the restart
+    for headers, body in resent:
+        assert verify_signature(SECRET, body, headers["X-Mailprobe-Signature"])

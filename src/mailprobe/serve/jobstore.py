@@ -334,6 +334,36 @@ def pending_webhooks(store: Store) -> list[tuple[str, int]]:
         return out
 
 
+def pending_events(store: Store) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Per-address events a stopped server did not finish: per job that asked for them, the
+    records of its answered lines whose event is not done."""
+    with store.session() as session:
+        rows = session.execute(
+            select(ApiJobLine.job_id, ApiJobLine.record)
+            .join(ApiJob, ApiJob.id == ApiJobLine.job_id)
+            .where(
+                ApiJob.webhook_each.is_(True),
+                ApiJobLine.record.is_not(None),
+                ApiJobLine.event_done.is_(None),
+            )
+            .order_by(ApiJobLine.job_id, ApiJobLine.line_no)
+        )
+        out: dict[str, list[dict[str, Any]]] = {}
+        for job_id, record in rows:
+            out.setdefault(job_id, []).append(record)
+        return list(out.items())
+
+
+def mark_event_done(store: Store, job_id: str, line_no: int) -> None:
+    """The line's per-address event was delivered, or given up after its attempts."""
+    with store.session() as session:
+        session.execute(
+            update(ApiJobLine)
+            .where(ApiJobLine.job_id == job_id, ApiJobLine.line_no == line_no)
+            .values(event_done=True)
+        )
+
+
 def _delivery(row: ApiWebhookDelivery) -> Delivery:
     return Delivery(row.event, row.attempt, row.status_code, row.error, row.ok, row.at)
 

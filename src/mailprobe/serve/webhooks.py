@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -60,9 +60,9 @@ def _allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, config: ServeCon
     return any(ip in net for net in config.webhook_allow)
 
 
-async def check_target(url: str, config: ServeConfig) -> None:
+async def check_target(url: str, config: ServeConfig) -> str:
     """Raise WebhookRefused unless `url` is http(s) to a host whose every address is public
-    (or in WEBHOOK_ALLOW_PRIVATE)."""
+    (or in WEBHOOK_ALLOW_PRIVATE); return the address to connect to (see `pinned`)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -86,6 +86,22 @@ async def check_target(url: str, config: ServeConfig) -> None:
             f"webhook url {url!r} points at a private or loopback address ({refused[0]}): "
             "refused; allow its network with WEBHOOK_ALLOW_PRIVATE"
         )
+    return str(ips[0])
+
+
+def pinned(url: str, ip: str) -> tuple[str, str, str]:
+    """`url` sent to the address that was checked, not to whatever its name resolves to a
+    moment later (a name that changes between the check and the request, "DNS
+    rebinding", would otherwise reach a private address): (the URL with the IP as its
+    host, the Host header, the TLS server name). The name still goes in Host and in TLS's
+    SNI, and the certificate is checked against it (httpcore's `sni_hostname` extension)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    address = f"[{ip}]" if ":" in ip else ip
+    netloc = address if parts.port is None else f"{address}:{parts.port}"
+    shown = host if ":" not in host else f"[{host}]"
+    host_header = shown if parts.port is None else f"{shown}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc)), host_header, host
 
 
 @dataclass
@@ -97,6 +113,7 @@ class Delivery:
     body: bytes
     attempt: int = 1
     record: bool = True  # recorded on the job (per-address events: failures only)
+    line_no: int | None = None  # a per-address event's line (marked done on the line)
 
 
 class Dispatcher:
@@ -120,6 +137,12 @@ class Dispatcher:
             job = await asyncio.to_thread(jobstore.get_job, self.store, job_id)
             if job is not None:  # a completion webhook a stopped server did not deliver
                 self.finished(job, attempt=made + 1)
+        for job_id, records in await asyncio.to_thread(jobstore.pending_events, self.store):
+            owner = await asyncio.to_thread(jobstore.get_job, self.store, job_id)
+            if owner is None:
+                continue
+            for record in records:
+                self.address(owner, record)  # per-address events it did not send
 
     async def stop(self) -> None:
         for timer in self._timers:
@@ -147,8 +170,10 @@ class Dispatcher:
         if job.webhook is None or not job.webhook.each:
             return
         payload = {"event": "address.verified", "job_id": job.id, "record": record}
+        line = record.get("line")
         self.send(Delivery(job.id, "address.verified", job.webhook.url, job.webhook.secret,
-                           _body(payload), record=False))  # fmt: skip
+                           _body(payload), record=False,
+                           line_no=line if isinstance(line, int) else None))  # fmt: skip
 
     async def _work(self) -> None:
         while True:
@@ -164,8 +189,9 @@ class Dispatcher:
         error: str | None = None
         outcome = "failed"
         try:
-            await check_target(d.url, self.config)
+            target, host_header, server_name = pinned(d.url, await check_target(d.url, self.config))
             headers = {
+                "Host": host_header,
                 "Content-Type": "application/json",
                 "User-Agent": "mailprobe-webhook",
                 "X-Mailprobe-Event": d.event,
@@ -174,7 +200,10 @@ class Dispatcher:
             }
             if d.secret:
                 headers[SIGNATURE_HEADER] = sign(d.secret, d.body)
-            response = await self._client.post(d.url, content=d.body, headers=headers)
+            response = await self._client.post(
+                target, content=d.body, headers=headers,
+                extensions={"sni_hostname": server_name},
+            )  # fmt: skip
             status = response.status_code
             if 200 <= status < 300:
                 outcome = "ok"
@@ -193,6 +222,9 @@ class Dispatcher:
                     jobstore.add_delivery, self.store, d.job_id, d.event, d.attempt,
                     status_code=status, error=error, ok=ok,
                 )  # fmt: skip
+        if d.line_no is not None and final:
+            with contextlib.suppress(StoreError):
+                await asyncio.to_thread(jobstore.mark_event_done, self.store, d.job_id, d.line_no)
         if d.event == "job.finished" and final:
             with contextlib.suppress(StoreError):
                 state = "delivered" if ok else "failed"

@@ -184,6 +184,8 @@ class ApiJobLine(Base):
     record: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     verdict: Mapped[str | None] = mapped_column(String(16))
     answered_at: Mapped[datetime | None] = mapped_column()
+    # its per-address webhook event delivered or given up (None: not yet, or none asked)
+    event_done: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class ApiWebhookDelivery(Base):
