@@ -423,12 +423,15 @@ async def test_four_workers_hold_the_caps(
     assert all(r.max_open <= mconc for r in records), [r.max_open for r in records]
     assert shared["peak"] <= gconc, shared["peak"]
     assert shared["peak"] >= 2  # (and the workers did run in parallel)
-    # ...nor faster than the rates (one token of burst).
+    # ...nor faster than the rates: one probe is one RCPT, and a second sees at most the
+    # rate plus its burst (THROTTLE_BURST_SECONDS, 0.2 s worth by default: 2 and 3 here).
+    policy = ThrottlePolicy.from_settings(config.get_settings())
     for r in records:
-        assert max_in_window(r.connect_times) <= mrps + 1, sorted(r.connect_times)
+        allowed = policy.burst(mrps) + mrps
+        assert max_in_window(r.connect_times) <= allowed, sorted(r.connect_times)
     every = [t for r in records for t in r.connect_times]
-    assert max_in_window(every) <= grps + 1
-    assert elapsed >= (200 - 1) / grps - 1  # the global rate really bound the run
+    assert max_in_window(every) <= policy.burst(grps) + grps
+    assert elapsed >= (200 - policy.burst(grps)) / grps - 1  # the global rate bound the run
 
 
 class FirstCallHangs(SimSMTPServer):
