@@ -17,7 +17,7 @@ much as connections, so the rate caps count RCPT commands:
 Rates are GCRA token buckets holding `burst` tokens (THROTTLE_BURST_SECONDS worth of
 the rate, at least one): any window of T seconds sees at most ``burst + rps * T``
 RCPTs at one MX, and the same globally, give or take the lateness tolerance of
-`next_tat`.
+`take_tokens`.
 
 A slot's parts are taken together or not at all, so a waiter never sits on half a slot.
 
@@ -60,7 +60,6 @@ from mailprobe.throttle.base import (
     ThrottleUnavailable,
     ThrottleWrapper,
     late_tolerance,
-    next_tat,
     normalize_host,
     penalty_level,
     penalty_reason,
@@ -90,7 +89,6 @@ __all__ = [
     "ThrottleWrapper",
     "late_tolerance",
     "make_throttle",
-    "next_tat",
     "normalize_host",
     "penalty_level",
     "penalty_reason",

@@ -1,5 +1,5 @@
 """What every throttle shares: errors, limits and policy, the slot, the `Throttle`
-interface, and the pure helpers (GCRA's `next_tat`, penalty levels) both backends use."""
+interface, and the pure helpers (GCRA's `take_tokens`, penalty levels) both backends use."""
 
 from __future__ import annotations
 
@@ -140,25 +140,8 @@ def penalty_level(stored: int, since: float, now: float, cooldown: float) -> int
 
 
 def late_tolerance(interval: float) -> float:
-    """How late a start may be and still count as on schedule (see `next_tat`)."""
+    """How late a take may be and still keep the grid (see `take_tokens`)."""
     return min(LATE_TOLERANCE, interval / 4)
-
-
-def next_tat(tat: float, now: float, interval: float) -> float:
-    """GCRA: the earliest time of the start after one taken `now` (its token was due at `tat`).
-
-    A waiter always wakes a little after its token is due (timer and event-loop latency,
-    some milliseconds). Restarting the schedule from `now` would add that lateness to every
-    interval: about 5% fewer starts than the cap allows on a busy MX, which is the run's
-    critical path. A start that is late by at most `late_tolerance` keeps the schedule
-    instead, so starts stay on a grid `interval` apart and never closer than
-    ``interval - late_tolerance``: no window of T seconds holds more than
-    ``1 + rps * (T + late_tolerance)`` starts, no burst is ever saved up, and after a
-    longer pause (an idle MX) the schedule restarts from now.
-    """
-    if 0.0 <= now - tat <= late_tolerance(interval):
-        return tat + interval
-    return max(tat, now) + interval
 
 
 def take_tokens(
@@ -167,11 +150,15 @@ def take_tokens(
     """GCRA with a burst: up to `want` tokens at `now` -> (taken, new tat, wait).
 
     `tat` is when the next token is due on the cap's grid. At most `burst` tokens conform
-    at once, so any window of T seconds sees at most ``burst + T / interval`` of them (give
-    or take `late_tolerance`, see `next_tat`). Taking none returns the seconds until one
-    is due. Taking k moves the grid k intervals on: a pipelined group of k RCPTs costs what
-    k separate RCPTs cost. `reserve` tokens of the burst are left for others (the critical
-    lane's, see `priority_reserve`)."""
+    at once, so any window of T seconds sees at most ``burst + (T + late_tolerance) /
+    interval`` of them. A waiter always wakes a little after its token is due (timer and
+    event-loop latency); restarting the grid from `now` would add that lateness to every
+    interval, about 5% fewer RCPTs than the cap allows on the run's critical MX. So a take
+    late by at most `late_tolerance` keeps the grid; after a longer pause (an idle MX) the
+    grid restarts from now and no more than `burst` is saved up. Taking none returns the
+    seconds until one is due. Taking k moves the grid k intervals on: a pipelined group of
+    k RCPTs costs what k separate RCPTs cost. `reserve` tokens of the burst are left for
+    others (the critical lane's, see `priority_reserve`)."""
     late = 0.0 <= now - tat <= late_tolerance(interval)
     base = tat if late else max(tat, now)  # a little late: keep the grid
     available = math.floor((now - base) / interval + burst + 1e-9) - reserve

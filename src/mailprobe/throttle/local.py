@@ -59,7 +59,8 @@ class LocalThrottle(Throttle):
         self, host: str, now: float, want: int, priority: bool = False
     ) -> tuple[int, float, str]:
         """Take a connection and up to `want` RCPT tokens now -> (RCPT tokens, 0, ""), or
-        (0, seconds to wait, the cap in the way)."""
+        (0, seconds to wait, the cap in the way). `want=0`: one must be available, none
+        is taken."""
         glob, mx = self.policy.global_limits, self._limits(host, now)
         if self._global_in_use >= glob.max_concurrency:
             return 0, math.inf, "global concurrency"
@@ -77,7 +78,7 @@ class LocalThrottle(Throttle):
         self._conn_tat[host] = conn_next
         self._global_in_use += 1
         self._in_use[host] = self._in_use.get(host, 0) + 1
-        return taken if want > 0 else 1, 0.0, ""
+        return taken if want > 0 else 0, 0.0, ""
 
     def _take_rcpts(
         self,
@@ -124,7 +125,7 @@ class LocalThrottle(Throttle):
         taken = await self._wait_for(host, attempt, wait)
         token = uuid.uuid4().hex
         self._held[token] = host
-        return Slot(host, token, rcpts=taken if want else 0)
+        return Slot(host, token, rcpts=taken)
 
     async def more(
         self, slot: Slot, rcpts: int, *, wait: float | None = None, priority: bool = False
@@ -144,14 +145,15 @@ class LocalThrottle(Throttle):
         wait: float | None,
         fail_fast: bool = False,
     ) -> int:
-        """Try until `attempt` takes something; sleep until its token is due or a release.
-        `fail_fast`: a token due after the budget fails now instead of at the budget's end."""
+        """Try until `attempt` succeeds (no cap in the way) and return what it took; sleep
+        until its token is due or a release. `fail_fast`: a token due after the budget fails
+        now instead of at the budget's end."""
         budget = self.policy.wait if wait is None else wait
         loop = asyncio.get_running_loop()
         start = loop.time()
         while True:
             taken, delay, limited_by = attempt(self._clock())
-            if taken:
+            if not limited_by:
                 return taken
             remaining = start + budget - loop.time()
             if remaining <= 0 or (fail_fast and delay > remaining):

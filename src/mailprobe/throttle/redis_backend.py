@@ -108,7 +108,7 @@ end
 # KEYS: global leases, MX leases, global rate, MX rate, MX penalty, MX connection rate,
 #       critical lane waiting
 # ARGV: token, now|'', lease ms, global conc, global interval ms, MX conc, MX interval ms,
-#       cool-down ms, lateness tolerance ms (at most; see next_tat), RCPTs wanted,
+#       cool-down ms, lateness tolerance ms (at most; see take_tokens), RCPTs wanted,
 #       burst ms, MX connection interval ms, priority (1|0)
 # -> {RCPT tokens, lease expiry ms} | {0, ms until a rate token, or -1 when a slot is full,
 #    reason}
