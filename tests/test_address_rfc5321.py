@@ -239,3 +239,56 @@ def test_spellings_of_one_mailbox_are_one_stored_row(tmp_path: Any) -> None:
         assert row is not None
         assert (row.email, row.local_part) == ('"john doe"@acme.example', '"john doe"')
     store.dispose()
+
+
+# -- the short way for plain addresses agrees with email-validator's whole way ---------
+# Characters that make the two ways differ if anything does: atext, dots, hyphens,
+# digits, letters of both cases, a quote, non-ASCII, and the @.
+_SHAPES = "aZ09.-_+'`|~=@\"é"
+
+
+def _both(raw: str, allowed: tuple[str, ...] | None = None) -> tuple[object, object]:
+    from mailprobe.address import _validated
+
+    def outcome(parse: Any) -> object:
+        try:
+            return parse()
+        except InvalidAddress as exc:
+            return type(exc)
+
+    return (
+        outcome(lambda: parse_address(raw, special_use_allowed=allowed)),
+        outcome(lambda: _validated(raw.strip(), allowed)),
+    )
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.text(_SHAPES, min_size=1, max_size=12),
+    st.lists(st.text("aZ09-", min_size=1, max_size=8), min_size=1, max_size=4),
+    st.sampled_from(["", ".example", ".test", ".localhost", ".arpa", ".onion", ".Example"]),
+    st.sampled_from([None, (), ("example",), ("test", "localhost")]),
+)
+def test_plain_addresses_parse_as_email_validator_parses_them(
+    local: str, labels: list[str], special: str, allowed: tuple[str, ...] | None
+) -> None:
+    raw = f"{local}@{'.'.join(labels)}{special}"
+    fast, whole = _both(raw, allowed)
+    assert fast == whole, raw
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "Jane.Doe@Acme.COM", "a@b.co", "a@1.2.3.com", "a@b.c0", "a@b.0c", "a@x-.com", "a@-x.com",
+        "a@ab--c.com", "a@xn--bcher-kva.example.com", "a.@b.com", ".a@b.com", "a..b@c.com",
+        "a@b.com.", "a@b", "a@b.123", f"{'a' * 64}@b.com", f"{'a' * 65}@b.com",
+        f"a@{'b' * 63}.com", f"a@{'b' * 64}.com", f"{'a' * 64}@{'b.' * 94}com",
+        f"{'a' * 64}@{'b.' * 93}com", "a@test", "a@x.test", "a@x.localhost", "a@x.invalid",
+        "user+tag@sub.domain.org", "o'brien@x.ie", "a@x.museum",
+    ],
+)  # fmt: skip
+def test_plain_address_edges_agree(raw: str) -> None:
+    for allowed in (None, (), ("test", "localhost")):
+        fast, whole = _both(raw, allowed)
+        assert fast == whole

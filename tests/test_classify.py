@@ -438,3 +438,36 @@ def test_classification_is_the_plain_reading_of_the_table() -> None:
                 for code in {e["code"], 450, 550}:
                     got = classify_reply(stage, code, text, mx_host=mx)
                     assert (got.reason, got.rule) == _reference(stage, code, text, mx), e["id"]
+
+
+# -- a reply that names the address is read without the address's words ---------------
+# Postfix names the recipient in its refusals ("<rcpt>: Recipient address rejected: User
+# unknown in local recipient table", postconf(5) smtpd_reject_unlisted_recipient); a
+# local part such as spam@, rbl@, over.quota@ or disabled@ once read as a block of our IP,
+# a full mailbox or a disabled one.
+@pytest.mark.parametrize("local", ["spam", "spamhaus", "rbl", "blacklisted", "over.quota",
+                                   "quota-exceeded", "disabled", "inactive"])  # fmt: skip
+def test_the_address_in_a_reply_is_not_read_as_its_words(local: str) -> None:
+    from mailprobe.results import Outcome
+
+    email = f"{local}@example.com"
+    for text, reason in [
+        (f"5.1.1 <{email}>: Recipient address rejected: User unknown in local recipient table",
+         Reason.MAILBOX_NOT_FOUND),
+        (f"Recipient {email.upper()} rejected: mailbox unavailable", Reason.MAILBOX_UNAVAILABLE),
+    ]:  # fmt: skip
+        assert classify_reply("rcpt", 550, text, recipient=email).reason is reason
+        outcome = Outcome.from_reply(email, stage="rcpt", code=550, message=text, mx_host="mx")
+        assert outcome.reason == reason.value
+        assert outcome.message == text  # the evidence keeps the reply as it was
+
+
+def test_replies_naming_other_addresses_are_one_reply() -> None:
+    from mailprobe.classify import _classify
+
+    _classify.cache_clear()
+    for n in range(50):
+        email = f"user{n}@example.org"
+        text = f"5.1.1 <{email}>: Recipient address rejected: User unknown in virtual mailbox table"
+        assert classify_reply("rcpt", 550, text, recipient=email).reason is Reason.MAILBOX_NOT_FOUND
+    assert _classify.cache_info().misses == 1

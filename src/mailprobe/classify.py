@@ -507,14 +507,38 @@ def classify_reply(
     text: str = "",
     enhanced: str | None = None,
     mx_host: str = "",
+    recipient: str | None = None,
 ) -> Classification:
-    """Name the reason for one reply. `enhanced` is parsed from `text` when not given."""
+    """Name the reason for one reply. `enhanced` is parsed from `text` when not given.
+
+    `recipient`: the address the reply is about. Where the text names it, it is read as
+    "recipient@domain": no word of a local part ("unknown@", "spam.trap@") can match a
+    rule, and the replies of one server to many addresses are one reply, read once."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     category = category_for_code(code)
     if code is None or category is Category.UNKNOWN:
         return Classification(category, Reason.UNKNOWN, "no-code")
+    if recipient and "@" in text:
+        text = _masked(text, recipient)
     return _classify(stage, code, category, text, enhanced, mx_host)
+
+
+def _masked(text: str, recipient: str) -> str:
+    """`text` with each mention of `recipient` (in any case) as recipient@its-domain."""
+    lowered, needle = text.lower(), recipient.lower()
+    start = lowered.find(needle)
+    if start < 0 or len(lowered) != len(text):  # (a lowercase of another length: as it is)
+        return text
+    stand_in = "recipient@" + recipient.rpartition("@")[2]
+    parts: list[str] = []
+    end = 0
+    while start >= 0:
+        parts += (text[end:start], stand_in)
+        end = start + len(needle)
+        start = lowered.find(needle, end)
+    parts.append(text[end:])
+    return "".join(parts)
 
 
 # Replies repeat ("250 2.1.5 Ok", "550 5.1.1 User unknown"): the same reply from the same

@@ -66,7 +66,7 @@ class Outcome:
         **evidence: Any,
     ) -> Outcome:
         """A reply read at `stage`: the seed's category by code, our reason by rule."""
-        named = classify_reply(stage, code, message, mx_host=mx_host)
+        named = classify_reply(stage, code, message, mx_host=mx_host, recipient=email)
         return cls(
             email=email,
             reason=named.reason.value,
