@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -50,3 +51,52 @@ def test_verify_piped_into_head_ends_quietly(tmp_path: Path) -> None:
     with Store(f"sqlite:///{db}").session() as session:
         stored = session.scalar(select(func.count()).select_from(VerificationResult))
     assert stored is not None and 3 <= stored < 3001
+
+
+def test_records_reach_the_output_while_the_run_waits(tmp_path: Path) -> None:
+    """Records are flushed on a cadence, not one by one; one answered before a long
+    greylisting wait is in the file during the wait (`tail -f`), not only at the end."""
+    from mailprobe.testing.smtpd import Scripted
+
+    zone = {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
+            "mx.acme.example": DomainSpec(a=["127.0.0.1"])}  # fmt: skip
+    listing = tmp_path / "list.txt"
+    answered = [f"{name}@acme.example" for name in ("jane", "bob", "ann", "joe")]
+    listing.write_text("grey@acme.example\n" + "".join(f"{a}\n" for a in answered))
+    out = tmp_path / "out.jsonl"
+    behavior = MXBehavior(
+        mailboxes={
+            "grey@acme.example": Scripted(450, "4.2.0 <grey@acme.example>: Recipient address "
+                                          "rejected: Greylisted for 60 seconds"),
+            **dict.fromkeys(answered, ACCEPT),
+        },
+        default_rcpt=Scripted(550, "5.1.1 User unknown"),
+    )  # fmt: skip
+    with SimDNSServer(zone) as dns, serve_in_thread(behavior) as smtp:
+        env = {
+            **os.environ,
+            "DNS_NAMESERVERS": dns.nameserver,
+            "SMTP_PORT": str(smtp.port),
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'wait.db'}",
+            "MAILPROBE_RUNS_DIR": str(tmp_path / "runs"),
+        }
+        verify = subprocess.Popen(
+            [sys.executable, "-m", "mailprobe.cli", "verify", str(listing), "-o", str(out),
+             "--unordered", "--quiet"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            written = ""
+            while time.monotonic() < deadline and verify.poll() is None:
+                written = out.read_text() if out.exists() else ""
+                if all(a in written for a in answered):
+                    break
+                time.sleep(0.05)
+            still_running = verify.poll() is None
+        finally:
+            verify.kill()
+            verify.wait(timeout=30)
+    assert still_running, "the run ended before the greylisting retry: nothing was tested"
+    assert all(a in written for a in answered), written
+    assert "grey@acme.example" not in written

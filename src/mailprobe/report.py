@@ -1,14 +1,17 @@
 """Presenting verification records: JSON lines, CSV or a table (`verify`'s progress
 display is the CLI's own: `cli.progress`).
 
-Writers flush every record as it arrives, so a killed run leaves every answer
-it had on disk, and a reader can `tail -f` the output.
+Writers flush what they have at least every `flush_every` seconds (every record when
+0): a reader can `tail -f` the output, and a killed run loses no more of it than of its
+database writes, which go in batches on the same cadence (and are what `--resume` reads).
+One flush per record was a write system call per record, a twentieth of a bulk run's CPU.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import time
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -61,11 +64,17 @@ class RecordWriter:
     verdict columns (`appended_fields`): rows that can sit next to the user's sheet."""
 
     def __init__(
-        self, out: TextIO, fmt: str, headers: list[str] | None = None, delimiter: str = ","
+        self,
+        out: TextIO,
+        fmt: str,
+        headers: list[str] | None = None,
+        delimiter: str = ",",
+        flush_every: float = 0.0,
     ) -> None:
         if fmt not in {"jsonl", "csv", "table"}:
             raise ValueError(f"unknown format {fmt!r}: use jsonl, csv or table")
         self.out, self.fmt = out, fmt
+        self.flush_every, self._flushed, self._unflushed = flush_every, time.monotonic(), False
         self._rows: list[dict[str, Any]] = []
         self._csv: Any = None
         self._fields: tuple[str, ...] = CSV_FIELDS
@@ -91,7 +100,16 @@ class RecordWriter:
         else:
             self._rows.append(record)
             return
-        self.out.flush()
+        self._unflushed = True
+        if self.flush_every <= 0 or time.monotonic() - self._flushed >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Flush what was written since the last flush (a closed pipe raises here)."""
+        if self._unflushed:
+            self._unflushed = False
+            self._flushed = time.monotonic()
+            self.out.flush()
 
     def close(self) -> None:
         if self.fmt != "table":

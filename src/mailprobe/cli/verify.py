@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 STATUS_EVERY = 0.25  # seconds between looks at the run's status for the progress display
+FLUSH_EVERY = 0.2  # seconds between flushes of the records (the database's batch cadence)
 COLUMN_OPTION = typer.Option("--column", help="Address column: header name or number.")
 
 
@@ -235,7 +236,9 @@ def verify(
         out = open(output, "w", encoding=encoding, newline="") if output else sys.stdout  # noqa: SIM115
     except OSError as exc:
         raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
-    writer = RecordWriter(out, fmt.value, headers=lines.headers, delimiter=lines.delimiter)
+    # --enqueue's answers come from the fleet, with no event loop here to flush on time.
+    writer = RecordWriter(out, fmt.value, headers=lines.headers, delimiter=lines.delimiter,
+                          flush_every=0.0 if enqueue else FLUSH_EVERY)  # fmt: skip
     show = not quiet and sys.stderr.isatty()
     total = _count_lines(input_path) if show and input_path != "-" else None
     view = ProgressView(total, enabled=show, shared=output is None and shares_terminal())
@@ -271,6 +274,7 @@ def verify(
                     settings,
                     options,
                     view.update if show else None,
+                    writer.flush,
                 )
             )
         )
@@ -325,9 +329,11 @@ async def _run_verify(
     settings: Settings,
     options: BulkOptions,
     show: Callable[[RunStatus], None] | None = None,
+    flush: Callable[[], None] | None = None,
 ) -> Summary:
     """The embedded run: this process's Context, the bulk engine, records rendered here;
-    `show` gets the run's status every STATUS_EVERY seconds."""
+    `show` gets the run's status every STATUS_EVERY seconds; `flush` is called every
+    FLUSH_EVERY seconds, so records reach the output while the run waits (greylisting)."""
     from mailprobe.engine import Context
     from mailprobe.engine.bulk import BulkVerifier, verify
 
@@ -340,9 +346,18 @@ async def _run_verify(
             show(verifier.status())
             await asyncio.sleep(STATUS_EVERY)
 
+    async def flushing() -> None:
+        assert flush is not None
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            with contextlib.suppress(OSError):  # a closed output: the next record says so
+                flush()
+
     def started(verifier: BulkVerifier) -> None:
         if show is not None:
             watching.append(asyncio.create_task(watch(verifier)))
+        if flush is not None:
+            watching.append(asyncio.create_task(flushing()))
 
     try:
         return await verify(
