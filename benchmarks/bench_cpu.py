@@ -2,11 +2,13 @@
 
     python benchmarks/bench_cpu.py                       # 20,000 addresses over 12 domains
     python benchmarks/bench_cpu.py --addresses 5000 --domains 6
+    python benchmarks/bench_cpu.py --starttls            # every MX offers STARTTLS
     python benchmarks/bench_cpu.py --profile /tmp/verify.prof   # cProfile the verify run
 
 What costs CPU here is ours alone: the simulated world (DNS server and MX hosts on
 loopback, zero latency, no greylisting, no catch-all domains, existing and missing
-mailboxes) is served from this process, and each contender runs in a process of its
+mailboxes; with --starttls every MX offers STARTTLS, as nearly every real MX does, see
+WorldConfig.starttls) is served from this process, and each contender runs in a process of its
 own whose user + system CPU (children included: `os.wait4`) is measured, with the
 caps set far above what it can reach, so no contender ever waits for a token:
 
@@ -15,7 +17,8 @@ caps set far above what it can reach, so no contender ever waits for a token:
   beforehand); on uvloop when it is installed (the `fast` extra), and without it
   (MAILPROBE_UVLOOP=0);
 * naive: the leanest loop a script can be: each domain's MX looked up once, then
-  smtplib, one connection per address (connect, EHLO, MAIL, RCPT, QUIT), one address
+  smtplib, one connection per address (connect, EHLO, STARTTLS and EHLO again when
+  offered, as py3-validate-email's mx_check does, MAIL, RCPT, QUIT), one address
   after the other;
 * naive-threads: bench_verify.py's baseline, unthrottled: the same smtplib exchange
   from a thread pool, the MX (and its address) looked up for every address.
@@ -28,6 +31,7 @@ contender's verdicts that differ from the world's truth ("wrong", 0 expected).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import smtplib
@@ -132,6 +136,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rcpts-per-session", type=int, default=20)
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--starttls", action="store_true",
+                   help="every MX offers STARTTLS, as nearly every real one does")  # fmt: skip
     p.add_argument("--profile", metavar="FILE", help="run verify under cProfile, stats to FILE")
     p.add_argument("--py-spy", metavar="FILE", help="sample verify with py-spy, raw stacks to FILE")
     p.add_argument("--naive-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
@@ -140,9 +146,10 @@ def main() -> int:
         return naive(Path(args.naive_worker[0]), Path(args.naive_worker[1]))
 
     results: list[Measured] = []
+    world_config = dataclasses.replace(WORLD, starttls=args.starttls)
     with (
         tempfile.TemporaryDirectory() as tmp_name,
-        SimWorld(args.domains, args.addresses, args.seed, config=WORLD) as world,
+        SimWorld(args.domains, args.addresses, args.seed, config=world_config) as world,
     ):
         tmp = Path(tmp_name)
         print(f"world: {world.describe()}")
@@ -232,6 +239,9 @@ def naive(src: Path, out: Path) -> int:
             mx_ip[domain] = str(resolver.resolve(str(mx.exchange), "A")[0])
         with smtplib.SMTP(mx_ip[domain], port, local_hostname=helo, timeout=3) as smtp:
             smtp.ehlo()
+            if smtp.has_extn("starttls"):  # as py3-validate-email's mx_check does
+                smtp.starttls()
+                smtp.ehlo()
             smtp.mail(sender)
             code, _ = smtp.rcpt(email)
         verdict = "deliverable" if code < 300 else "undeliverable" if code >= 500 else "unknown"

@@ -388,6 +388,9 @@ def baseline(src: Path, out: Path, *, throttled: bool) -> int:
                 global_bucket.take()
             with smtplib.SMTP(ip, port, local_hostname=helo, timeout=3) as smtp:
                 smtp.ehlo()
+                if smtp.has_extn("starttls"):  # as py3-validate-email's mx_check does
+                    smtp.starttls()
+                    smtp.ehlo()
                 smtp.mail(sender)
                 code, _ = smtp.rcpt(email)
         except Exception:

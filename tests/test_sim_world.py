@@ -591,3 +591,30 @@ def test_command_line_serves_until_interrupted(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert "connections" in err
+
+
+async def test_a_starttls_world_offers_tls_everywhere_and_answers_the_same() -> None:
+    """WorldConfig(starttls=True): every MX offers STARTTLS (as nearly every real one
+    does), mailprobe and smtplib take it, and the answers are the world's truth."""
+    config = WorldConfig(mix={Kind.POSTFIX: 0.5, Kind.GOOGLE: 0.25, Kind.MICROSOFT: 0.25},
+                         expect_rps=None, starttls=True)  # fmt: skip
+    async with SimWorld(4, 12, seed=3, config=config) as w:
+        for email in w.addresses():
+            result = await probe(w, email)
+            assert result["tls"] is True, result
+            verdict, _ = decide(result["reason"], catch_all=w.truth[email].catch_all)
+            assert verdict.value == w.expected_verdict(email), email
+        email = w.addresses()[0]
+        host = first_live_mx(w, email)
+
+        def naive() -> int:
+            with smtplib.SMTP(w.ip_of(host), w.smtp_port, timeout=5) as s:
+                s.ehlo(HELO)
+                assert s.has_extn("starttls")
+                s.starttls()
+                s.ehlo(HELO)
+                assert not s.has_extn("starttls")  # offered once, before TLS
+                s.mail(MAIL_FROM)
+                return s.rcpt(email)[0]
+
+        assert await asyncio.to_thread(naive) in {250, 550}

@@ -95,7 +95,8 @@ class ReplyFamily:
 
 Subs = tuple[tuple[str, str], ...]
 _HOST = ("mx22.example.com", "{hostname}")
-_NO_TLS = ("\nSTARTTLS", "")  # the simulated servers speak no TLS
+# STARTTLS is offered (smtpd adds it) only by servers with a certificate: WorldConfig.starttls
+_NO_TLS = ("\nSTARTTLS", "")
 
 # family -> role -> (corpus id, substitutions): the texts each kind of server uses.
 FAMILY_REPLIES: dict[str, dict[str, tuple[str, Subs]]] = {

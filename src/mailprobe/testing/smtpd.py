@@ -461,7 +461,10 @@ class SimSMTPServer(ThreadedServer):
         if verb == "EHLO":
             state.helo = arg
             if b.ehlo is not None:
-                await self._send(writer, b.ehlo)
+                reply = b.ehlo
+                if b.tls_context is not None and not state.tls and "STARTTLS" not in reply.text:
+                    reply = Scripted(reply.code, f"{reply.text}\nSTARTTLS")
+                await self._send(writer, reply)
                 return True
             exts = list(b.extensions)
             if b.smtputf8:

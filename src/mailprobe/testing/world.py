@@ -34,6 +34,7 @@ import errno
 import random
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections import Counter
@@ -124,6 +125,7 @@ class SimWorld(ThreadedServer):
         self.droppers: dict[str, SynDropper] = {}  # the silent ones: connects time out
         self._next_ip = 0
         self._microsoft_domains = 0  # Kind.MICROSOFT domains take MICROSOFT_VARIANTS in turn
+        self._tls: ssl.SSLContext | None = None  # servers' context, when config.starttls
 
         rng = random.Random(seed)
         if layout is None:
@@ -223,8 +225,20 @@ class SimWorld(ThreadedServer):
             expect_burst=cfg.expect_burst,
             expect_connect_rps=cfg.expect_connect_rps,
             rtt=cfg.rtt,
+            tls_context=self._tls_context() if cfg.starttls else None,
             **kw,
         )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """One server certificate (trustme) for every MX of the world: mailprobe's
+        opportunistic TLS, like a naive smtplib.starttls(), does not check it."""
+        if self._tls is None:
+            import trustme
+
+            cert = trustme.CA().issue_cert("*.example", "mx.sim")
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            cert.configure_cert(self._tls)
+        return self._tls
 
     def _cluster(self, hosts: Sequence[str], family: ReplyFamily, **kw: Any) -> tuple[str, ...]:
         for host in hosts:
