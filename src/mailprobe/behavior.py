@@ -40,7 +40,6 @@ class MXStats:
     timeouts: int = 0
     consecutive_timeouts: int = 0
     avg_latency_ms: float = 0.0
-    p95_latency_ms: float = 0.0
     tarpit: bool = False
     greylisting_seen: bool = False
     rate_limited_seen: bool = False
@@ -54,6 +53,13 @@ class MXStats:
     last_seen: float = field(default_factory=time.time)
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
+    @property
+    def p95_latency_ms(self) -> float:
+        """Over the last LATENCY_WINDOW replies; sorted when read (a snapshot), not at
+        every reply."""
+        ordered = sorted(self.recent)
+        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else 0.0
+
     def add(
         self, latency_ms: float, error_kind: str | None, code: int | None, reason: str | None
     ) -> None:
@@ -62,8 +68,6 @@ class MXStats:
         alpha = 0.2 if self.probes > 1 else 1.0
         self.avg_latency_ms += alpha * (latency_ms - self.avg_latency_ms)
         self.recent.append(latency_ms)
-        ordered = sorted(self.recent)
-        self.p95_latency_ms = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
         if error_kind == "timeout":
             self.timeouts += 1
             self.consecutive_timeouts += 1
@@ -78,6 +82,7 @@ class MXStats:
         data = asdict(self)
         data["recent"] = list(self.recent)
         data["avg_latency_ms"] = round(self.avg_latency_ms, 1)
+        data["p95_latency_ms"] = self.p95_latency_ms  # (read back from `recent`)
         return data
 
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 from disposable_email_domains import blocklist as _disposable
@@ -53,7 +53,14 @@ class Flags:
 
 
 def flags_for(local_part: str, domain: str) -> Flags:
-    return Flags(is_freemail(domain), is_disposable(domain), is_role(local_part))
+    free, disposable = _domain_flags(domain)
+    return Flags(free, disposable, is_role(local_part))
+
+
+@lru_cache(maxsize=65536)
+def _domain_flags(domain: str) -> tuple[bool, bool]:
+    """A list's addresses share few domains: each is looked up once."""
+    return is_freemail(domain), is_disposable(domain)
 
 
 def flags_for_email(email: str) -> Flags | None:

@@ -360,7 +360,7 @@ class SMTPSession:
 
     def _line(self, stage: str, words: Sequence[bytes]) -> bytes:
         line = b" ".join(words)
-        if any(c in line for c in b"\r\n\x00"):  # last line of defence; see address.py
+        if b"\r" in line or b"\n" in line or b"\x00" in line:  # last defence; see address.py
             raise SessionError(ErrorKind.BAD_INPUT, stage, "command contains CR, LF or NUL")
         return line
 

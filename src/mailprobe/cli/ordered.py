@@ -95,7 +95,7 @@ class InputOrder:
                 else:
                     slot.record = record
                     out = self._ready()
-            if out:
+            if out and self.bounded:  # (only a bounded reader ever waits)
                 self._cond.notify_all()
         for r in out:
             self.emit(r)
