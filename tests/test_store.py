@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -331,3 +333,30 @@ def test_ingest_with_dead_redis_says_so_and_loses_nothing(tmp_path: Path) -> Non
     with store.session() as session:
         statuses = set(session.scalars(select(GeneratedEmail.status)))
     assert statuses == {"new"}  # stored, and queueable again
+
+
+def test_bulk_rows_are_the_rows_one_insert_stores(store: Store) -> None:
+    """`add_answers` (the driver's executemany, values made by the column types' bind
+    processors) stores what `add_answer` (the ORM) stores, on both backends."""
+    outcome = Outcome.from_reply(
+        "jane@acme.example", stage="rcpt", code=550, message="5.1.1 <jane@acme.example>: no",
+        mx_host="mx.acme.example", enhanced_status="5.1.1", tls=True, elapsed_ms=12,
+        transcript=("S: 220 mx", "C: RCPT TO:<jane@acme.example>", "S: 550 5.1.1 no"),
+    )  # fmt: skip
+    answer = answer_for(outcome, catch_all=False, dns_status="ok")
+    with store.session() as session:
+        one = q.add_answer(session, answer)
+        q.add_answers(session, [(answer, None), (answer, None)])
+    with store.session() as session:
+        rows = session.scalars(select(VerificationResult).order_by(VerificationResult.id)).all()
+        assert len(rows) == 3 and rows[0].id == one
+
+        def columns(r: VerificationResult) -> dict[str, Any]:
+            skip = {"id", "created_at"}
+            return {c.key: getattr(r, c.key) for c in r.__table__.columns if c.key not in skip}
+
+        assert columns(rows[1]) == columns(rows[0]) == columns(rows[2])
+        assert rows[0].transcript == list(outcome.transcript) and rows[1].tls is True
+        assert all(isinstance(r.created_at, datetime) for r in rows)
+        bulk, one_row = q.answer_from_row(rows[1]), q.answer_from_row(rows[0])
+        assert replace(bulk, stored_at=None) == replace(one_row, stored_at=None)
