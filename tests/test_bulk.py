@@ -605,8 +605,9 @@ def test_critical_lane_keeps_a_slot_only_when_it_is_the_bottleneck() -> None:
     assert isinstance(after_refusal("per-MX rate", 5.0, 12), Ask)
     # too few slots to keep one back
     assert isinstance(after_refusal("per-MX rate", 0.1, 3), Ask)
-    # a slot would not help it
-    assert isinstance(after_refusal("global rate", 0.1, 12), Ask)
+    # the global rate: a slot would not help it, and every other lane would be refused on
+    # that rate too (they need more of it): the pass ends, to look again when it is due
+    assert isinstance(after_refusal("global rate", 0.1, 12), Wait)
 
 
 async def test_reused_result_keeps_an_inconclusive_catch_all_check(world_factory) -> None:

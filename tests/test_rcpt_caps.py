@@ -26,8 +26,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailprobe.config import Settings
+from mailprobe.egress import RouteTable
 from mailprobe.engine import Context
 from mailprobe.engine.bulk import BulkOptions, verify
+from mailprobe.engine.egress import acquire_routed
 from mailprobe.inputs import read_addresses
 from mailprobe.report import render_record
 from mailprobe.store import Store
@@ -334,6 +336,29 @@ async def test_the_critical_lane_gets_its_rate_when_every_mx_wants_global_tokens
     without = await _critical_share(backend(policy), priority=False)
     assert with_priority >= 16, (with_priority, without)  # ~10 a second for 2 s (+ burst)
     assert without < with_priority
+
+
+async def test_the_critical_lanes_session_is_asked_for_with_priority() -> None:
+    """The scheduler asks for the critical lane's connection with priority, through its
+    egress route: refused on the global rate, it has the other lanes leave it a quarter
+    of the global burst until its token comes; else they take each token as it comes and
+    its next session starts after theirs, its RCPT rate idle meanwhile."""
+    now = [100.0]
+    policy = ThrottlePolicy(Limits(100, 10.0), Limits(20, 100.0), burst_seconds=2.0)
+    throttle = LocalThrottle(policy, clock=lambda: now[0])  # global burst 20, 4 kept
+    routes = RouteTable.build()
+    hog = await throttle.acquire("mx.hog.example", wait=1, rcpts=20)
+    assert hog.rcpts == 20  # the global burst is spent
+    with pytest.raises(ThrottleTimeout) as caught:
+        await acquire_routed(throttle, routes, "mx.critical.example", wait=0, rcpts=0,
+                             priority=True)  # fmt: skip
+    assert caught.value.limited_by == "global rate"
+    now[0] += 0.15  # one global token is due
+    with pytest.raises(ThrottleTimeout):  # not for another lane
+        await acquire_routed(throttle, routes, "mx.other.example", wait=0, rcpts=0)
+    routed = await acquire_routed(throttle, routes, "mx.critical.example", wait=0, rcpts=0,
+                                  priority=True)  # fmt: skip
+    assert routed is not None and routed[1] is not None
 
 
 WORKER = (

@@ -85,7 +85,10 @@ async def acquire_routed(
         if route.skip:
             return route, None
         try:
-            return route, await throttle.acquire(egress_key(route, mx_host), wait=wait, rcpts=rcpts)
+            slot = await throttle.acquire(
+                egress_key(route, mx_host), wait=wait, rcpts=rcpts, priority=priority
+            )
+            return route, slot
         except ThrottleTimeout as exc:  # the earliest rate token wins; None: a full slot
             if refused is None or _due(exc) < _due(refused):
                 refused = exc

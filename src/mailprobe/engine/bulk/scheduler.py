@@ -22,6 +22,7 @@ The rules:
   session's load: a session that carries one address spends a rate token the
   busiest MX cannot spare;
 - the slow lanes hold at most a quarter of the global slots, one session each;
+- a refusal on the global rate ends the pass: every lane after it waits on that rate too;
 - while the critical lane waits for its MX's next rate token, one global slot is
   kept for it, but only when it is the bottleneck (`refused`): otherwise sessions
   to other MXs fill every slot meanwhile and the critical lane starts late, every
@@ -200,6 +201,11 @@ class Round:
         if retry_after is None:  # a full slot: a session's end wakes the conductor
             return
         self._due = min(self._due, retry_after)
+        if limited_by == "global rate":
+            # Every other lane would be refused on the same global rate (without the
+            # critical lane's priority, they need more of it): the round ends here
+            # rather than ask each lane in turn, every few milliseconds.
+            self._next = len(self._candidates)
         first = self._candidates[0] if self._candidates else None
         if lane is first and self._s.worth_reserving(lane, limited_by):
             self._reserved = 1
