@@ -17,6 +17,17 @@ from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
 from mailprobe.testing.smtpd import ACCEPT, MXBehavior, serve_in_thread
 
 
+def _env(nameserver: str, smtp_port: int, db: Path) -> dict[str, str]:
+    """`mailprobe verify`'s environment: the test's DNS server and MX, its own database."""
+    return {
+        **os.environ,
+        "DNS_NAMESERVERS": nameserver,
+        "SMTP_PORT": str(smtp_port),
+        "DATABASE_URL": f"sqlite:///{db}",
+        "MAILPROBE_RUNS_DIR": str(db.parent / "runs"),
+    }
+
+
 def test_verify_piped_into_head_ends_quietly(tmp_path: Path) -> None:
     zone = {f"d{i}.example": DomainSpec(null_mx=True) for i in range(5)}
     zone |= {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
@@ -26,13 +37,7 @@ def test_verify_piped_into_head_ends_quietly(tmp_path: Path) -> None:
                        + "jane@acme.example\n")  # fmt: skip
     db = tmp_path / "closed.db"
     with SimDNSServer(zone) as dns, serve_in_thread(MXBehavior(default_rcpt=ACCEPT)) as smtp:
-        env = {
-            **os.environ,
-            "DNS_NAMESERVERS": dns.nameserver,
-            "SMTP_PORT": str(smtp.port),
-            "DATABASE_URL": f"sqlite:///{db}",
-            "MAILPROBE_RUNS_DIR": str(tmp_path / "runs"),
-        }
+        env = _env(dns.nameserver, smtp.port, db)
         verify = subprocess.Popen(
             [sys.executable, "-m", "mailprobe.cli", "verify", str(listing)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
@@ -73,13 +78,7 @@ def test_records_reach_the_output_while_the_run_waits(tmp_path: Path) -> None:
         default_rcpt=Scripted(550, "5.1.1 User unknown"),
     )  # fmt: skip
     with SimDNSServer(zone) as dns, serve_in_thread(behavior) as smtp:
-        env = {
-            **os.environ,
-            "DNS_NAMESERVERS": dns.nameserver,
-            "SMTP_PORT": str(smtp.port),
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'wait.db'}",
-            "MAILPROBE_RUNS_DIR": str(tmp_path / "runs"),
-        }
+        env = _env(dns.nameserver, smtp.port, tmp_path / "wait.db")
         verify = subprocess.Popen(
             [sys.executable, "-m", "mailprobe.cli", "verify", str(listing), "-o", str(out),
              "--unordered", "--quiet"],
