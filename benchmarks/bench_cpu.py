@@ -16,15 +16,18 @@ caps set far above what it can reach, so no contender ever waits for a token:
   RCPTs, catch-all checks, records to a file, answers to SQLite, its database created
   beforehand); on uvloop when it is installed (the `fast` extra), and without it
   (MAILPROBE_UVLOOP=0);
-* naive: the leanest loop a script can be: each domain's MX looked up once, then
+* naive-lean: the leanest loop a script can be: each domain's MX looked up once, then
   smtplib, one connection per address (connect, EHLO, STARTTLS and EHLO again when
   offered, as py3-validate-email's mx_check does, MAIL, RCPT, QUIT), one address
   after the other;
-* naive-threads: bench_verify.py's baseline, unthrottled: the same smtplib exchange
-  from a thread pool, the MX (and its address) looked up for every address.
+* naive-smtplib: bench_verify.py's baseline, unthrottled: the same smtplib exchange
+  from a thread pool, the MX (and its address) looked up for every address, the way
+  most scripts do it: the naive loop the goal is set against ("a naive smtplib loop, one
+  connection per address", which did half of mailprobe's figure when the goal was set).
 
 RCPTs are counted by the servers (the catch-all checks and any retries included).
-Printed: RCPTs per CPU-second for each, mailprobe's over each naive loop's, and each
+Printed: RCPTs per CPU-second for each, mailprobe's over each naive loop's (the goal:
+at least 5,000, and 4x naive-smtplib's; naive-lean's ratio is shown beside it), and each
 contender's verdicts that differ from the world's truth ("wrong", 0 expected).
 """
 
@@ -179,15 +182,15 @@ def main() -> int:
                    "--force", "--rcpts-per-session", str(args.rcpts_per_session)]  # fmt: skip
             results.append(measure(name, cmd, env, world, out))
         if not args.skip_naive:
-            out = tmp / "naive.jsonl"
+            out = tmp / "naive-lean.jsonl"
             cmd = [sys.executable, __file__, "--naive-worker", str(addresses), str(out)]
-            results.append(measure("naive", cmd, base_env, world, out))
+            results.append(measure("naive-lean", cmd, base_env, world, out))
             # bench_verify's baseline, unthrottled: a thread pool, DNS asked per address
-            out = tmp / "naive-threads.jsonl"
+            out = tmp / "naive-smtplib.jsonl"
             bench = str(Path(__file__).with_name("bench_verify.py"))
             cmd = [sys.executable, bench, "--baseline-worker", str(addresses), str(out),
                    "--baseline-unthrottled"]  # fmt: skip
-            results.append(measure("naive-threads", cmd, base_env, world, out))
+            results.append(measure("naive-smtplib", cmd, base_env, world, out))
 
     print(f"caps: {HIGH_CAPS}\n")
     print(f"{'':22}{'RCPTs':>8}{'conns':>8}{'CPU s':>8}{'user':>8}{'sys':>8}{'wall s':>8}"
@@ -204,7 +207,7 @@ def main() -> int:
         for n in naives:
             if n.per_cpu_second:
                 line += f"; {r.per_cpu_second / n.per_cpu_second:.1f}x {n.name}'s"
-        print(line + " (goal: at least 4x the naive loop's)")
+        print(line + " (goal: at least 4x naive-smtplib's)")
     return 0
 
 
