@@ -34,13 +34,8 @@ from mailprobe.inputs import read_addresses
 from mailprobe.report import render_record
 from mailprobe.store import Store
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
-from mailprobe.testing.smtpd import (
-    ACCEPT,
-    MXBehavior,
-    SimSMTPServer,
-    serve_in_thread,
-    window_violations,
-)
+from mailprobe.testing.records import window_violations
+from mailprobe.testing.smtpd import ACCEPT, MXBehavior, SimSMTPServer, serve_in_thread
 from mailprobe.throttle import (
     Limits,
     LocalThrottle,

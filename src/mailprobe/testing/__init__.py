@@ -16,12 +16,12 @@ this package, except `mailprobe demo`.
 
 from mailprobe.testing.corpus import CORPUS_FILE, SOURCES_FILE, CorpusReply, load_corpus
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.records import ServerRecord
 from mailprobe.testing.replies import FAMILY_REPLIES, ReplyFamily, reply_families
 from mailprobe.testing.smtpd import (
     ACCEPT,
     MXBehavior,
     Scripted,
-    ServerRecord,
     SessionState,
     SimSMTPServer,
     serve_in_thread,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mailprobe.testing.smtpd import ServerRecord, peak_in_window, window_violations
+from mailprobe.testing.records import ServerRecord, peak_in_window, window_violations
 
 
 @dataclass(frozen=True)
