@@ -200,6 +200,7 @@ def run_contender(name: str, world: SimWorld, addresses: Path, args: argparse.Na
             CAPS["GLOBAL_RPS"], burst(CAPS["GLOBAL_RPS"])
         ),
         "rcpts": stats.rcpts,
+        "error_limits": f"{stats.error_delays} / {stats.error_limit_disconnects}",
         "peak_rcpts": max((stats.peak_rcpts_per_second or {}).values(), default=0),
         "max_open": stats.max_open_overall,
         "rss_mb": peak / 1024,
@@ -298,6 +299,7 @@ def main() -> int:
         ("cap violations seen by servers", lambda r: f"{r['violations']}"),
         ("  of which RCPT rate (per MX)", lambda r: f"{r['rcpt_violations']}"),
         ("  global RCPT rate", lambda r: f"{r['global_violations']}"),
+        ("Postfix error limits: replies held / cut", lambda r: r["error_limits"]),
         ("peak RCPTs in 1 s at one MX", lambda r: f"{r['peak_rcpts']}"),
         ("max open connections to one MX", lambda r: f"{r['max_open']}"),
         ("peak RSS (MB)", lambda r: f"{r['rss_mb']:.0f}"),

@@ -144,8 +144,9 @@ async def test_mixed_list_verdicts_and_session_reuse(world_factory) -> None:
     assert got["not an address"]["reason"] == "invalid_syntax"
     assert got["u0@aonly.example"]["mx_host"] == "aonly.example"  # implicit MX (A record)
     acme_server = world.servers["mx.acme.example"]
-    # 31 RCPTs (30 + the aonly one) over connections carrying up to 20 each, never DATA
-    assert acme_server.record.connections <= 3
+    # 31 RCPTs (30 + the aonly one, 20 of them refused) over connections carrying up to 20
+    # each and at most SMTP_SESSION_MAX_REFUSALS (9) refusals each, never DATA
+    assert acme_server.record.connections <= 4
     assert summary.rcpts_per_session > 5
     assert not acme_server.record.data_received
     # the catch-all probe follows the real RCPTs, inside the same transaction

@@ -78,6 +78,9 @@ class Settings:
     smtp_source_address: str | None = None  # SMTP_SOURCE_ADDRESS, local IP to bind
     smtp_starttls: bool = True  # SMTP_STARTTLS, upgrade when the server offers it
     smtp_pipelining: bool = True  # SMTP_PIPELINING, group a transaction when offered
+    # SMTP_SESSION_MAX_REFUSALS: refused commands one pipelined session risks before the
+    # rest goes to a new one (0: no limit); see engine/bulk/session.py `_grouped`.
+    smtp_session_max_refusals: int = 9
     smtp_tls_verify: bool = False  # SMTP_TLS_VERIFY, check the MX certificate
     smtp_tls_cafile: str | None = None  # SMTP_TLS_CAFILE, extra CA bundle
     # DNS
@@ -155,6 +158,7 @@ class Settings:
             smtp_source_address=(_ips(env, "SMTP_SOURCE_ADDRESS") or (None,))[0],
             smtp_starttls=_bool(env, "SMTP_STARTTLS", True),
             smtp_pipelining=_bool(env, "SMTP_PIPELINING", True),
+            smtp_session_max_refusals=_int(env, "SMTP_SESSION_MAX_REFUSALS", 9, low=0),
             smtp_tls_verify=_bool(env, "SMTP_TLS_VERIFY", False),
             smtp_tls_cafile=_existing_file_or_none(env, "SMTP_TLS_CAFILE"),
             dns_nameservers=_nameservers(env, "DNS_NAMESERVERS"),

@@ -41,6 +41,8 @@ class ServerRecord:
     connect_rate_violations: int = 0  # connection starts beyond expect_connect_rps
     rcpt_rate_violations: int = 0  # RCPTs beyond expect_burst + expect_rps in a second
     rcpt_times: list[float] = field(default_factory=list)
+    error_delays: int = 0  # replies held back by a soft error limit (Postfix's error sleep)
+    error_limit_disconnects: int = 0  # sessions ended at the hard error limit
 
     @property
     def rps_violations(self) -> int:

@@ -60,6 +60,7 @@ USER_UNKNOWN = Scripted(550, "5.1.1 <{rcpt}>: Recipient address rejected: User u
 # where it has them.
 TOO_MANY_RECIPIENTS = Scripted(452, "4.5.3 Too many recipients")  # exchange-onprem-rcpt-452-453-*
 TOO_MANY_CONNECTIONS = Scripted(421, "4.7.0 Too many connections, try again later")
+TOO_MANY_ERRORS = Scripted(421, "4.7.0 {hostname} Error: too many errors")  # Postfix smtpd
 MULTIPLE_DOMAINS = Scripted(  # gmail-rcpt-451-430-multiple-destination-domains (shortened)
     451, "4.3.0 Multiple destination domains per transaction is unsupported. Please try again."
 )
@@ -125,6 +126,7 @@ class SessionState:
     txn_rcpts: int = 0  # RCPTs counted against max_rcpts_per_transaction
     txn_domain: str | None = None  # first recipient domain (one_domain_per_transaction)
     session_rcpts: int = 0  # RCPTs counted against max_rcpts_per_session
+    errors: int = 0  # 4xx/5xx replies to commands this session (Postfix's error_count)
     conn: ConnectionRecord | None = None  # this connection in the server's record
 
 
@@ -171,6 +173,17 @@ class MXBehavior:
     greylist_reply: Scripted = GREYLISTED  # {wait} / {wait_hms}: the time left, as postgrey's %s
     clock: Callable[[], float] = time.monotonic  # greylisting's clock, injectable for tests
     blocked: Scripted | None = None  # refuse every RCPT with this (a blocklist reply)
+    # Postfix's error limits (postconf(5): smtpd_soft_error_limit 10, smtpd_hard_error_limit
+    # 20, smtpd_error_sleep_time 1s; https://www.postfix.org/postconf.5.html). Every refused
+    # command counts, RCPTs included (smtpd.c: error_count++ when a command's action fails;
+    # only delivering mail resets it, which a prober never does). Once the session's errors
+    # reach the soft limit, every reply waits `error_sleep` first (smtpd_chat.c); at the
+    # hard limit the server answers "421 4.7.0 <host> Error: too many errors" instead of
+    # reading the next command, and hangs up. None: no limits.
+    soft_error_limit: int | None = None
+    hard_error_limit: int | None = None
+    error_sleep: float = 1.0
+    too_many_errors: Scripted = TOO_MANY_ERRORS
     # -- politeness: the caps the prober promised; the server counts breaches ----
     # The rate caps count RCPT commands (mailprobe.throttle): at most `expect_burst` +
     # `expect_rps` RCPTs in any one-second window, and connection starts at most
@@ -214,6 +227,7 @@ class SimSMTPServer(ThreadedServer):
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._outboxes: dict[asyncio.StreamWriter, _Outbox] = {}
+        self._states: dict[asyncio.StreamWriter, SessionState] = {}  # for the error limits
         self._tasks: set[asyncio.Task[None]] = set()
         self._recent_starts: deque[float] = deque()
         self._recent_rcpts: deque[float] = deque()
@@ -276,7 +290,13 @@ class SimSMTPServer(ThreadedServer):
             await self._send(writer, b.banner, delay=False)
             if b.banner.code != 220:
                 return
+            self._states[writer] = state
             while True:
+                if b.hard_error_limit is not None and state.errors >= b.hard_error_limit:
+                    rec.error_limit_disconnects += 1
+                    await self._send(writer, b.too_many_errors)
+                    await self._delivered(writer)
+                    return
                 line = await reader.readline()
                 if not line:
                     return
@@ -297,6 +317,7 @@ class SimSMTPServer(ThreadedServer):
             conn.end = time.monotonic()
             self._writers.discard(writer)
             self._outboxes.pop(writer, None)
+            self._states.pop(writer, None)
             if task is not None:
                 self._tasks.discard(task)
             writer.transport.abort()
@@ -456,6 +477,13 @@ class SimSMTPServer(ThreadedServer):
         b = self.behavior
         if delay and b.reply_delay:
             await asyncio.sleep(b.reply_delay)
+        state = self._states.get(writer)
+        if state is not None and (b.soft_error_limit, b.hard_error_limit) != (None, None):
+            if b.soft_error_limit is not None and state.errors >= b.soft_error_limit:
+                self.record.error_delays += 1
+                await asyncio.sleep(b.error_sleep)
+            if reply.code >= 400:
+                state.errors += 1
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         domain = rcpt.rpartition("@")[2]

@@ -32,6 +32,8 @@ class WorldStats:
     connect_rate_violations: int = 0
     peak_rcpts_per_second: dict[str, int] | None = None  # per MX host
     rcpt_times: tuple[float, ...] = ()  # every RCPT at every MX, in order
+    error_delays: int = 0  # replies held back by an error limit (Postfix's error sleep)
+    error_limit_disconnects: int = 0  # sessions cut at a hard error limit
 
     def global_rcpt_violations(self, rps: float, burst: int = 1, window: float = 1.0) -> int:
         """RCPTs beyond the global cap (burst + rps * window), all MX hosts together."""
@@ -58,6 +60,8 @@ class WorldStats:
             peak_starts_per_second={h: r.peak_starts_per_second() for h, r in recs.items()},
             data_received=any(r.data_received for r in recs.values()),
             rcpt_rate_violations=sum(r.rcpt_rate_violations for r in recs.values()),
+            error_delays=sum(r.error_delays for r in recs.values()),
+            error_limit_disconnects=sum(r.error_limit_disconnects for r in recs.values()),
             connect_rate_violations=sum(r.connect_rate_violations for r in recs.values()),
             peak_rcpts_per_second={h: r.peak_rcpts_per_second() for h, r in recs.items()},
             rcpt_times=tuple(sorted(t for r in recs.values() for t in r.rcpt_times)),

@@ -208,6 +208,10 @@ class SimWorld(ThreadedServer):
     def _behavior(self, host: str, family: ReplyFamily, **kw: Any) -> MXBehavior:
         cfg = self.config
         kw.setdefault("greylist_reply", self._greylisted)
+        if family.name == "postfix" and cfg.postfix_error_limits is not None:
+            kw.setdefault("soft_error_limit", cfg.postfix_error_limits[0])
+            kw.setdefault("hard_error_limit", cfg.postfix_error_limits[1])
+            kw.setdefault("error_sleep", cfg.postfix_error_sleep)
         return MXBehavior(
             hostname=host,
             banner=family.banner,

@@ -144,3 +144,8 @@ class WorldConfig:
     # (https://blog.mailchannels.com/starttls-adoption-update/). Off by default: the
     # handshakes cost the world's own CPU; the CPU benchmark turns it on.
     starttls: bool = False
+    # Postfix-family servers keep Postfix's default error limits (postconf(5):
+    # smtpd_soft_error_limit 10, smtpd_hard_error_limit 20, smtpd_error_sleep_time 1s; see
+    # testing.smtpd.MXBehavior.soft_error_limit); None: none.
+    postfix_error_limits: tuple[int, int] | None = (10, 20)
+    postfix_error_sleep: float = 1.0
