@@ -26,6 +26,7 @@ from mailprobe.inputs import read_addresses
 from mailprobe.report import render_record
 from mailprobe.store import Store
 from mailprobe.testing.dnsd import DomainSpec, SimDNSServer
+from mailprobe.testing.records import ServerRecord
 from mailprobe.testing.smtpd import ACCEPT, MXBehavior, SimSMTPServer, serve_in_thread
 
 ZONE = {"acme.example": DomainSpec(mx=[(10, "mx.acme.example")]),
@@ -50,65 +51,52 @@ def test_the_simulated_postfix_slows_then_cuts_a_session_of_refusals() -> None:
     assert server.record.error_limit_disconnects == 1
 
 
-@pytest.mark.parametrize("max_refusals", [None, 0])
-async def test_a_list_of_guesses_never_meets_the_error_limits(
-    tmp_path: Path, max_refusals: int | None
-) -> None:
-    exists = {f"u{i}@acme.example": ACCEPT for i in range(0, 80, 8)}  # 10 of 80 exist
-    behavior = MXBehavior(
-        mailboxes=exists, soft_error_limit=10, hard_error_limit=20, error_sleep=0.05
-    )  # (Postfix's limits; its 1 s sleep scaled down)
-    env = {"GLOBAL_RPS": "1000", "PER_MX_RPS_DEFAULT": "1000"}
-    if max_refusals is not None:
-        env["SMTP_SESSION_MAX_REFUSALS"] = str(max_refusals)  # 0: no limit, as before
+async def _verify(
+    tmp_path: Path, exists_every: int, count: int, env: dict[str, str]
+) -> tuple[dict[str, str], ServerRecord]:
+    """`count` guesses at acme.example (every `exists_every`-th exists) verified against a
+    server with Postfix's limits (its 1 s sleep scaled down): verdicts and the record."""
+    exists = {f"u{i}@acme.example": ACCEPT for i in range(0, count, exists_every)}
+    behavior = MXBehavior(mailboxes=exists, soft_error_limit=10, hard_error_limit=20,
+                          error_sleep=0.05)  # fmt: skip
     records: list[dict[str, Any]] = []
     async with SimSMTPServer(behavior) as server, SimDNSServer(ZONE) as dns:
         store = Store(f"sqlite:///{tmp_path / 'limits.db'}")
         store.upgrade()
-        env |= {"DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(server.port),
-                "DATABASE_URL": store.url}  # fmt: skip
-        settings = Settings.from_env(env)
+        settings = Settings.from_env({
+            "GLOBAL_RPS": "1000", "PER_MX_RPS_DEFAULT": "1000", **env,
+            "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(server.port),
+            "DATABASE_URL": store.url,
+        })  # fmt: skip
         ctx = Context.create(settings, store=store)
-        text = "".join(f"u{i}@acme.example\n" for i in range(80))
+        text = "".join(f"u{i}@acme.example\n" for i in range(count))
         try:
             await verify(read_addresses(io.StringIO(text)),
                          lambda line: records.append(render_record(line)),
                          ctx=ctx, options=BulkOptions(reuse_ttl=None))  # fmt: skip
         finally:
             await ctx.aclose()
-    verdicts = {r["email"]: r["verdict"] for r in records}
-    assert verdicts == {f"u{i}@acme.example": "deliverable" if i % 8 == 0 else "undeliverable"
-                        for i in range(80)}  # fmt: skip
-    rec = server.record
+    expected = {f"u{i}@acme.example": "deliverable" if i % exists_every == 0 else "undeliverable"
+                for i in range(count)}  # fmt: skip
+    assert {r["email"]: r["verdict"] for r in records} == expected
+    return expected, server.record
+
+
+@pytest.mark.parametrize("max_refusals", [None, 0])
+async def test_a_list_of_guesses_never_meets_the_error_limits(
+    tmp_path: Path, max_refusals: int | None
+) -> None:
+    env = {} if max_refusals is None else {"SMTP_SESSION_MAX_REFUSALS": str(max_refusals)}
+    _, rec = await _verify(tmp_path, 8, 80, env)  # 10 of 80 exist
     if max_refusals is None:  # the default: no reply held back, no session cut
         assert (rec.error_delays, rec.error_limit_disconnects) == (0, 0)
-    else:  # without the limit the same list is held back reply after reply
+    else:  # 0: no limit, as before: the same list is held back reply after reply
         assert rec.error_delays > 0
 
 
 async def test_one_command_at_a_time_keeps_under_the_limits_too(tmp_path: Path) -> None:
     """Without PIPELINING (SMTP_PIPELINING=0) the same budget holds, counted from the
     session's transcript."""
-    exists = {f"u{i}@acme.example": ACCEPT for i in range(0, 40, 8)}
-    behavior = MXBehavior(mailboxes=exists, soft_error_limit=10, hard_error_limit=20,
-                          error_sleep=0.05)  # fmt: skip
-    records: list[dict[str, Any]] = []
-    async with SimSMTPServer(behavior) as server, SimDNSServer(ZONE) as dns:
-        store = Store(f"sqlite:///{tmp_path / 'one.db'}")
-        store.upgrade()
-        settings = Settings.from_env({
-            "GLOBAL_RPS": "1000", "PER_MX_RPS_DEFAULT": "1000", "SMTP_PIPELINING": "0",
-            "DNS_NAMESERVERS": dns.nameserver, "SMTP_PORT": str(server.port),
-            "DATABASE_URL": store.url,
-        })  # fmt: skip
-        ctx = Context.create(settings, store=store)
-        text = "".join(f"u{i}@acme.example\n" for i in range(40))
-        try:
-            await verify(read_addresses(io.StringIO(text)),
-                         lambda line: records.append(render_record(line)),
-                         ctx=ctx, options=BulkOptions(reuse_ttl=None))  # fmt: skip
-        finally:
-            await ctx.aclose()
-    assert sorted(r["verdict"] for r in records) == ["deliverable"] * 5 + ["undeliverable"] * 35
-    assert (server.record.error_delays, server.record.error_limit_disconnects) == (0, 0)
-    assert server.record.connections > 2  # (20 RCPTs a session would have taken 2)
+    _, rec = await _verify(tmp_path, 8, 40, {"SMTP_PIPELINING": "0"})
+    assert (rec.error_delays, rec.error_limit_disconnects) == (0, 0)
+    assert rec.connections > 2  # (20 RCPTs a session would have taken 2)
