@@ -22,8 +22,8 @@ caps set far above what it can reach, so no contender ever waits for a token:
   after the other;
 * naive-smtplib: bench_verify.py's baseline, unthrottled: the same smtplib exchange
   from a thread pool, the MX (and its address) looked up for every address, the way
-  most scripts do it: the naive loop the goal is set against ("a naive smtplib loop, one
-  connection per address", which did half of mailprobe's figure when the goal was set).
+  most scripts do it: the kind of loop the goal is set against ("a naive smtplib loop,
+  one connection per address").
 
 RCPTs are counted by the servers (the catch-all checks and any retries included).
 Printed: RCPTs per CPU-second for each, mailprobe's over each naive loop's (the goal:

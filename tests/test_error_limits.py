@@ -5,9 +5,9 @@ smtpd_error_sleep_time (1 s), https://www.postfix.org/postconf.5.html. Postfix c
 every refused command of a session, RCPTs included (smtpd.c), holds every reply back
 once the count reaches the soft limit (smtpd_chat.c), and at the hard limit answers
 "421 4.7.0 <host> Error: too many errors" and hangs up. A list of guessed addresses
-refused by the dozen would be slowed by a second a reply and read as a dictionary
-attack; a session carries no more RCPTs than it can still see refused
-(SMTP_SESSION_MAX_REFUSALS, 9), and the rest go to a new one."""
+refused by the dozen would be slowed by a second a reply, then cut; a session carries
+no more RCPTs than it can still see refused (SMTP_SESSION_MAX_REFUSALS, 9), and the rest
+go to a new one."""
 
 from __future__ import annotations
 

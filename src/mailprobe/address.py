@@ -164,8 +164,7 @@ def _plain(local: str, domain: str, allowed: Collection[str] | None) -> EmailAdd
         or _PLAIN_DOMAIN.fullmatch(domain) is None
     ):
         return None
-    special = special_use_name(domain) if allowed is not None else None
-    if special is not None and allowed is not None and special not in allowed:
+    if allowed is not None and special_use_name(domain) not in (None, *allowed):
         return None
     lowered = domain.lower()
     return EmailAddress(local=local, domain=lowered, ascii_domain=lowered)

@@ -86,7 +86,7 @@ def failure(
     )
 
 
-def refused(transcript: list[str]) -> int:
+def refusals_in(transcript: list[str]) -> int:
     """The refusals (4xx and 5xx replies) in a stretch of a session's transcript: each
     reply's last line is logged as "S: <code> <text>" (its others as "S: <code>-...")."""
     return sum(1 for line in transcript if line[:4] in ("S: 4", "S: 5") and line[6:7] == " ")

@@ -36,7 +36,7 @@ from mailprobe.engine.bulk.outcomes import (
     from_reply,
     internal_error,
     reason_of,
-    refused,
+    refusals_in,
     smtputf8_unsupported,
 )
 from mailprobe.engine.bulk.reports import Deferred, Engine
@@ -248,18 +248,11 @@ class SessionRunner:
         mail_from: str,
         tokens: Tokens,
     ) -> None:
-        budget = self.ctx.settings.smtp_session_max_refusals  # see `_grouped`
         while pending:
             domain = pending[0].domain
             txn = self._next_transaction(lane, pending)
-            want = len(txn)
             try:
-                if budget:
-                    refusals = refused(session.transcript[header:])
-                    if refusals >= budget:
-                        raise OutOfTokens(f"{refusals} refusals: the rest in another session")
-                    want = min(want, budget - refusals)
-                got = await tokens.take(want)
+                got = await tokens.take(self._within_refusals(session, header, len(txn)))
             except OutOfTokens:
                 pending.extendleft(reversed(txn))
                 raise
@@ -369,22 +362,9 @@ class SessionRunner:
         accepted: dict[int, list[Accepted]] = {}
         asked: set[int] = set()  # ids of recipients that got their answer
         read = 0
-        # Postfix counts every refused command of a session (RCPTs included) and, from
-        # smtpd_soft_error_limit (10) on, holds every reply back smtpd_error_sleep_time
-        # (1 s); at smtpd_hard_error_limit (20) it hangs up with "421 4.7.0 Error: too many
-        # errors" (postconf(5); smtpd.c, smtpd_chat.c), which its logs and fail2ban read
-        # as a dictionary attack. So a group never carries more RCPTs than the session
-        # can still see refused, and a session whose refusals are spent ends: the rest
-        # go to a new one. (testing.smtpd: MXBehavior.soft_error_limit.)
-        budget = self.ctx.settings.smtp_session_max_refusals
-        refusals = 0
         try:
             while read < len(plan):
-                want = rcpts_from(plan, read)
-                if budget and want:
-                    if refusals >= budget:
-                        raise OutOfTokens(f"{refusals} refusals: the rest in another session")
-                    want = min(want, budget - refusals)
+                want = self._within_refusals(session, header, rcpts_from(plan, read))
                 end = group_end(plan, read, await tokens.take(want))
                 group = [command(step, session, mail_from) for step in plan[read:end]]
                 sent = time.monotonic()
@@ -392,7 +372,6 @@ class SessionRunner:
                     async for reply in replies:
                         step = plan[read]
                         read += 1
-                        refusals += reply.code >= 400
                         match step:
                             case MailStep(txn=t):
                                 refused[t] = None if reply.ok else reply
@@ -440,6 +419,23 @@ class SessionRunner:
             if unanswered or read < len(plan) - 1:
                 raise
             # only QUIT's reply went missing: every answer is in
+
+    def _within_refusals(self, session: SMTPSession, header: int, want: int) -> int:
+        """How many of the `want` RCPTs the session may still send: Postfix counts every
+        refused command of a session (RCPTs included) and, from smtpd_soft_error_limit
+        (10) on, holds every reply back smtpd_error_sleep_time (1 s); at
+        smtpd_hard_error_limit (20) it hangs up with "421 4.7.0 Error: too many errors"
+        (postconf(5); smtpd.c, smtpd_chat.c). So no group carries more RCPTs than the
+        session can still see refused (SMTP_SESSION_MAX_REFUSALS), and a session whose
+        refusals are spent ends (OutOfTokens): the rest go to a new one.
+        (testing.smtpd: MXBehavior.soft_error_limit.)"""
+        budget = self.ctx.settings.smtp_session_max_refusals
+        if not budget or not want:
+            return want
+        refusals = refusals_in(session.transcript[header:])
+        if refusals >= budget:
+            raise OutOfTokens(f"{refusals} refusals: the rest in another session")
+        return min(want, budget - refusals)
 
     # -- replies and failures ------------------------------------------------------------
 
